@@ -1,0 +1,162 @@
+"""Command line: ``shim serve | check-config | sandbox | dead-letters``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+from typing import Any
+
+import yaml
+from aiohttp import web
+
+from .config import Config, ConfigError, demo_config, load_config, masked
+from .logs import setup_logging
+from .sandbox import CallbackTarget, build_sandbox_app
+
+
+def _load(path: str | None) -> Config:
+    path = path or os.environ.get("SHIM_CONFIG")
+    return load_config(path) if path else demo_config()
+
+
+async def start_sandbox(cfg: Config, shim_port: int) -> tuple[web.AppRunner, str]:
+    """The embedded simulator on an ephemeral loopback port, calling back into shim."""
+    creds = {(u.v2_username, u.v2_password.get_secret_value()) for u in cfg.users}
+    pw = cfg.callbacks.password.get_secret_value() if cfg.callbacks.password else None
+    host = "127.0.0.1" if cfg.server.host in ("0.0.0.0", "::", "") else cfg.server.host
+    target = CallbackTarget(f"http://{host}:{shim_port}{cfg.callbacks.path}", cfg.callbacks.username, pw)
+    runner = web.AppRunner(build_sandbox_app(creds, target, cfg.sandbox.callback_delay_s),
+                           access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return runner, f"http://127.0.0.1:{port}"
+
+
+def banner(cfg: Config, sandbox_url: str | None) -> str:
+    base = cfg.server.public_url
+    lines = [f"shim listening on {base}"]
+    if sandbox_url:
+        lines.append(f"upstream: SANDBOX v2 simulator at {sandbox_url} (development aid, no real SMS)")
+    else:
+        lines.append(f"upstream: {cfg.upstream.base_url}")
+    lines.append(f"store: {masked(cfg)['store']['url']}")
+    lines.append(f"v2 callbacks: set the application's callback URL to {base}{cfg.callbacks.path}")
+    if cfg.users:
+        u = cfg.users[0]
+        secret = u.api_secret.get_secret_value()
+        lines.append(f"user {u.user_id}: api_token={u.api_token} api_secret={secret}")
+        lines.append(
+            f"try: curl -i -u {u.api_token}:{secret} -H 'Content-Type: application/json' "
+            f"-d '{{\"from\":\"+15551230001\",\"to\":\"+15551230002\",\"text\":\"hello\"}}' "
+            f"{base}/v1/users/{u.user_id}/messages"
+        )
+    return "\n".join(lines)
+
+
+async def serve(cfg: Config) -> None:
+    from .web_app import build_app
+
+    sandbox_runner = None
+    sandbox_url = None
+    if cfg.upstream.mode == "sandbox":
+        sandbox_runner, sandbox_url = await start_sandbox(cfg, cfg.server.port)
+        cfg.upstream.base_url = sandbox_url
+    app = build_app(cfg)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=10, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, cfg.server.host, cfg.server.port, reuse_address=True)
+    await site.start()
+    print(banner(cfg, sandbox_url), flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    # Graceful: stop accepting, finish in-flight requests, stop workers, release leases.
+    await runner.cleanup()
+    if sandbox_runner:
+        await sandbox_runner.cleanup()
+
+
+async def run_sandbox(args: argparse.Namespace) -> None:
+    target = None
+    if args.callback_url:
+        target = CallbackTarget(args.callback_url, args.callback_username, args.callback_password)
+    creds = None
+    if args.username:
+        creds = {(args.username, args.password or "")}
+    runner = web.AppRunner(build_sandbox_app(creds, target, args.delay), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, args.host, args.port).start()
+    print(f"shim sandbox (v2 simulator) on http://{args.host}:{args.port}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await runner.cleanup()
+
+
+async def dead_letters(cfg: Config, action: str, ids: list[int]) -> Any:
+    from .store import open_store
+
+    store = open_store(cfg.store.url)
+    await store.open()
+    try:
+        if action == "list":
+            return [vars(d) for d in await store.dead_letters(1000)]
+        return {"replayed": await store.replay(ids or None)}
+    finally:
+        await store.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="shim", description=__doc__)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("serve", help="run shim")
+    p.add_argument("--config", help="YAML config (default: $SHIM_CONFIG, else embedded demo)")
+    p = sub.add_parser("check-config", help="validate a config and print it, secrets masked")
+    p.add_argument("path")
+    p = sub.add_parser("sandbox", help="run the v2 simulator alone")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=9090)
+    p.add_argument("--username")
+    p.add_argument("--password")
+    p.add_argument("--callback-url")
+    p.add_argument("--callback-username")
+    p.add_argument("--callback-password")
+    p.add_argument("--delay", type=float, default=0.05)
+    p = sub.add_parser("dead-letters", help="list or replay dead-lettered callbacks")
+    p.add_argument("action", choices=["list", "replay"])
+    p.add_argument("ids", nargs="*", type=int)
+    p.add_argument("--config")
+    args = parser.parse_args(argv)
+    setup_logging(os.environ.get("SHIM_LOG_LEVEL", "INFO"))
+    try:
+        if args.cmd == "check-config":
+            cfg = load_config(args.path)
+            print(yaml.safe_dump(masked(cfg), sort_keys=False), end="")
+            return 0
+        if args.cmd == "sandbox":
+            asyncio.run(run_sandbox(args))
+            return 0
+        cfg = _load(args.config)
+        if args.cmd == "serve":
+            asyncio.run(serve(cfg))
+            return 0
+        result = asyncio.run(dead_letters(cfg, args.action, args.ids))
+        print(json.dumps(result, indent=2))
+        return 0
+    except ConfigError as e:
+        print(f"shim: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

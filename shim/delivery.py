@@ -1,0 +1,286 @@
+"""Durable callback delivery: workers lease outbox rows, try the URL then the fallback, and
+reschedule failures with backoff + jitter (honouring ``Retry-After``) until dead-lettered.
+
+Fairness: each host gets at most ``per_host_concurrency`` attempts in flight; work for a busy
+host is pushed back a second instead of waiting in a slot, so a slow or dead endpoint never
+holds up healthy ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import os
+import random
+import socket
+import time
+import uuid
+from collections import Counter as Tally
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import aiohttp
+from yarl import URL
+
+from .config import Config
+from .deliveries import Delivery, DeliverySpec
+from .gateway import Gateway
+from .logs import scrub
+from .metrics import Metrics
+from .store import Store
+from .store_sqlite import SqliteStore
+from .timeutil import now_us
+from .url_safety import AddressPolicy, SafeResolver, UnsafeUrl
+
+log = logging.getLogger("shim.delivery")
+USER_AGENT = "BandwidthAPI/v1"
+MAX_RETRY_AFTER_S = 24 * 3600
+
+
+class AttemptResult:
+    def __init__(self, ok: bool, error: str = "", retry_after_s: float | None = None) -> None:
+        self.ok = ok
+        self.error = error
+        self.retry_after_s = retry_after_s
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        dt = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, dt.timestamp() - time.time())
+
+
+def signature(secret: str, event_id: str, timestamp: int, body: bytes) -> str:
+    """Standard Webhooks ``v1,<base64 HMAC-SHA256(id.timestamp.body)>``."""
+    key = base64.b64decode(secret[6:]) if secret.startswith("whsec_") else secret.encode()
+    signed = f"{event_id}.{timestamp}.".encode() + body
+    return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+
+
+def query_params(body: dict[str, Any]) -> list[tuple[str, str]]:
+    """A v1 callback as GET query parameters; ``media`` repeats once per URL."""
+    out: list[tuple[str, str]] = []
+    for key, value in body.items():
+        if isinstance(value, list):
+            out.extend((key, str(v)) for v in value)
+        elif isinstance(value, bool):
+            out.append((key, "true" if value else "false"))
+        elif value is not None:
+            out.append((key, str(value)))
+    return out
+
+
+def next_delay(schedule: list[float], attempts_done: int, retry_after: float | None) -> float | None:
+    """Seconds until the next attempt, or None when the schedule is exhausted."""
+    if attempts_done > len(schedule):
+        return None
+    base = schedule[attempts_done - 1]
+    delay = base * random.uniform(0.8, 1.2)
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, MAX_RETRY_AFTER_S))
+    return delay
+
+
+class DeliveryEngine:
+    def __init__(self, cfg: Config, store: Store, gateway: Gateway, metrics: Metrics) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.gateway = gateway
+        self.metrics = metrics
+        self.owner = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.policy = AddressPolicy(cfg.callbacks.allow_cidrs, cfg.callbacks.deny_cidrs)
+        self.schedule = list(cfg.callbacks.retry_schedule_s)
+        secret = cfg.callbacks.signing_secret
+        self.secret = secret.get_secret_value() if secret else None
+        self._wake = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._in_flight: Tally[str] = Tally()
+        self._loops: list[asyncio.Task[None]] = []
+        self._session: aiohttp.ClientSession | None = None
+        self._stopping = False
+        self.poll_s = 0.5
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(
+            limit=self.cfg.callbacks.concurrency,
+            limit_per_host=self.cfg.callbacks.per_host_concurrency,
+            resolver=SafeResolver(self.policy),
+        )
+        self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
+        if isinstance(self.store, SqliteStore):
+            # SQLite is single-process: leases left by a crashed run are ours to take back.
+            await self.store.release_all()
+        self._stopping = False
+        self._loops = [
+            asyncio.create_task(self._run(), name="delivery-loop"),
+            asyncio.create_task(self._sweep(), name="delivery-sweeper"),
+        ]
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        self._stopping = True
+        self._wake.set()
+        for t in self._loops:
+            t.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        self._loops = []
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=grace_s)
+        for t in list(self._tasks):
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        try:
+            await self.store.release_all(self.owner)
+        except Exception:
+            log.exception("could not release delivery leases")
+        if self._session:
+            await self._session.close()
+            self._session = None
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # -- loops -----------------------------------------------------------------------------
+    async def _run(self) -> None:
+        limit = self.cfg.callbacks.concurrency
+        while not self._stopping:
+            try:
+                free = limit - len(self._tasks)
+                claimed: list[Delivery] = []
+                if free > 0:
+                    lease_us = (2 * 10 + 15) * 1_000_000
+                    claimed = await self.store.claim(self.owner, free, lease_us)
+                    for d in claimed:
+                        self._dispatch(d)
+                if not claimed or free <= 0:
+                    self._wake.clear()
+                    try:
+                        await asyncio.wait_for(self._wake.wait(), self.poll_s)
+                    except TimeoutError:
+                        pass
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("delivery loop error")
+                await asyncio.sleep(1)
+
+    async def _sweep(self) -> None:
+        """Route events that never matched a send; refresh queue gauges."""
+        grace_us = int(self.cfg.callbacks.unmatched_grace_s * 1_000_000)
+        while not self._stopping:
+            try:
+                routed = await self.store.route_unmatched(now_us() - grace_us, self.gateway.route_native)
+                if routed:
+                    self.wake()
+                counts = await self.store.outbox_counts()
+                self.metrics.queue_depth.set(counts["pending"])
+                self.metrics.dead_letters.set(counts["dead"])
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("delivery sweeper error")
+            await asyncio.sleep(min(5.0, self.cfg.callbacks.unmatched_grace_s / 2))
+
+    def _dispatch(self, d: Delivery) -> None:
+        host = URL(d.spec.url).host or ""
+        if self._in_flight[host] >= self.cfg.callbacks.per_host_concurrency:
+            task = asyncio.create_task(self._defer(d))
+        else:
+            self._in_flight[host] += 1
+            task = asyncio.create_task(self._deliver(d, host))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _defer(self, d: Delivery) -> None:
+        await self.store.mark_deferred(d.id, self.owner, now_us() + 1_000_000)
+
+    async def _deliver(self, d: Delivery, host: str) -> None:
+        try:
+            result = await self.attempt(d.spec, d.spec.url)
+            if not result.ok and d.spec.fallback_url:
+                fallback = await self.attempt(d.spec, d.spec.fallback_url)
+                if fallback.ok:
+                    result = fallback
+                else:
+                    result = AttemptResult(
+                        False, f"{result.error}; fallback: {fallback.error}",
+                        fallback.retry_after_s or result.retry_after_s,
+                    )
+            if result.ok:
+                await self.store.mark_delivered(d.id, self.owner)
+                self.metrics.deliveries.labels("delivered").inc()
+                return
+            delay = next_delay(self.schedule, d.attempts + 1, result.retry_after_s)
+            next_us = now_us() + int(delay * 1_000_000) if delay is not None else None
+            await self.store.mark_failed(d.id, self.owner, result.error, next_us)
+            outcome = "retry" if next_us is not None else "dead"
+            self.metrics.deliveries.labels(outcome).inc()
+            log.warning(
+                "callback delivery failed",
+                extra={"event_id": d.spec.event_id, "attempt": d.attempts + 1,
+                       "outcome": outcome, "error": scrub(result.error)},
+            )
+            if next_us is not None:
+                self.wake()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("delivery error", extra={"event_id": d.spec.event_id})
+        finally:
+            self._in_flight[host] -= 1
+            if self._in_flight[host] <= 0:
+                del self._in_flight[host]
+            self._wake.set()
+
+    # -- one HTTP attempt ------------------------------------------------------------------
+    async def attempt(self, spec: DeliverySpec, url: str) -> AttemptResult:
+        assert self._session is not None
+        try:
+            target = self.policy.check_url(url)
+        except (UnsafeUrl, ValueError) as e:
+            return AttemptResult(False, f"refused: {e}")
+        headers = {"User-Agent": USER_AGENT, "webhook-id": spec.event_id}
+        auth = None
+        if target.user is not None:
+            auth = aiohttp.BasicAuth(target.user, target.password or "")
+            target = target.with_user(None)
+        ts = int(time.time())
+        headers["webhook-timestamp"] = str(ts)
+        body = b""
+        params: list[tuple[str, str]] | None = None
+        if spec.method == "GET" and spec.format == "v1":
+            params = query_params(spec.body)
+            target = target.update_query(params)
+        else:
+            body = json.dumps(spec.body, separators=(",", ":"), ensure_ascii=False).encode()
+            headers["Content-Type"] = "application/json; charset=utf-8"
+        if self.secret:
+            headers["webhook-signature"] = signature(self.secret, spec.event_id, ts, body)
+        timeout = aiohttp.ClientTimeout(total=spec.timeout_ms / 1000)
+        method = spec.method if spec.format == "v1" else "POST"
+        try:
+            async with self._session.request(
+                method, target, data=body if method == "POST" else None, headers=headers,
+                auth=auth, timeout=timeout, allow_redirects=False,
+            ) as resp:
+                await resp.read()
+                if 200 <= resp.status < 300:
+                    return AttemptResult(True)
+                return AttemptResult(
+                    False, f"HTTP {resp.status}", parse_retry_after(resp.headers.get("Retry-After"))
+                )
+        except TimeoutError:
+            return AttemptResult(False, f"timeout after {spec.timeout_ms} ms")
+        except (aiohttp.ClientError, OSError) as e:
+            return AttemptResult(False, f"{type(e).__name__}: {scrub(str(e))[:200]}")

@@ -1,0 +1,73 @@
+"""The callback gateway's routing: which user an event belongs to, and how it is prepared
+for the store. Thin glue between config and the pure ``translate_events`` core."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from typing import Any
+
+from .config import Config, UserConfig
+from .deliveries import DeliverySpec
+from .message import MessageRecord
+from .store import IncomingEvent
+from .translate_events import (
+    apply_status,
+    inbound_deliveries,
+    inbound_id,
+    inbound_record,
+    native_deliveries,
+)
+from .v2 import V2Event
+
+log = logging.getLogger("shim.gateway")
+
+
+def dedupe_key(payload: dict[str, Any]) -> str:
+    """Bandwidth re-sends identical events (at-least-once): same content, same key."""
+    canon = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canon.encode()).hexdigest()
+
+
+class Gateway:
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.public_url = cfg.server.public_url
+        self.by_app: dict[str, UserConfig] = {}
+        for u in cfg.users:
+            self.by_app.setdefault(u.application_id, u)
+
+    def user_for(self, ev: V2Event) -> UserConfig | None:
+        return self.by_app.get(ev.message.applicationId or "")
+
+    def prepare(self, payload: dict[str, Any]) -> IncomingEvent:
+        """Validate one v2 event (raises pydantic.ValidationError) and route it."""
+        ev = V2Event.model_validate(payload)
+        key = dedupe_key(payload)
+        if ev.type == "message-received" and ev.message.direction != "out":
+            user = self.user_for(ev)
+            if user is not None:
+                rec = inbound_record(ev, user, self.public_url)
+                specs = inbound_deliveries(rec, user.incoming, self.public_url)
+                return IncomingEvent(key, rec.id, payload, inbound=rec, inbound_deliveries=specs)
+            return IncomingEvent(key, inbound_id(ev), payload)
+        return IncomingEvent(key, ev.message.id, payload)
+
+    def apply_status(
+        self, rec: MessageRecord, payload: dict[str, Any]
+    ) -> tuple[MessageRecord, list[DeliverySpec]]:
+        return apply_status(rec, payload, self.public_url)
+
+    def route_native(self, payload: dict[str, Any]) -> list[DeliverySpec]:
+        ev = V2Event.model_validate(payload)
+        user = self.user_for(ev)
+        if user is None or user.native_events is None:
+            log.warning(
+                "event for a message shim did not send and no native_events route",
+                extra={"v2_message_id": ev.message.id, "type": ev.type},
+            )
+            return []
+        return native_deliveries(
+            payload, user, user.native_events, self.public_url, dedupe_key(payload)
+        )

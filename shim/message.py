@@ -1,0 +1,70 @@
+"""The stored message: v1's view of a message, kept by shim because v2 stores nothing."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+State = Literal["received", "queued", "sending", "sent", "error"]
+
+# Order in which outbound state may advance; it never moves backwards.
+STATE_RANK: dict[str, int] = {"received": 0, "queued": 0, "sending": 1, "sent": 2, "error": 3}
+
+
+class MessageRecord(BaseModel):
+    id: str
+    user_id: str
+    direction: Literal["in", "out"]
+    from_: str
+    to: str
+    text: str = ""
+    media: list[str] = Field(default_factory=list)
+    state: State = "queued"
+    time: str
+    time_us: int = 0
+    segment_count: int = 1
+    application_id: str | None = None
+    callback_url: str | None = None
+    callback_method: Literal["GET", "POST"] = "POST"
+    callback_timeout: int | None = None
+    fallback_url: str | None = None
+    tag: str | None = None
+    receipt_requested: str | None = None
+    delivery_state: str | None = None
+    delivery_code: str | None = None
+    delivery_description: str | None = None
+    # Whether the v1 "sent" callback was already emitted (it fires once per message).
+    sent_notified: bool = False
+    seq: int | None = None
+
+    @property
+    def event_type(self) -> str:
+        return "mms" if self.media else "sms"
+
+    def to_v1(self) -> dict[str, Any]:
+        """The v1 ``GET /messages/{id}`` body: unset keys omitted, never ``null``."""
+        body: dict[str, Any] = {
+            "id": self.id,
+            "messageId": self.id,
+            "from": self.from_,
+            "to": self.to,
+            "direction": self.direction,
+            "text": self.text,
+            "media": list(self.media),
+            "state": self.state,
+            "time": self.time,
+            "segmentCount": self.segment_count,
+        }
+        optional = {
+            "callbackUrl": self.callback_url,
+            "callbackTimeout": self.callback_timeout,
+            "fallbackUrl": self.fallback_url,
+            "tag": self.tag,
+            "receiptRequested": self.receipt_requested,
+            "deliveryState": self.delivery_state,
+            "deliveryCode": self.delivery_code,
+            "deliveryDescription": self.delivery_description,
+        }
+        body.update({k: v for k, v in optional.items() if v is not None})
+        return body

@@ -1,0 +1,39 @@
+"""Prometheus metrics, one registry per app so tests and replicas don't share state."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "shim_http_requests", "HTTP requests served", ["route", "method", "status"], registry=r
+        )
+        self.upstream_latency = Histogram(
+            "shim_upstream_latency_seconds", "v2 API call latency", ["op", "status"], registry=r,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
+        self.store_latency = Histogram(
+            "shim_store_latency_seconds", "Store operation latency", ["op"], registry=r,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1),
+        )
+        self.events_ingested = Counter(
+            "shim_callback_events_ingested", "v2 callback events ingested", registry=r
+        )
+        self.deliveries = Counter(
+            "shim_callback_deliveries", "v1 callback delivery attempts by outcome", ["outcome"],
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "shim_callback_queue_depth", "Callbacks waiting for delivery", registry=r
+        )
+        self.dead_letters = Gauge("shim_callback_dead_letters", "Dead-lettered callbacks", registry=r)
+
+    def observe_upstream(self, op: str, seconds: float, status: int | str) -> None:
+        self.upstream_latency.labels(op, str(status)).observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,331 @@
+"""The sandbox upstream: a built-in v2 simulator (a development aid, not Bandwidth).
+
+Serves ``POST /users/{accountId}/messages`` with the official spec's validation and the v2 media
+API, then posts realistic callback arrays to shim's callback URL (RFC 7235 challenge first,
+as Bandwidth does).
+
+Test numbers (the ``to`` of a send):
+  ``+1555000XXXX`` where XXXX is a v2 error code (4000–5999, 9902, 9999): the message
+  is accepted, then fails with ``message-failed`` errorCode XXXX (e.g. ``+15550004432``).
+  ``+15550000429`` → the send is answered 429; ``+15550000500`` → 500;
+  ``+15550000408`` → the send hangs for 60 s (upstream timeout).
+Admin: ``POST /sandbox/inbound`` ``{"accountId","applicationId","from","to":[...],"text",
+"media":[{"name","contentType","base64"}]}`` injects an inbound message (media stored and served).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import random
+import re
+import string
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from .openapi import message_request_errors
+
+log = logging.getLogger("shim.sandbox")
+E164 = re.compile(r"^\+[1-9]\d{6,14}$")
+_ID_CHARS = string.ascii_lowercase + string.digits
+TEST_PREFIX = "+1555000"
+GSM7 = set(
+    "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?¡ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    "ÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà^{}\\[~]|€"
+)
+
+
+def message_id() -> str:
+    """29 characters, like v2's: 13-digit epoch millis + 16 random."""
+    return f"{int(time.time() * 1000):013d}" + "".join(random.choices(_ID_CHARS, k=16))
+
+
+def segment_count(text: str, media: list[str]) -> int:
+    if media:
+        return 1
+    if all(c in GSM7 for c in text):
+        return 1 if len(text) <= 160 else -(-len(text) // 153)
+    return 1 if len(text) <= 70 else -(-len(text) // 67)
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def v2_error(status: int, type_: str, description: str, **extra: Any) -> web.Response:
+    return web.json_response({"type": type_, "description": description, **extra}, status=status)
+
+
+@dataclass
+class CallbackTarget:
+    url: str
+    username: str | None = None
+    password: str | None = None
+
+
+@dataclass
+class SandboxState:
+    credentials: set[tuple[str, str]] | None
+    target: CallbackTarget | None
+    delay_s: float = 0.05
+    media: dict[tuple[str, str], tuple[bytes, str]] = field(default_factory=dict)
+    sent: list[dict[str, Any]] = field(default_factory=list)
+    callbacks_posted: int = 0
+
+
+SANDBOX: web.AppKey[SandboxState] = web.AppKey("sandbox")
+SESSION: web.AppKey[aiohttp.ClientSession] = web.AppKey("sandbox_session")
+TASKS: web.AppKey[set[asyncio.Task[None]]] = web.AppKey("sandbox_tasks")
+
+
+def _authorized(request: web.Request) -> bool:
+    creds = request.app[SANDBOX].credentials
+    auth = request.headers.get("Authorization", "")
+    if not auth.lower().startswith("basic "):
+        return False
+    try:
+        user, _, pw = base64.b64decode(auth[6:]).decode().partition(":")
+    except (ValueError, UnicodeDecodeError):
+        return False
+    return creds is None or (user, pw) in creds
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path.startswith("/users/") and not _authorized(request):
+        return v2_error(401, "unauthorized", "Authentication Failed")
+    return await handler(request)
+
+
+async def create_message(request: web.Request) -> web.StreamResponse:
+    ctype = request.headers.get("Content-Type", "")
+    if not ctype.lower().startswith("application/json"):
+        return v2_error(
+            415, "unsupported-content-type",
+            f"Content type '{ctype}' not supported. Please use 'application/json'",
+        )
+    try:
+        body = json.loads(await request.read())
+    except ValueError:
+        return v2_error(400, "request-validation", "Your request could not be accepted")
+    field_errors = [
+        {"fieldName": ".".join(str(p) for p in e.path) or "body", "description": e.message}
+        for e in message_request_errors(body)
+    ]
+    if not field_errors and isinstance(body, dict):
+        for key, value in [("from", body["from"])] + [("to", t) for t in body["to"]]:
+            if not E164.match(value):
+                field_errors.append({
+                    "fieldName": key,
+                    "description": f"'{value}' must be replaced with a valid E164 formatted telephone number",
+                })
+        if not body.get("text") and not body.get("media"):
+            field_errors.append({"fieldName": "text", "description": "text or media is required"})
+    if field_errors:
+        return v2_error(400, "request-validation", "Your request could not be accepted",
+                        fieldErrors=field_errors)
+    to: list[str] = body["to"]
+    if "+15550000429" in to:
+        return v2_error(429, "max-message-queue-size-exceeded", "The SMS queue for your account is full")
+    if "+15550000500" in to:
+        return v2_error(500, "internal-server-error", "Internal error")
+    if "+15550000408" in to:
+        await asyncio.sleep(60)
+    media = body.get("media") or []
+    msg = {
+        "id": message_id(),
+        "owner": body["from"],
+        "applicationId": body["applicationId"],
+        "time": now_iso(),
+        "segmentCount": segment_count(body.get("text", ""), media),
+        "direction": "out",
+        "to": to,
+        "from": body["from"],
+        "text": body.get("text", ""),
+        "media": media,
+        "priority": body.get("priority", "default"),
+    }
+    if "tag" in body:
+        msg["tag"] = body["tag"]
+    state = request.app[SANDBOX]
+    state.sent.append(msg)
+    if state.target is not None:
+        _spawn(request.app, _emit_status(request.app, msg))
+    return web.json_response(msg, status=202)
+
+
+def status_events(msg: dict[str, Any]) -> list[dict[str, Any]]:
+    """The callbacks Bandwidth would send for a message: one per recipient."""
+    out: list[dict[str, Any]] = []
+    cb_msg = {k: v for k, v in msg.items() if k != "priority"} | {"text": ""}
+    mms = bool(msg["media"])
+    for to in msg["to"]:
+        code = _failure_code(to)
+        if mms:
+            out.append({"type": "message-sending", "time": now_iso(), "to": to,
+                        "description": "Message is sending to carrier", "message": cb_msg})
+        if code is not None:
+            out.append({"type": "message-failed", "time": now_iso(), "to": to, "errorCode": code,
+                        "description": "rejected by sandbox test number", "message": cb_msg})
+        else:
+            out.append({"type": "message-delivered", "time": now_iso(), "to": to,
+                        "description": "Message delivered to carrier", "message": cb_msg})
+    return out
+
+
+def _failure_code(to: str) -> int | None:
+    if to.startswith(TEST_PREFIX) and len(to) == len(TEST_PREFIX) + 4:
+        code = int(to[-4:])
+        if 4000 <= code <= 5999 or code in (9902, 9999):
+            return code
+    return None
+
+
+def _spawn(app: web.Application, coro: Awaitable[None]) -> None:
+    task = asyncio.ensure_future(coro)
+    app[TASKS].add(task)
+    task.add_done_callback(app[TASKS].discard)
+
+
+async def _emit_status(app: web.Application, msg: dict[str, Any]) -> None:
+    await asyncio.sleep(app[SANDBOX].delay_s)
+    for event in status_events(msg):
+        await post_callback(app, [event])
+
+
+async def post_callback(app: web.Application, events: list[dict[str, Any]]) -> bool:
+    """POST like Bandwidth: first without credentials, then answer the Basic challenge;
+    retry a few times on failure (Bandwidth retries for 24 h)."""
+    state = app[SANDBOX]
+    target = state.target
+    if target is None:
+        return False
+    data = json.dumps(events).encode()
+    headers = {"Content-Type": "application/json; charset=utf-8", "User-Agent": "BandwidthAPI/v2"}
+    for attempt in range(5):
+        try:
+            async with app[SESSION].post(target.url, data=data, headers=headers) as resp:
+                await resp.read()
+                if resp.status == 401 and "WWW-Authenticate" in resp.headers and target.username:
+                    auth = aiohttp.BasicAuth(target.username, target.password or "")
+                    async with app[SESSION].post(target.url, data=data, headers=headers, auth=auth) as r2:
+                        await r2.read()
+                        status = r2.status
+                else:
+                    status = resp.status
+            if 200 <= status < 300:
+                state.callbacks_posted += len(events)
+                return True
+        except (aiohttp.ClientError, TimeoutError) as e:
+            log.warning("sandbox callback failed", extra={"error": type(e).__name__})
+        await asyncio.sleep(0.2 * (attempt + 1))
+    return False
+
+
+# -- media ------------------------------------------------------------------------------------
+async def list_media(request: web.Request) -> web.StreamResponse:
+    account = request.match_info["accountId"]
+    base = f"{request.url.origin()}/users/{account}/media"
+    items = [
+        {"content": f"{base}/{name}", "contentLength": len(data), "mediaName": name}
+        for (acct, name), (data, _) in sorted(request.app[SANDBOX].media.items())
+        if acct == account
+    ]
+    return web.json_response(items)
+
+
+async def put_media(request: web.Request) -> web.StreamResponse:
+    key = (request.match_info["accountId"], request.match_info["mediaId"])
+    data = await request.read()
+    request.app[SANDBOX].media[key] = (data, request.headers.get("Content-Type", "application/octet-stream"))
+    return web.Response(status=204)
+
+
+async def get_media(request: web.Request) -> web.StreamResponse:
+    key = (request.match_info["accountId"], request.match_info["mediaId"])
+    found = request.app[SANDBOX].media.get(key)
+    if found is None:
+        return v2_error(404, "object-not-found", "Media not found")
+    return web.Response(body=found[0], headers={"Content-Type": found[1]})
+
+
+async def delete_media(request: web.Request) -> web.StreamResponse:
+    key = (request.match_info["accountId"], request.match_info["mediaId"])
+    request.app[SANDBOX].media.pop(key, None)
+    return web.Response(status=204)
+
+
+# -- admin ------------------------------------------------------------------------------------
+async def inject_inbound(request: web.Request) -> web.StreamResponse:
+    """Simulate a message arriving at one or more of the account's numbers."""
+    body = await request.json()
+    account = str(body["accountId"])
+    mid = message_id()
+    media_urls = []
+    for i, m in enumerate(body.get("media") or []):
+        name = f"{mid}/{i}/{m['name']}"
+        request.app[SANDBOX].media[(account, name)] = (
+            base64.b64decode(m["base64"]), m.get("contentType", "application/octet-stream"),
+        )
+        media_urls.append(f"{request.url.origin()}/users/{account}/media/{name}")
+    recipients = body["to"] if isinstance(body["to"], list) else [body["to"]]
+    owned = body.get("owned") or recipients
+    events = []
+    for to in owned:
+        events.append({
+            "type": "message-received", "time": now_iso(), "description": "Incoming message received",
+            "to": to,
+            "message": {
+                "id": mid, "time": now_iso(), "to": recipients, "from": body["from"],
+                "text": body.get("text", ""), "applicationId": body["applicationId"],
+                "media": media_urls, "owner": to, "direction": "in",
+                "segmentCount": segment_count(body.get("text", ""), media_urls),
+            },
+        })
+    ok = True
+    for ev in events:
+        ok = await post_callback(request.app, [ev]) and ok
+    return web.json_response({"id": mid, "delivered": ok, "events": events})
+
+
+async def healthz(request: web.Request) -> web.StreamResponse:
+    return web.json_response({"status": "ok", "sandbox": True})
+
+
+def build_sandbox_app(
+    credentials: set[tuple[str, str]] | None = None,
+    target: CallbackTarget | None = None,
+    delay_s: float = 0.05,
+) -> web.Application:
+    app = web.Application(middlewares=[auth_middleware], client_max_size=8 * 1024 * 1024)
+    app[SANDBOX] = SandboxState(credentials=credentials, target=target, delay_s=delay_s)
+    app[TASKS] = set()
+    app.router.add_get("/", healthz)
+    app.router.add_post("/users/{accountId}/messages", create_message)
+    app.router.add_get("/users/{accountId}/media", list_media)
+    app.router.add_put("/users/{accountId}/media/{mediaId:.+}", put_media)
+    app.router.add_get("/users/{accountId}/media/{mediaId:.+}", get_media)
+    app.router.add_delete("/users/{accountId}/media/{mediaId:.+}", delete_media)
+    app.router.add_post("/sandbox/inbound", inject_inbound)
+
+    async def session_ctx(app: web.Application) -> Any:
+        app[SESSION] = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15))
+        yield
+        for t in list(app[TASKS]):
+            t.cancel()
+        await asyncio.gather(*app[TASKS], return_exceptions=True)
+        await app[SESSION].close()
+
+    app.cleanup_ctx.append(session_ctx)
+    return app

@@ -1,0 +1,42 @@
+"""Timestamps: v1 shows ISO-8601 UTC with millis; the store sorts by integer microseconds."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+
+_V1_QUERY = re.compile(
+    r"^(\d{4})-(\d{2})-(\d{2})(?:[ T](\d{2}):(\d{2})(?::(\d{2})(?:\.(\d{1,6}))?)?)?$"
+)
+
+
+def now_us() -> int:
+    return int(datetime.now(UTC).timestamp() * 1_000_000)
+
+
+def iso_from_us(us: int) -> str:
+    dt = datetime.fromtimestamp(us / 1_000_000, UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+def parse_time_us(value: str) -> int | None:
+    """Parse v1 query dates (``yyyy-MM-dd[ HH:mm[:ss[.SSS]]]``, zero-filled, UTC) and ISO-8601."""
+    value = value.strip()
+    m = _V1_QUERY.match(value)
+    if m:
+        y, mo, d, h, mi, s, frac = m.groups()
+        try:
+            dt = datetime(
+                int(y), int(mo), int(d), int(h or 0), int(mi or 0), int(s or 0),
+                int((frac or "0").ljust(6, "0")), tzinfo=UTC,
+            )
+        except ValueError:
+            return None
+        return int(dt.timestamp() * 1_000_000)
+    try:
+        dt = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        return None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return int(dt.timestamp() * 1_000_000)

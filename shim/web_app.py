@@ -1,0 +1,100 @@
+"""The HTTP server: app factory, middlewares (request id, logs, v1 errors) and lifecycle."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from aiohttp import web
+
+from . import web_callbacks, web_media, web_messages, web_ops
+from .config import Config
+from .delivery import DeliveryEngine
+from .errors import BodyTooLarge, MethodNotAllowed, NotFound, ShimError
+from .gateway import Gateway
+from .metrics import Metrics
+from .store import Store, open_store
+from .upstream import UpstreamClient
+from .web_keys import CONFIG, DELIVERY, METRICS, STORE, UPSTREAM
+from .web_v1 import v1_error_response
+
+log = logging.getLogger("shim.access")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _from_http_exception(exc: web.HTTPException) -> ShimError:
+    if isinstance(exc, web.HTTPNotFound):
+        return NotFound("The requested resource was not found")
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        return MethodNotAllowed(f"The method {exc.method} is not allowed on this resource")
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
+        return BodyTooLarge("The request body is larger than the limit")
+    return ShimError(exc.reason or "Request failed", status=exc.status, category="bad-request",
+                     code="bad-request") if exc.status < 500 else ShimError("Internal error")
+
+
+@web.middleware
+async def v1_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Request id, one JSON access-log line, and every error as a v1 body."""
+    rid = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+    request["request_id"] = rid
+    started = time.perf_counter()
+    try:
+        try:
+            resp = await handler(request)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            raise _from_http_exception(exc) from None
+    except ShimError as err:
+        resp = v1_error_response(request, err)
+    except Exception:
+        log.exception("unhandled error", extra={"request_id": rid, "path": request.path})
+        resp = v1_error_response(request, ShimError("An internal error occurred"))
+    resp.headers["X-Request-Id"] = rid
+    route = request.match_info.route.resource
+    route_name = route.canonical if route is not None else "unmatched"
+    metrics = request.app.get(METRICS)
+    if metrics is not None:
+        metrics.requests.labels(route_name, request.method, str(resp.status)).inc()
+    log.info(
+        "request",
+        extra={
+            "request_id": rid, "method": request.method, "route": route_name,
+            "status": resp.status, "ms": round((time.perf_counter() - started) * 1000, 2),
+        },
+    )
+    return resp
+
+
+def build_app(cfg: Config, *, store: Store | None = None, start_workers: bool = True) -> web.Application:
+    app = web.Application(middlewares=[v1_middleware], client_max_size=cfg.server.max_body_bytes)
+    app[CONFIG] = cfg
+    app[METRICS] = Metrics()
+    app[STORE] = store or open_store(cfg.store.url)
+    upstream = UpstreamClient(cfg.upstream, cfg.upstream.base_url)
+    upstream.latency_observer = app[METRICS].observe_upstream
+    app[UPSTREAM] = upstream
+    gateway = Gateway(cfg)
+    app[STORE].apply_status = gateway.apply_status
+    app[DELIVERY] = DeliveryEngine(cfg, app[STORE], gateway, app[METRICS])
+    web_ops.setup(app)
+    web_messages.setup(app)
+    web_media.setup(app)
+    web_callbacks.setup(app, gateway)
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        await app[STORE].open()
+        await app[UPSTREAM].start()
+        if start_workers:
+            await app[DELIVERY].start()
+        yield
+        await app[DELIVERY].stop()
+        await app[UPSTREAM].close()
+        await app[STORE].close()
+
+    app.cleanup_ctx.append(lifecycle)
+    return app

@@ -1,0 +1,129 @@
+"""The v1 media resource, mapped onto the v2 media API of the user's account.
+
+Bodies are streamed both ways (never buffered whole); uploads over v2's limit are refused
+before anything is sent upstream.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from .config import UserConfig
+from .errors import (
+    BadRequest,
+    MediaNotFound,
+    MediaSizeOverflow,
+    MediaUnavailable,
+    ShimError,
+    Unavailable,
+)
+from .translate_send import v1_media_url
+from .web_auth import authenticate
+from .web_keys import CONFIG, UPSTREAM
+from .web_v1 import json_response
+
+CHUNK = 64 * 1024
+
+
+def _media_error(status: int, name: str) -> ShimError:
+    if status == 404:
+        return MediaNotFound(name)
+    if status == 413:
+        return MediaSizeOverflow("The media file is larger than the limit")
+    if status in (401, 403):
+        return Unavailable("The media service rejected shim's upstream credentials")
+    if 400 <= status < 500:
+        return BadRequest(f"The media service rejected the request ({status})")
+    return MediaUnavailable("The media service is unavailable")
+
+
+async def list_media(request: web.Request) -> web.StreamResponse:
+    cfg = request.app[CONFIG]
+    user = authenticate(request, cfg)
+    items, token = await request.app[UPSTREAM].media_list(user, request.query.get("continuationToken"))
+    out = []
+    for item in items:
+        name = str(item.get("mediaName", ""))
+        entry = {"mediaName": name, "content": v1_media_url(cfg.server.public_url, user.user_id, name)}
+        if isinstance(item.get("contentLength"), int):
+            entry["contentLength"] = item["contentLength"]
+        out.append(entry)
+    headers = {}
+    if token:
+        from urllib.parse import quote
+
+        url = f"{cfg.server.public_url}/v1/users/{user.user_id}/media?continuationToken={quote(token, safe='')}"
+        headers["Link"] = f'<{url}>; rel="next"'
+    return json_response(out, headers=headers)
+
+
+def _name(request: web.Request) -> str:
+    name = request.match_info["mediaName"]
+    if not name or ".." in name.split("/"):
+        raise BadRequest("Invalid media name")
+    return name
+
+
+async def put_media(request: web.Request) -> web.StreamResponse:
+    cfg = request.app[CONFIG]
+    user: UserConfig = authenticate(request, cfg)
+    name = _name(request)
+    length = request.content_length
+    if length is None:
+        raise BadRequest("A media upload needs a Content-Length header")
+    if length > cfg.upstream.max_media_bytes:
+        raise MediaSizeOverflow(
+            f"The media file is {length} bytes; the limit is {cfg.upstream.max_media_bytes} bytes",
+            details={"mediaName": name},
+        )
+    headers = {
+        "Content-Type": request.headers.get("Content-Type", "application/octet-stream"),
+        "Content-Length": str(length),
+    }
+    if "Cache-Control" in request.headers:
+        headers["Cache-Control"] = request.headers["Cache-Control"]
+
+    async def body():  # type: ignore[no-untyped-def]
+        async for chunk in request.content.iter_chunked(CHUNK):
+            yield chunk
+
+    async with request.app[UPSTREAM].media_request("PUT", user, name, data=body(), headers=headers) as resp:
+        await resp.read()
+        if resp.status >= 300:
+            raise _media_error(resp.status, name)
+    return web.Response(status=200)
+
+
+async def get_media(request: web.Request) -> web.StreamResponse:
+    user = authenticate(request, request.app[CONFIG])
+    name = _name(request)
+    async with request.app[UPSTREAM].media_request("GET", user, name) as resp:
+        if resp.status >= 300:
+            await resp.read()
+            raise _media_error(resp.status, name)
+        out = web.StreamResponse(status=200)
+        out.content_type = resp.headers.get("Content-Type", "application/octet-stream")
+        if resp.content_length is not None:
+            out.content_length = resp.content_length
+        await out.prepare(request)
+        async for chunk in resp.content.iter_chunked(CHUNK):
+            await out.write(chunk)
+        await out.write_eof()
+        return out
+
+
+async def delete_media(request: web.Request) -> web.StreamResponse:
+    user = authenticate(request, request.app[CONFIG])
+    name = _name(request)
+    async with request.app[UPSTREAM].media_request("DELETE", user, name) as resp:
+        await resp.read()
+        if resp.status >= 300 and resp.status != 404:
+            raise _media_error(resp.status, name)
+    return web.Response(status=200)
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_get("/v1/users/{userId}/media", list_media, allow_head=False)
+    app.router.add_put("/v1/users/{userId}/media/{mediaName:.+}", put_media)
+    app.router.add_get("/v1/users/{userId}/media/{mediaName:.+}", get_media, allow_head=False)
+    app.router.add_delete("/v1/users/{userId}/media/{mediaName:.+}", delete_media)

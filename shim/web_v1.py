@@ -1,0 +1,54 @@
+"""v1 wire helpers shared by every handler: JSON responses, error responses, body parsing."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+from .errors import BadRequest, ShimError, error_body
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    """v1 JSON: ``Content-Type: application/json`` exactly (old SDKs compare it verbatim)."""
+    body = json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+    hdrs = {"Content-Type": "application/json", "Cache-Control": "no-cache"}
+    hdrs.update(headers or {})
+    return web.Response(body=body, status=status, headers=hdrs)
+
+
+def request_details(request: web.Request) -> dict[str, str]:
+    return {
+        "requestMethod": request.method,
+        "remoteAddress": request.remote or "",
+        "requestPath": request.path.lstrip("/").removeprefix("v1/"),
+    }
+
+
+def v1_error_response(request: web.Request, err: ShimError) -> web.Response:
+    headers = {"WWW-Authenticate": 'Basic realm="shim"'} if err.status == 401 else None
+    return json_response(error_body(err, request_details(request)), err.status, headers)
+
+
+async def read_json(request: web.Request) -> Any:
+    """The body as JSON, or the v1 ``bad-request`` saying exactly what is wrong."""
+    raw = await request.read()
+    if not raw.strip():
+        raise BadRequest("The request body is empty; expected a JSON object or array")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise BadRequest(f"The request body is not valid UTF-8 (byte {e.start})") from None
+
+    def no_constants(name: str) -> Any:
+        raise ValueError(f"{name} is not valid JSON")
+
+    try:
+        return json.loads(text, parse_constant=no_constants)
+    except json.JSONDecodeError as e:
+        raise BadRequest(
+            f"The request body is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}"
+        ) from None
+    except (ValueError, RecursionError) as e:
+        raise BadRequest(f"The request body is not valid JSON: {e}") from None
