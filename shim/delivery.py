@@ -34,6 +34,7 @@ from .metrics import Metrics
 from .store import Store
 from .store_sqlite import SqliteStore
 from .timeutil import now_us
+from .web_auth import basic_header
 from .url_safety import AddressPolicy, SafeResolver, UnsafeUrl
 
 log = logging.getLogger("shim.delivery")
@@ -251,9 +252,8 @@ class DeliveryEngine:
         except (UnsafeUrl, ValueError) as e:
             return AttemptResult(False, f"refused: {e}")
         headers = {"User-Agent": USER_AGENT, "webhook-id": spec.event_id}
-        auth = None
         if target.user is not None:
-            auth = aiohttp.BasicAuth(target.user, target.password or "")
+            headers["Authorization"] = basic_header(target.user, target.password or "")
             target = target.with_user(None)
         ts = int(time.time())
         headers["webhook-timestamp"] = str(ts)
@@ -272,7 +272,7 @@ class DeliveryEngine:
         try:
             async with self._session.request(
                 method, target, data=body if method == "POST" else None, headers=headers,
-                auth=auth, timeout=timeout, allow_redirects=False,
+                timeout=timeout, allow_redirects=False,
             ) as resp:
                 await resp.read()
                 if 200 <= resp.status < 300:

@@ -32,6 +32,7 @@ import aiohttp
 from aiohttp import web
 
 from .openapi import message_request_errors
+from .web_auth import basic_header
 
 log = logging.getLogger("shim.sandbox")
 E164 = re.compile(r"^\+[1-9]\d{6,14}$")
@@ -218,8 +219,8 @@ async def post_callback(app: web.Application, events: list[dict[str, Any]]) -> b
             async with app[SESSION].post(target.url, data=data, headers=headers) as resp:
                 await resp.read()
                 if resp.status == 401 and "WWW-Authenticate" in resp.headers and target.username:
-                    auth = aiohttp.BasicAuth(target.username, target.password or "")
-                    async with app[SESSION].post(target.url, data=data, headers=headers, auth=auth) as r2:
+                    authed = headers | {"Authorization": basic_header(target.username, target.password or "")}
+                    async with app[SESSION].post(target.url, data=data, headers=authed) as r2:
                         await r2.read()
                         status = r2.status
                 else:

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from .config import UpstreamConfig, UserConfig
 from .errors import MediaUnavailable, ShimError, Unavailable
 from .translate_send import v2_error_to_v1
+from .web_auth import basic_header
 from .v2 import V2Message
 
 log = logging.getLogger("shim.upstream")
@@ -51,8 +52,8 @@ class UpstreamClient:
             raise RuntimeError("upstream client is not started")
         return self._session
 
-    def _auth(self, user: UserConfig) -> aiohttp.BasicAuth:
-        return aiohttp.BasicAuth(user.v2_username, user.v2_password.get_secret_value())
+    def _auth(self, user: UserConfig) -> dict[str, str]:
+        return {"Authorization": basic_header(user.v2_username, user.v2_password.get_secret_value())}
 
     def _observe(self, op: str, started: float, status: int | str) -> None:
         if self.latency_observer is not None:
@@ -62,13 +63,15 @@ class UpstreamClient:
         self, user: UserConfig, body: dict[str, Any], request_id: str = ""
     ) -> V2Message:
         url = f"{self.base_url}/users/{user.account_id}/messages"
-        headers = {"X-Request-Id": request_id} if request_id else {}
+        headers = self._auth(user)
+        if request_id:
+            headers["X-Request-Id"] = request_id
         attempt = 0
         while True:
             started = time.perf_counter()
             try:
                 async with self.session.post(
-                    url, json=body, auth=self._auth(user), headers=headers
+                    url, json=body, headers=headers
                 ) as resp:
                     raw = await resp.read()
                     self._observe("send", started, resp.status)
@@ -135,8 +138,9 @@ class UpstreamClient:
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         started = time.perf_counter()
         try:
+            headers = self._auth(user) | kwargs.pop("headers", {})
             async with self.session.request(
-                method, self.media_url(user, name), auth=self._auth(user),
+                method, self.media_url(user, name), headers=headers,
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.cfg.timeout_s,
                                               sock_read=self.cfg.timeout_s),
                 **kwargs,

@@ -17,7 +17,7 @@ from .gateway import Gateway
 from .metrics import Metrics
 from .store import Store, open_store
 from .upstream import UpstreamClient
-from .web_keys import CONFIG, DELIVERY, METRICS, STORE, UPSTREAM
+from .web_keys import CONFIG, DELIVERY, METRICS, REQUEST_ID, STORE, UPSTREAM
 from .web_v1 import v1_error_response
 
 log = logging.getLogger("shim.access")
@@ -40,7 +40,7 @@ def _from_http_exception(exc: web.HTTPException) -> ShimError:
 async def v1_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Request id, one JSON access-log line, and every error as a v1 body."""
     rid = request.headers.get("X-Request-Id") or uuid.uuid4().hex
-    request["request_id"] = rid
+    request[REQUEST_ID] = rid
     started = time.perf_counter()
     try:
         try:

@@ -12,6 +12,11 @@ from .config import Config, UserConfig
 from .errors import AccessDenied
 
 
+def basic_header(user: str, password: str) -> str:
+    """An ``Authorization: Basic`` value (aiohttp's BasicAuth is deprecated)."""
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+
+
 def basic_credentials(header: str | None) -> tuple[str, str] | None:
     if not header or not header[:6].lower() == "basic ":
         return None

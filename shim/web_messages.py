@@ -23,7 +23,7 @@ from .timeutil import now_us
 from .translate_send import record_from_send, to_v2_request
 from .v1_send import parse_send_item
 from .web_auth import authenticate
-from .web_keys import CONFIG, DELIVERY, STORE, UPSTREAM
+from .web_keys import CONFIG, DELIVERY, REQUEST_ID, STORE, UPSTREAM
 from .web_v1 import json_response, read_json
 
 log = logging.getLogger("shim.messages")
@@ -42,7 +42,7 @@ async def send_one(request: web.Request, user: UserConfig, item: Any) -> str:
     req = parse_send_item(item)
     body = to_v2_request(req, user, cfg.server.public_url, app[UPSTREAM].base_url)
     received = now_us()
-    v2msg = await app[UPSTREAM].send_message(user, body, request.get("request_id", ""))
+    v2msg = await app[UPSTREAM].send_message(user, body, request.get(REQUEST_ID, ""))
     record = record_from_send(req, v2msg, user, received)
     try:
         enqueued = await app[STORE].insert_message(record)

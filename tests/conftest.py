@@ -1,0 +1,235 @@
+"""Shared fixtures: a real shim on loopback, the sandbox upstream, and a real callback receiver.
+
+Every v2 request the sandbox receives is validated against the official spec in
+``shared/reference/messaging-v2.yml``; a test fails if shim ever sends an invalid one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from shim.config import Config, parse_config
+from shim.openapi import message_request_errors
+from shim.sandbox import SANDBOX, CallbackTarget, build_sandbox_app
+from shim.web_app import build_app
+from shim.web_auth import basic_header
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_SPEC = ROOT.parent / "shared" / "reference" / "messaging-v2.yml"
+
+USER = {
+    "user_id": "u-test",
+    "api_token": "t-test-token",
+    "api_secret": "s3cret-value",
+    "account_id": "9900001",
+    "application_id": "aaaaaaaa-1111-2222-3333-444444444444",
+    "v2_username": "v2user",
+    "v2_password": "v2pass-secret",
+}
+OTHER_USER = {
+    "user_id": "u-other",
+    "api_token": "t-other-token",
+    "api_secret": "other-secret",
+    "account_id": "9900002",
+    "application_id": "bbbbbbbb-1111-2222-3333-444444444444",
+    "v2_username": "v2other",
+    "v2_password": "v2other-secret",
+}
+CB_USER, CB_PASS = "bandwidth", "cb-pass-secret"
+
+
+def auth(user: str, password: str) -> dict[str, str]:
+    return {"Authorization": basic_header(user, password)}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def wait_until(cond: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = cond()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        await asyncio.sleep(interval)
+    raise AssertionError("condition not met in time")
+
+
+@dataclass
+class Received:
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]
+    body: bytes
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class Receiver:
+    """A legacy app's callback endpoint. ``script[path]`` lists statuses to answer in turn
+    (last one repeats); a status of ``"hang"`` never answers in time."""
+
+    url: str = ""
+    requests: list[Received] = field(default_factory=list)
+    script: dict[str, list[Any]] = field(default_factory=dict)
+    headers: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def at(self, path: str) -> list[Received]:
+        return [r for r in self.requests if r.path == path]
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        self.requests.append(Received(
+            request.method, request.path,
+            {k: request.query.getall(k) for k in request.query}, dict(request.headers), body,
+        ))
+        steps = self.script.get(request.path, [200])
+        status = steps.pop(0) if len(steps) > 1 else steps[0]
+        if status == "hang":
+            await asyncio.sleep(30)
+            status = 200
+        return web.Response(status=int(status), headers=self.headers.get(request.path))
+
+
+@dataclass
+class Harness:
+    url: str
+    cfg: Config
+    app: web.Application
+    sandbox: web.Application
+    receiver: Receiver
+    session: aiohttp.ClientSession
+    v2_requests: list[Any]
+    auth: dict[str, str] = field(default_factory=lambda: auth(USER["api_token"], USER["api_secret"]))
+
+    @property
+    def messages_url(self) -> str:
+        return f"{self.url}/v1/users/u-test/messages"
+
+    async def post(self, body: Any, raw: bytes | None = None, **kw: Any) -> aiohttp.ClientResponse:
+        data = raw if raw is not None else json.dumps(body).encode()
+        headers = {"Content-Type": "application/json"} | kw.pop("auth", self.auth)
+        resp = await self.session.post(self.messages_url, data=data, headers=headers, **kw)
+        await resp.read()
+        return resp
+
+    async def get_json(self, url: str, **kw: Any) -> tuple[aiohttp.ClientResponse, Any]:
+        resp = await self.session.get(url, headers=kw.pop("auth", self.auth), **kw)
+        body = await resp.read()
+        return resp, (json.loads(body) if body else None)
+
+    async def send(self, **fields: Any) -> str:
+        body = {"from": "+15551230001", "to": "+15551230002", "text": "hi"} | fields
+        resp = await self.post(body)
+        assert resp.status == 201, await resp.text()
+        return resp.headers["Location"].rsplit("/", 1)[1]
+
+    async def stored(self, message_id: str) -> dict[str, Any]:
+        resp, body = await self.get_json(f"{self.messages_url}/{message_id}")
+        assert resp.status == 200
+        assert isinstance(body, dict)
+        return body
+
+    @property
+    def sandbox_state(self) -> Any:
+        return self.sandbox[SANDBOX]
+
+
+HarnessFactory = Callable[..., Awaitable[Harness]]
+
+
+@pytest.fixture
+async def make_harness(tmp_path: Path) -> AsyncIterator[HarnessFactory]:
+    servers: list[TestServer] = []
+    sessions: list[aiohttp.ClientSession] = []
+    checks: list[list[Any]] = []
+
+    async def factory(store_url: str | None = None, **overrides: Any) -> Harness:
+        receiver = Receiver()
+        rapp = web.Application()
+        rapp.router.add_route("*", "/{tail:.*}", receiver.handle)
+        rserver = TestServer(rapp, host="127.0.0.1", port=free_port())
+        await rserver.start_server()
+        servers.append(rserver)
+        receiver.url = str(rserver.make_url("")).rstrip("/")
+
+        port = free_port()
+        user = dict(USER) | {"incoming": {"url": f"{receiver.url}/incoming", "timeout_ms": 2000}}
+        raw: dict[str, Any] = {
+            "server": {"host": "127.0.0.1", "port": port},
+            "store": {"url": store_url or f"sqlite:///{tmp_path}/shim-{len(servers)}.db"},
+            "upstream": {"mode": "sandbox", "timeout_s": 3, "connect_retries": 1},
+            "callbacks": {"username": CB_USER, "password": CB_PASS,
+                          "retry_schedule_s": [0.2, 0.2, 0.2], "signing_secret": "sign-me",
+                          "unmatched_grace_s": 1},
+            "users": [user, OTHER_USER],
+        }
+        for key, value in overrides.items():
+            section, _, name = key.partition("__")
+            if name:
+                raw.setdefault(section, {})[name] = value
+            else:
+                raw[section] = value
+        cfg = parse_config(raw)
+
+        v2_requests: list[Any] = []
+        checks.append(v2_requests)
+        creds = {(u.v2_username, u.v2_password.get_secret_value()) for u in cfg.users}
+        target = CallbackTarget(f"http://127.0.0.1:{port}{cfg.callbacks.path}", CB_USER, CB_PASS)
+        sapp = build_sandbox_app(creds, target, delay_s=0.02)
+
+        @web.middleware
+        async def capture(request: web.Request, handler: Any) -> web.StreamResponse:
+            if request.method == "POST" and request.path.endswith("/messages"):
+                v2_requests.append(json.loads(await request.read()))
+            return await handler(request)
+
+        sapp.middlewares.append(capture)
+        sserver = TestServer(sapp, host="127.0.0.1", port=free_port())
+        await sserver.start_server()
+        servers.append(sserver)
+        cfg.upstream.base_url = str(sserver.make_url("")).rstrip("/")
+
+        app = build_app(cfg)
+        server = TestServer(app, host="127.0.0.1", port=port)
+        await server.start_server()
+        servers.append(server)
+        session = aiohttp.ClientSession()
+        sessions.append(session)
+        return Harness(f"http://127.0.0.1:{port}", cfg, app, sapp, receiver, session, v2_requests)
+
+    yield factory
+    for s in sessions:
+        await s.close()
+    for srv in reversed(servers):
+        await srv.close()
+    for requests in checks:
+        for body in requests:
+            errors = message_request_errors(body, str(SHARED_SPEC))
+            assert not errors, f"shim sent an invalid v2 request {body}: {errors[0].message}"
+
+
+@pytest.fixture
+async def harness(make_harness: HarnessFactory) -> Harness:
+    return await make_harness()
