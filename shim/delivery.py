@@ -111,6 +111,7 @@ class DeliveryEngine:
         self._session: aiohttp.ClientSession | None = None
         self._stopping = False
         self.poll_s = 0.5
+        self.retention_interval_s = 3600.0
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -177,13 +178,22 @@ class DeliveryEngine:
                 await asyncio.sleep(1)
 
     async def _sweep(self) -> None:
-        """Route events that never matched a send; refresh queue gauges."""
+        """Route events that never matched a send, apply retention, refresh queue gauges."""
         grace_us = int(self.cfg.callbacks.unmatched_grace_s * 1_000_000)
+        day_us = 86_400 * 1_000_000
+        next_retention = 0.0
         while not self._stopping:
             try:
                 routed = await self.store.route_unmatched(now_us() - grace_us, self.gateway.route_native)
                 if routed:
                     self.wake()
+                if time.monotonic() >= next_retention:
+                    ret = self.cfg.retention
+                    now = now_us()
+                    await self.store.apply_retention(
+                        now - int(ret.text_days * day_us), now - int(ret.purge_days * day_us)
+                    )
+                    next_retention = time.monotonic() + self.retention_interval_s
                 counts = await self.store.outbox_counts()
                 self.metrics.queue_depth.set(counts["pending"])
                 self.metrics.dead_letters.set(counts["dead"])

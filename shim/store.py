@@ -330,6 +330,11 @@ class Store(abc.ABC):
     # -- retention -------------------------------------------------------------------------
     async def apply_retention(self, clear_text_before_us: int, purge_before_us: int) -> int:
         async with self.transaction() as tx:
+            await tx.execute("DELETE FROM messages WHERE time_us < ?", purge_before_us)
+            await tx.execute("DELETE FROM events WHERE received_us < ?", purge_before_us)
+            await tx.execute(
+                "DELETE FROM outbox WHERE status = 'delivered' AND updated_us < ?", purge_before_us
+            )
             rows = await tx.fetchall(
                 "SELECT seq, doc FROM messages WHERE time_us < ? AND text_cleared = 0 LIMIT 1000",
                 clear_text_before_us,
@@ -338,11 +343,6 @@ class Store(abc.ABC):
                 rec = _record(row)
                 rec.text = ""
                 await self._update_message(tx, rec, text_cleared=1)
-            await tx.execute("DELETE FROM messages WHERE time_us < ?", purge_before_us)
-            await tx.execute("DELETE FROM events WHERE received_us < ?", purge_before_us)
-            await tx.execute(
-                "DELETE FROM outbox WHERE status = 'delivered' AND updated_us < ?", purge_before_us
-            )
             return len(rows)
 
     # -- helpers ---------------------------------------------------------------------------

@@ -7,6 +7,7 @@ Every v2 request the sandbox receives is validated against the official spec in
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import socket
 import time
@@ -128,7 +129,9 @@ class Harness:
         return f"{self.url}/v1/users/u-test/messages"
 
     async def post(self, body: Any, raw: bytes | None = None, **kw: Any) -> aiohttp.ClientResponse:
-        data = raw if raw is not None else json.dumps(body).encode()
+        data: Any = raw if raw is not None else json.dumps(body).encode()
+        if len(data) > 512 * 1024:
+            data = io.BytesIO(data)
         headers = {"Content-Type": "application/json"} | kw.pop("auth", self.auth)
         resp = await self.session.post(self.messages_url, data=data, headers=headers, **kw)
         await resp.read()

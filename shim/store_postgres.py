@@ -1,0 +1,130 @@
+"""PostgreSQL backend (asyncpg): several shim replicas share one database.
+
+Work on one message id is serialized with a transaction-scoped advisory lock (so a callback and
+the send record it belongs to can never miss each other), outbox rows are leased with
+``FOR UPDATE SKIP LOCKED``, and the schema is created under a session advisory lock so
+replicas starting together do not race.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+
+from .store import Store, Tx
+
+SCHEMA_LOCK = 7_240_311_001
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    seq BIGSERIAL PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    user_id TEXT NOT NULL,
+    direction TEXT NOT NULL,
+    from_number TEXT NOT NULL,
+    to_number TEXT NOT NULL,
+    state TEXT NOT NULL,
+    delivery_state TEXT,
+    time_us BIGINT NOT NULL,
+    created_us BIGINT NOT NULL,
+    text_cleared INTEGER NOT NULL DEFAULT 0,
+    doc TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS messages_user_seq ON messages (user_id, seq);
+CREATE INDEX IF NOT EXISTS messages_time ON messages (time_us);
+CREATE TABLE IF NOT EXISTS events (
+    dedupe_key TEXT PRIMARY KEY,
+    message_id TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    status TEXT NOT NULL,
+    received_us BIGINT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_pending ON events (message_id) WHERE status = 'pending';
+CREATE INDEX IF NOT EXISTS events_received ON events (received_us);
+CREATE TABLE IF NOT EXISTS outbox (
+    id BIGSERIAL PRIMARY KEY,
+    event_id TEXT NOT NULL UNIQUE,
+    order_key TEXT NOT NULL,
+    user_id TEXT,
+    status TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_us BIGINT NOT NULL,
+    lease_owner TEXT,
+    lease_until_us BIGINT,
+    last_error TEXT,
+    created_us BIGINT NOT NULL,
+    updated_us BIGINT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox (status, next_attempt_us);
+CREATE INDEX IF NOT EXISTS outbox_order ON outbox (order_key, id);
+"""
+
+_PLACEHOLDER = re.compile(r"\?")
+
+
+def to_pg(sql: str) -> str:
+    """``?`` placeholders → ``$1, $2, …`` (shim's SQL has no literal question marks)."""
+    counter = iter(range(1, 10_000))
+    return _PLACEHOLDER.sub(lambda _: f"${next(counter)}", sql)
+
+
+class _PgTx(Tx):
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self.conn = conn
+
+    async def execute(self, sql: str, *args: Any) -> None:
+        await self.conn.execute(to_pg(sql), *args)
+
+    async def fetchone(self, sql: str, *args: Any) -> Sequence[Any] | None:
+        row = await self.conn.fetchrow(to_pg(sql), *args)
+        return tuple(row) if row is not None else None
+
+    async def fetchall(self, sql: str, *args: Any) -> list[Sequence[Any]]:
+        return [tuple(r) for r in await self.conn.fetch(to_pg(sql), *args)]
+
+
+class PostgresStore(Store):
+    skip_locked = " FOR UPDATE SKIP LOCKED"
+
+    def __init__(self, url: str, min_size: int = 2, max_size: int = 20) -> None:
+        super().__init__()
+        self.url = url.replace("postgres://", "postgresql://", 1)
+        self.min_size = min_size
+        self.max_size = max_size
+        self._pool: asyncpg.Pool | None = None
+
+    async def open(self) -> None:
+        self._pool = await asyncpg.create_pool(self.url, min_size=self.min_size, max_size=self.max_size)
+        async with self._pool.acquire() as conn:
+            await conn.execute("SELECT pg_advisory_lock($1)", SCHEMA_LOCK)
+            try:
+                await conn.execute(SCHEMA)
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock($1)", SCHEMA_LOCK)
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Tx]:
+        if self._pool is None:
+            raise RuntimeError("store is not open")
+        async with self._pool.acquire() as conn, conn.transaction():
+            yield _PgTx(conn)
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[Tx]:
+        if self._pool is None:
+            raise RuntimeError("store is not open")
+        async with self._pool.acquire() as conn:
+            yield _PgTx(conn)
+
+    async def _lock_message(self, tx: Tx, message_id: str) -> None:
+        await tx.execute("SELECT pg_advisory_xact_lock(hashtext(?))", message_id)

@@ -1,0 +1,241 @@
+"""The store contract: one suite, run against every backend (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shim.config import parse_config
+from shim.deliveries import DeliverySpec
+from shim.gateway import Gateway
+from shim.listing import ListQuery
+from shim.message import MessageRecord
+from shim.store import Store, open_store
+from shim.timeutil import now_us
+
+from .conftest import USER
+from .pg import fresh_database
+
+CFG = parse_config({"users": [USER | {"incoming": {"url": "http://127.0.0.1:9/in"}}]})
+GW = Gateway(CFG)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    if request.param == "sqlite":
+        s = open_store(f"sqlite:///{tmp_path}/contract.db")
+        s.apply_status = GW.apply_status
+        await s.open()
+        yield s
+        await s.close()
+        return
+    async with fresh_database() as url:
+        s = open_store(url)
+        s.apply_status = GW.apply_status
+        await s.open()
+        yield s
+        await s.close()
+
+
+def msg(i: int, **kw: Any) -> MessageRecord:
+    base: dict[str, Any] = dict(
+        id=f"m{i:04d}", user_id="u-test", direction="out", from_="+15551230001",
+        to=f"+1555000{i % 3:04d}", text=f"t{i}", time="2026-01-01T00:00:00.000Z", time_us=1_000_000 * i,
+        callback_url="http://127.0.0.1:9/cb", receipt_requested="all",
+    )
+    return MessageRecord(**(base | kw))
+
+
+def status(mid: str, type_: str, **kw: Any) -> dict[str, Any]:
+    return {"type": type_, "time": "2026-01-01T00:00:01Z", "to": "+15550000000", "description": "ok",
+            "message": {"id": mid, "owner": "+15551230001", "applicationId": USER["application_id"],
+                        "time": "2026-01-01T00:00:00Z", "segmentCount": 1, "direction": "out",
+                        "to": ["+15550000000"], "from": "+15551230001", "text": ""}} | kw
+
+
+async def test_insert_get_and_isolation(store: Store) -> None:
+    await store.insert_message(msg(1))
+    got = await store.get_message("u-test", "m0001")
+    assert got is not None and got.text == "t1" and got.seq is not None
+    assert await store.get_message("u-other", "m0001") is None
+    assert await store.get_message("u-test", "nope") is None
+    # Inserting the same id twice keeps the first.
+    await store.insert_message(msg(1, text="again"))
+    got = await store.get_message("u-test", "m0001")
+    assert got is not None and got.text == "t1"
+
+
+async def test_list_filters_order_and_cursor(store: Store) -> None:
+    for i in range(1, 11):
+        await store.insert_message(msg(i, direction="in" if i % 2 else "out"))
+    ids = lambda rs: [r.id for r in rs]  # noqa: E731
+    all_desc = await store.list_messages("u-test", ListQuery(size=100))
+    assert ids(all_desc) == [f"m{i:04d}" for i in range(10, 0, -1)]
+    asc = await store.list_messages("u-test", ListQuery(size=100, descending=False))
+    assert ids(asc) == list(reversed(ids(all_desc)))
+    page = await store.list_messages("u-test", ListQuery(size=3))
+    assert len(page) == 4  # size + 1 tells the caller there is more
+    nxt = await store.list_messages("u-test", ListQuery(size=3, after_seq=page[2].seq))
+    assert ids(nxt)[:3] == ["m0007", "m0006", "m0005"]
+    assert ids(await store.list_messages("u-test", ListQuery(size=100, direction="in"))) == \
+        ["m0009", "m0007", "m0005", "m0003", "m0001"]
+    assert ids(await store.list_messages("u-test", ListQuery(size=100, to="+15550000000"))) == ["m0009", "m0006", "m0003"]
+    assert ids(await store.list_messages("u-test", ListQuery(size=100, from_us=3_000_000, to_us=5_000_000))) == \
+        ["m0005", "m0004", "m0003"]
+    assert ids(await store.list_messages("u-test", ListQuery(size=2, offset=2))) == ["m0008", "m0007", "m0006"]
+    assert await store.list_messages("u-other", ListQuery()) == []
+
+
+async def test_redact(store: Store) -> None:
+    await store.insert_message(msg(1))
+    assert await store.redact_text("u-test", "m0001")
+    got = await store.get_message("u-test", "m0001")
+    assert got is not None and got.text == ""
+    assert not await store.redact_text("u-test", "nope")
+    assert not await store.redact_text("u-other", "m0001")
+
+
+async def test_ingest_applies_and_dedupes(store: Store) -> None:
+    await store.insert_message(msg(1))
+    ev = GW.prepare(status("m0001", "message-delivered"))
+    assert await store.ingest([ev]) == 2  # sent + receipt
+    assert await store.ingest([ev]) == 0  # a duplicate delivery from Bandwidth
+    got = await store.get_message("u-test", "m0001")
+    assert got is not None and (got.state, got.delivery_state) == ("sent", "delivered")
+    assert (await store.outbox_counts())["pending"] == 2
+
+
+async def test_event_before_send_is_kept_then_applied(store: Store) -> None:
+    assert await store.ingest([GW.prepare(status("m0002", "message-failed", errorCode=4720))]) == 0
+    assert await store.pending_event_count() == 1
+    assert await store.insert_message(msg(2)) == 1
+    got = await store.get_message("u-test", "m0002")
+    assert got is not None and (got.state, got.delivery_code) == ("error", "720")
+    assert await store.pending_event_count() == 0
+
+
+async def test_concurrent_event_and_send_never_miss(store: Store) -> None:
+    for i in range(20):
+        await asyncio.gather(store.ingest([GW.prepare(status(f"r{i}", "message-sent"))]),
+                             store.insert_message(msg(i, id=f"r{i}")))
+        got = await store.get_message("u-test", f"r{i}")
+        assert got is not None and got.state == "sent", i
+
+
+async def test_inbound_ingest(store: Store) -> None:
+    payload = {"type": "message-received", "time": "2026-01-01T00:00:00Z", "to": "+15551230001",
+               "description": "Incoming", "message": {
+                   "id": "in1", "time": "2026-01-01T00:00:00Z", "to": ["+15551230001"], "from": "+15559990000",
+                   "text": "yo", "applicationId": USER["application_id"], "owner": "+15551230001",
+                   "direction": "in", "segmentCount": 1}}
+    assert await store.ingest([GW.prepare(payload)]) == 1
+    assert await store.ingest([GW.prepare(payload)]) == 0
+    got = await store.get_message("u-test", "in1")
+    assert got is not None and (got.direction, got.state, got.text) == ("in", "received", "yo")
+
+
+def spec(n: int, key: str = "k", url: str = "http://127.0.0.1:9/cb") -> DeliverySpec:
+    return DeliverySpec(event_id=f"e{n}", order_key=key, url=url, body={"n": n})
+
+
+async def test_claim_leases_and_order(store: Store) -> None:
+    await store.enqueue([spec(1, "a"), spec(2, "a"), spec(3, "b")])
+    await store.enqueue([spec(1, "a")])  # same event id: ignored
+    first = await store.claim("w1", 10, 5_000_000)
+    assert sorted(d.spec.event_id for d in first) == ["e1", "e3"]  # e2 waits for e1
+    assert await store.claim("w2", 10, 5_000_000) == []  # leased
+    e1 = next(d for d in first if d.spec.event_id == "e1")
+    assert not await store.mark_delivered(e1.id, "w2")  # not the lease owner
+    assert await store.mark_delivered(e1.id, "w1")
+    nxt = await store.claim("w2", 10, 5_000_000)
+    assert [d.spec.event_id for d in nxt] == ["e2"]
+
+
+async def test_expired_lease_is_taken_over(store: Store) -> None:
+    await store.enqueue([spec(1)])
+    (d,) = await store.claim("dead-replica", 10, 1)  # 1 µs lease
+    await asyncio.sleep(0.01)
+    (again,) = await store.claim("survivor", 10, 5_000_000)
+    assert again.id == d.id
+    assert not await store.mark_delivered(d.id, "dead-replica")
+    assert await store.mark_delivered(again.id, "survivor")
+
+
+async def test_retry_dead_letter_and_replay(store: Store) -> None:
+    await store.enqueue([spec(1), spec(2)])
+    (d,) = await store.claim("w", 10, 5_000_000)
+    assert await store.mark_failed(d.id, "w", "HTTP 500", now_us() + 60_000_000)
+    assert await store.claim("w", 10, 5_000_000) == []  # not due, and e2 waits behind it
+    assert await store.next_due_us() is not None
+    await store.release_all()
+    # Force it due and fail it for good.
+    assert await store.mark_failed(d.id, "w", "x", None) is False  # lease gone
+    async with store.transaction() as tx:
+        await tx.execute("UPDATE outbox SET next_attempt_us = 0 WHERE id = ?", d.id)
+    (d,) = await store.claim("w", 10, 5_000_000)
+    assert d.attempts == 1
+    assert await store.mark_failed(d.id, "w", "HTTP 500", None)
+    dead = await store.dead_letters()
+    assert [(x.event_id, x.attempts, x.last_error) for x in dead] == [("e1", 2, "HTTP 500")]
+    # A dead letter no longer blocks the message's later events.
+    (d2,) = await store.claim("w", 10, 5_000_000)
+    assert d2.spec.event_id == "e2"
+    assert await store.replay([dead[0].id]) == 1
+    assert await store.dead_letters() == []
+    assert (await store.outbox_counts())["pending"] == 2
+
+
+async def test_deferred_and_release(store: Store) -> None:
+    await store.enqueue([spec(1)])
+    (d,) = await store.claim("w", 10, 5_000_000)
+    await store.mark_deferred(d.id, "w", now_us() + 60_000_000)
+    assert await store.claim("w", 10, 5_000_000) == []
+    async with store.transaction() as tx:
+        await tx.execute("UPDATE outbox SET next_attempt_us = 0")
+    (d,) = await store.claim("w", 10, 5_000_000)
+    await store.release(d.id, "w")
+    assert len(await store.claim("w2", 10, 5_000_000)) == 1
+
+
+async def test_unmatched_events_routed_as_native(store: Store) -> None:
+    native = []
+
+    def router(payload: dict[str, Any]) -> list[DeliverySpec]:
+        native.append(payload["message"]["id"])
+        return [spec(99, "native")]
+
+    await store.ingest([GW.prepare(status("ghost", "message-delivered"))])
+    assert await store.route_unmatched(now_us() - 60_000_000, router) == 0  # still in grace
+    assert await store.route_unmatched(now_us() + 1, router) == 1
+    assert native == ["ghost"]
+    assert await store.pending_event_count() == 0
+
+
+async def test_parallel_claims_never_share_a_row(store: Store) -> None:
+    await store.enqueue([spec(i, f"k{i}") for i in range(60)])
+    got = await asyncio.gather(*(store.claim(f"w{i}", 7, 5_000_000) for i in range(12)))
+    ids = [d.id for batch in got for d in batch]
+    assert len(ids) == len(set(ids)) == 60
+
+
+async def test_retention(store: Store) -> None:
+    await store.insert_message(msg(1, time_us=now_us() - 10 * 86_400_000_000))
+    await store.insert_message(msg(2, time_us=now_us() - 100 * 86_400_000_000))
+    await store.insert_message(msg(3, time_us=now_us()))
+    cleared = await store.apply_retention(now_us() - 3 * 86_400_000_000, now_us() - 30 * 86_400_000_000)
+    assert cleared == 1
+    m1 = await store.get_message("u-test", "m0001")
+    assert m1 is not None and m1.text == ""
+    assert await store.get_message("u-test", "m0002") is None
+    m3 = await store.get_message("u-test", "m0003")
+    assert m3 is not None and m3.text == "t3"
+
+
+async def test_ping(store: Store) -> None:
+    await store.ping()
+    assert json.dumps(await store.outbox_counts())

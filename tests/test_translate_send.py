@@ -1,0 +1,107 @@
+"""v1 → v2 request mapping and v2 answer → v1 (tables). Every v2 body built here is validated
+against the official spec in shared/reference."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from shim.config import UserConfig
+from shim.errors import ShimError
+from shim.openapi import message_request_errors
+from shim.translate_send import (
+    record_from_send,
+    rewrite_inbound_media,
+    rewrite_outbound_media,
+    to_v2_request,
+    v2_error_to_v1,
+)
+from shim.v1_send import parse_send_item
+from shim.v2 import V2Message
+
+from .conftest import SHARED_SPEC, USER
+
+PUBLIC = "https://shim.example.com"
+V2 = "https://messaging.bandwidth.com/api/v2"
+U = UserConfig.model_validate(USER)
+APP = USER["application_id"]
+
+
+@pytest.mark.parametrize(
+    ("v1", "v2"),
+    [
+        ({"from": "+15551230001", "to": "+15551230002", "text": "hi"},
+         {"applicationId": APP, "to": ["+15551230002"], "from": "+15551230001", "text": "hi"}),
+        ({"from": "+15551230001", "to": "+15551230002", "text": "hi", "tag": "t", "callbackUrl": "https://a.b/c",
+          "receiptRequested": "all", "callbackTimeout": "100", "fallbackUrl": "https://a.b/d"},
+         {"applicationId": APP, "to": ["+15551230002"], "from": "+15551230001", "text": "hi", "tag": "t"}),
+        ({"from": "+15551230001", "to": "+15551230002", "media": "https://x.io/a.png"},
+         {"applicationId": APP, "to": ["+15551230002"], "from": "+15551230001", "media": ["https://x.io/a.png"]}),
+        ({"from": "+15551230001", "to": "+15551230002", "text": "", "media": [f"{PUBLIC}/v1/users/u-test/media/p.png"]},
+         {"applicationId": APP, "to": ["+15551230002"], "from": "+15551230001",
+          "media": [f"{V2}/users/9900001/media/p.png"]}),
+        ({"from": "+15551230001", "to": "+15551230002", "text": "x",
+          "media": ["https://api.catapult.inetwork.com/v1/users/u-test/media/old.gif",
+                    "https://api.catapult.inetwork.com/v1/users/u-other/media/theirs.gif"]},
+         {"applicationId": APP, "to": ["+15551230002"], "from": "+15551230001", "text": "x",
+          "media": [f"{V2}/users/9900001/media/old.gif",
+                    "https://api.catapult.inetwork.com/v1/users/u-other/media/theirs.gif"]}),
+    ],
+)
+def test_v1_to_v2(v1: dict[str, Any], v2: dict[str, Any]) -> None:
+    body = to_v2_request(parse_send_item(v1), U, PUBLIC, V2)
+    assert body == v2
+    assert message_request_errors(body, str(SHARED_SPEC)) == []
+
+
+def test_media_rewrites() -> None:
+    assert rewrite_outbound_media(f"{PUBLIC}/v1/users/u-test/media/a/b.png", PUBLIC, U, V2) == \
+        f"{V2}/users/9900001/media/a/b.png"
+    assert rewrite_outbound_media("https://cdn.example/x.png", PUBLIC, U, V2) == "https://cdn.example/x.png"
+    assert rewrite_inbound_media(f"{V2}/users/9900001/media/1476/0/bw.png", PUBLIC, U) == \
+        f"{PUBLIC}/v1/users/u-test/media/1476/0/bw.png"
+    assert rewrite_inbound_media("https://other.example/y.png", PUBLIC, U) == "https://other.example/y.png"
+
+
+def test_record_from_send() -> None:
+    req = parse_send_item({"from": "+15551230001", "to": "+15551230002", "text": "hi", "receiptRequested": "all",
+                           "callbackUrl": "https://cb.example/x", "callbackHttpMethod": "GET"})
+    v2 = V2Message.model_validate({"id": "14762070468292kw2fuqty55yp2b2", "time": "2021-07-21T21:00:45.179Z",
+                                   "segmentCount": 2, "to": ["+15551230002"], "from": "+15551230001"})
+    rec = record_from_send(req, v2, U, 0)
+    assert rec.to_v1() == {
+        "id": "14762070468292kw2fuqty55yp2b2", "messageId": "14762070468292kw2fuqty55yp2b2",
+        "from": "+15551230001", "to": "+15551230002", "direction": "out", "text": "hi", "media": [],
+        "state": "queued", "time": "2021-07-21T21:00:45.179Z", "segmentCount": 2,
+        "callbackUrl": "https://cb.example/x", "receiptRequested": "all",
+    }
+    assert rec.callback_method == "GET"
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "v1_status", "category", "code"),
+    [
+        (400, {"type": "request-validation", "description": "Your request could not be accepted",
+               "fieldErrors": [{"fieldName": "to", "description": "'+1invalid' must be E164"}]},
+         400, "bad-request", "validation-error"),
+        (400, None, 400, "bad-request", "validation-error"),
+        (429, {"type": "max-message-queue-size-exceeded", "description": "full"}, 403, "limit", "message-rate-limit"),
+        (401, {"type": "unauthorized", "description": "Authentication Failed"}, 503, "unavailable",
+         "message-gateway-unavailable"),
+        (403, {"type": "forbidden", "description": "Access Denied"}, 503, "unavailable", "message-gateway-unavailable"),
+        (500, None, 503, "unavailable", "message-gateway-unavailable"),
+        (502, "<html>", 503, "unavailable", "message-gateway-unavailable"),
+        (404, {"status": 404, "error": "Not Found"}, 503, "unavailable", "message-gateway-unavailable"),
+    ],
+)
+def test_v2_error_to_v1(status: int, body: Any, v1_status: int, category: str, code: str) -> None:
+    err = v2_error_to_v1(status, body)
+    assert isinstance(err, ShimError)
+    assert (err.status, err.category, err.code) == (v1_status, category, code)
+
+
+def test_field_errors_become_details() -> None:
+    err = v2_error_to_v1(400, {"type": "request-validation", "description": "bad", "fieldErrors": [
+        {"fieldName": "to", "description": "a"}, {"fieldName": "to", "description": "b"}]})
+    assert err.details == {"to": "a", "to#2": "b"}

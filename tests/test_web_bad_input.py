@@ -1,0 +1,153 @@
+"""Bad input: every request gets a v1 error with the right status, nothing is stored, and the
+server keeps serving."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from .conftest import Harness, auth
+
+V1_KEYS = {"category", "code", "message", "details"}
+
+
+async def assert_v1_error(resp: Any, status: int, code: str | None = None) -> dict[str, Any]:
+    assert resp.status == status, await resp.text()
+    assert resp.headers["Content-Type"] == "application/json"
+    body = json.loads(await resp.read())
+    assert set(body) == V1_KEYS
+    assert isinstance(body["message"], str) and body["message"]
+    assert all(set(d) == {"name", "value"} for d in body["details"])
+    if code:
+        assert body["code"] == code, body
+    return body
+
+
+async def nothing_stored(h: Harness) -> None:
+    r, body = await h.get_json(h.messages_url)
+    assert r.status == 200 and body == []
+    assert h.v2_requests == []
+
+
+@pytest.mark.parametrize(
+    ("raw", "status", "code", "says"),
+    [
+        (b"", 400, "bad-request", "empty"),
+        (b"   ", 400, "bad-request", "empty"),
+        (b"{not json", 400, "bad-request", "not valid JSON"),
+        (b'{"from": "+1", "to": "+2", "text": "x",}', 400, "bad-request", "not valid JSON"),
+        (b'"a string"', 400, "bad-request", "JSON object or an array"),
+        (b"42", 400, "bad-request", "JSON object or an array"),
+        (b"null", 400, "bad-request", "JSON object or an array"),
+        (b"[]", 400, "bad-request", "empty array"),
+        (b'{"text": "\xff\xfe bad utf8"}', 400, "bad-request", "UTF-8"),
+        (b'{"from": NaN}', 400, "bad-request", "not valid JSON"),
+        (b"[" * 100000 + b"]" * 100000, 400, "bad-request", "JSON"),
+        (b'{"to": "+15551230002", "text": "x"}', 400, "missing-property", "'from'"),
+        (b'{"from": "+15551230001", "text": "x"}', 400, "missing-property", "'to'"),
+        (b'{"from": "+15551230001", "to": "  ", "text": "x"}', 400, "blank-property", "'to'"),
+        (b'{"from": "+15551230001", "to": "+15551230002"}', 400, "missing-property", "'text'"),
+        (b'{"from": 15551230001, "to": "+15551230002", "text": "x"}', 400, "validation-error", "string"),
+        (b'{"from": "+15551230001", "to": ["+15551230002"], "text": "x"}', 400, "validation-error", "'to'"),
+        (b'{"from": "+15551230001", "to": "+15551230002", "text": {"a": 1}}', 400, "validation-error", "text"),
+        (json.dumps({"from": "+15551230001", "to": "+15551230002", "text": "x" * 2049}).encode(),
+         400, "validation-error", "2,048"),
+        (b'{"from": "+15551230001", "to": "+15551230002", "text": "x", "receiptRequested": "sometimes"}',
+         400, "validation-error", "receiptRequested"),
+        (b'{"from": "+15551230001", "to": "+15551230002", "text": "x", "callbackHttpMethod": "PUT"}',
+         400, "validation-error", "callbackHttpMethod"),
+        (b'{"from": "+15551230001", "to": "+15551230002", "text": "x", "callbackTimeout": 10001}',
+         400, "validation-error", "callbackTimeout"),
+        (b'{"from": "+15551230001", "to": "+15551230002", "text": "x", "callbackTimeout": "soon"}',
+         400, "validation-error", "callbackTimeout"),
+        (b'{"from": "+15551230001", "to": "+15551230002", "text": "x", "callbackUrl": "ftp://x/y"}',
+         400, "callback-invalid-url", "callbackUrl"),
+        (b'{"from": "+15551230001", "to": "+15551230002", "text": "x", "fallbackUrl": "not a url"}',
+         400, "callback-invalid-url", "fallbackUrl"),
+        (b'{"from": "+15551230001", "to": "+15551230002", "media": "https://x.io/a.png",'
+         b' "receiptRequested": "all"}', 400, "validation-error", "receiptRequested"),
+        (b'{"from": "+15551230001", "to": "+15551230002", "media": [1, 2]}', 400, "validation-error", "media"),
+    ],
+)
+async def test_bad_send_bodies(harness: Harness, raw: bytes, status: int, code: str, says: str) -> None:
+    body = await assert_v1_error(await harness.post(None, raw=raw), status, code)
+    assert says in body["message"], body["message"]
+    await nothing_stored(harness)
+
+
+async def test_body_over_limit(make_harness: Any) -> None:
+    h = await make_harness(server__max_body_bytes=4096)
+    resp = await h.post(None, raw=json.dumps({"from": "+1", "to": "+2", "text": "x" * 5000}).encode())
+    await assert_v1_error(resp, 413, "request-too-large")
+    await nothing_stored(h)
+    await h.send()
+
+
+async def test_default_limit_is_one_mib(harness: Harness) -> None:
+    resp = await harness.post(None, raw=b"[" + b"1," * 600_000 + b"1]")
+    await assert_v1_error(resp, 413, "request-too-large")
+
+
+async def test_ten_thousand_element_array(harness: Harness) -> None:
+    items = [{"from": "+15551230001", "to": "+15551230002", "text": "x"}] * 10_000
+    body = await assert_v1_error(await harness.post(items), 403, "multi-message-limit")
+    assert "[10000]" in body["message"]
+    await nothing_stored(harness)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "code"),
+    [
+        ("GET", "/nope", 404, "resource-not-found"),
+        ("GET", "/v1/users/u-test/nothing", 404, "resource-not-found"),
+        ("DELETE", "/v1/users/u-test/messages", 405, "method-not-allowed"),
+        ("PUT", "/v1/users/u-test/messages/abc", 405, "method-not-allowed"),
+        ("POST", "/healthz", 405, "method-not-allowed"),
+    ],
+)
+async def test_unknown_paths_and_methods(harness: Harness, method: str, path: str, status: int, code: str) -> None:
+    resp = await harness.session.request(method, harness.url + path, headers=harness.auth)
+    await assert_v1_error(resp, status, code)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        auth("t-test-token", "wrong"),
+        auth("wrong", "s3cret-value"),
+        auth("t-other-token", "other-secret"),  # valid, but for another userId
+        {"Authorization": "Basic !!!notbase64"},
+        {"Authorization": "Bearer abc"},
+    ],
+)
+async def test_wrong_or_missing_auth(harness: Harness, headers: dict[str, str]) -> None:
+    for method, url in (("POST", harness.messages_url), ("GET", harness.messages_url),
+                        ("GET", harness.messages_url + "/x"), ("GET", f"{harness.url}/v1/users/u-test/media")):
+        resp = await harness.session.request(method, url, headers=headers,
+                                             data=b'{"from":"+15551230001","to":"+15551230002","text":"x"}')
+        body = await assert_v1_error(resp, 401, "access-denied")
+        assert body["category"] == "authorization"
+    # Unknown user id gets the same answer.
+    resp = await harness.session.get(f"{harness.url}/v1/users/u-nobody/messages", headers=harness.auth)
+    await assert_v1_error(resp, 401, "access-denied")
+    await nothing_stored(harness)
+
+
+async def test_bad_list_queries(harness: Harness) -> None:
+    for params in ({"size": "abc"}, {"size": "0"}, {"fromDateTime": "yesterday"},
+                   {"sortOrder": "sideways"}, {"deliveryState": "maybe"}, {"sortKeyLT": "x"}):
+        resp = await harness.session.get(harness.messages_url, params=params, headers=harness.auth)
+        await assert_v1_error(resp, 400, "validation-error")
+    resp = await harness.session.get(harness.messages_url, params={"size": "5000"}, headers=harness.auth)
+    assert resp.status == 200
+
+
+async def test_bad_patch_bodies(harness: Harness) -> None:
+    mid = await harness.send(text="keep")
+    for raw in (b"", b"[]", b'{"text": null}', b'{"text": "x"}', b"\xff"):
+        resp = await harness.session.patch(f"{harness.messages_url}/{mid}", data=raw, headers=harness.auth)
+        assert resp.status == 400
+    assert (await harness.stored(mid))["text"] == "keep"
