@@ -204,7 +204,8 @@ class DeliveryEngine:
             await asyncio.sleep(min(5.0, self.cfg.callbacks.unmatched_grace_s / 2))
 
     def _dispatch(self, d: Delivery) -> None:
-        host = URL(d.spec.url).host or ""
+        u = URL(d.spec.url)
+        host = f"{u.host}:{u.port}"
         if self._in_flight[host] >= self.cfg.callbacks.per_host_concurrency:
             task = asyncio.create_task(self._defer(d))
         else:
@@ -292,5 +293,8 @@ class DeliveryEngine:
                 )
         except TimeoutError:
             return AttemptResult(False, f"timeout after {spec.timeout_ms} ms")
+        except aiohttp.ClientConnectorError as e:
+            detail = " ".join(str(a) for a in e.os_error.args if a is not None) or str(e)
+            return AttemptResult(False, f"{type(e).__name__}: {scrub(detail)[:200]}")
         except (aiohttp.ClientError, OSError) as e:
             return AttemptResult(False, f"{type(e).__name__}: {scrub(str(e))[:200]}")

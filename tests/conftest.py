@@ -188,6 +188,8 @@ async def make_harness(tmp_path: Path) -> AsyncIterator[HarnessFactory]:
                           "unmatched_grace_s": 1},
             "users": [user, OTHER_USER],
         }
+        # "{receiver}" in an override stands for the receiver's base URL.
+        overrides = json.loads(json.dumps(overrides).replace("{receiver}", receiver.url))
         for key, value in overrides.items():
             section, _, name = key.partition("__")
             if name:
@@ -201,6 +203,7 @@ async def make_harness(tmp_path: Path) -> AsyncIterator[HarnessFactory]:
         creds = {(u.v2_username, u.v2_password.get_secret_value()) for u in cfg.users}
         target = CallbackTarget(f"http://127.0.0.1:{port}{cfg.callbacks.path}", CB_USER, CB_PASS)
         sapp = build_sandbox_app(creds, target, delay_s=0.02)
+        cfg.sandbox.callback_delay_s = 0.02
 
         @web.middleware
         async def capture(request: web.Request, handler: Any) -> web.StreamResponse:

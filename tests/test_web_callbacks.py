@@ -1,0 +1,309 @@
+"""End to end: v2 callbacks from the sandbox → v1 callbacks at a real receiver on loopback."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+from typing import Any
+
+from shim.timeutil import now_us
+from shim.web_keys import STORE
+
+from .conftest import CB_PASS, CB_USER, USER, Harness, Received, auth, wait_until
+
+SECRET = "sign-me"
+
+
+def verify_signature(r: Received) -> None:
+    """Standard Webhooks: v1,base64(HMAC-SHA256(secret, id.timestamp.body))."""
+    signed = f"{r.headers['webhook-id']}.{r.headers['webhook-timestamp']}.".encode() + r.body
+    expected = base64.b64encode(hmac.new(SECRET.encode(), signed, hashlib.sha256).digest()).decode()
+    assert r.headers["webhook-signature"] == f"v1,{expected}"
+
+
+def v2_event(mid: str, type_: str = "message-delivered", **kw: Any) -> dict[str, Any]:
+    return {"type": type_, "time": "2026-01-01T00:00:01Z", "to": "+15551230002", "description": "ok",
+            "message": {"id": mid, "owner": "+15551230001", "applicationId": USER["application_id"],
+                        "time": "2026-01-01T00:00:00Z", "segmentCount": 1, "direction": "out",
+                        "to": ["+15551230002"], "from": "+15551230001", "text": ""}} | kw
+
+
+async def post_events(h: Harness, events: list[dict[str, Any]], creds: tuple[str, str] | None = (CB_USER, CB_PASS)) -> Any:
+    headers = {"Content-Type": "application/json"} | (auth(*creds) if creds else {})
+    return await h.session.post(f"{h.url}/callbacks/v2", data=json.dumps(events), headers=headers)
+
+
+async def test_ingest_requires_basic_auth_with_challenge(harness: Harness) -> None:
+    for creds in (None, ("bandwidth", "wrong")):
+        resp = await post_events(harness, [v2_event("x")], creds)
+        assert resp.status == 401
+        assert resp.headers["WWW-Authenticate"] == 'Basic realm="shim"'
+    resp = await post_events(harness, [v2_event("x")])
+    assert resp.status == 200
+
+
+async def test_ingest_rejects_garbage(harness: Harness) -> None:
+    for body in ([], [1], [{"type": "message-delivered"}], "x"):
+        resp = await post_events(harness, body)  # type: ignore[arg-type]
+        assert resp.status == 400
+    resp = await harness.session.post(f"{harness.url}/callbacks/v2", data=b"{oops", headers=auth(CB_USER, CB_PASS))
+    assert resp.status == 400
+
+
+async def test_sms_receipt_none_gets_one_sent_callback(harness: Harness) -> None:
+    mid = await harness.send(callbackUrl=f"{harness.receiver.url}/cb", tag="order-1")
+    await wait_until(lambda: harness.receiver.at("/cb"))
+    await wait_until(lambda: harness.sandbox_state.callbacks_posted >= 1)
+    (r,) = harness.receiver.at("/cb")
+    assert r.method == "POST"
+    assert r.headers["Content-Type"] == "application/json; charset=utf-8"
+    assert r.headers["User-Agent"] == "BandwidthAPI/v1"
+    assert r.headers["webhook-id"] == f"evt_{mid}_sent"
+    verify_signature(r)
+    stored = await harness.stored(mid)
+    assert r.json == {
+        "eventType": "sms", "direction": "out", "messageId": mid,
+        "messageUri": f"{harness.messages_url}/{mid}", "from": "+15551230001", "to": "+15551230002",
+        "text": "hi", "time": stored["time"], "state": "sent", "segmentCount": 1, "tag": "order-1",
+    }
+    assert (stored["state"], stored["deliveryState"], stored["deliveryCode"]) == ("sent", "delivered", "0")
+
+
+async def test_receipt_all_gets_sent_then_receipt(harness: Harness) -> None:
+    mid = await harness.send(callbackUrl=f"{harness.receiver.url}/cb", receiptRequested="all")
+    await wait_until(lambda: len(harness.receiver.at("/cb")) == 2)
+    sent, receipt = harness.receiver.at("/cb")
+    assert sent.json["state"] == "sent" and "deliveryState" not in sent.json
+    assert receipt.json["state"] == "sent"
+    assert (receipt.json["deliveryState"], receipt.json["deliveryCode"], receipt.json["deliveryDescription"]) == (
+        "delivered", "0", "Message Delivered to Carrier")
+    assert receipt.headers["webhook-id"] == f"evt_{mid}_receipt"
+
+
+async def test_failure_with_receipt_error(harness: Harness) -> None:
+    mid = await harness.send(to="+15550004720", callbackUrl=f"{harness.receiver.url}/cb", receiptRequested="error")
+    await wait_until(lambda: harness.receiver.at("/cb"))
+    (r,) = harness.receiver.at("/cb")
+    assert r.json["state"] == "error"
+    assert (r.json["deliveryState"], r.json["deliveryCode"], r.json["deliveryDescription"]) == (
+        "not-delivered", "720", "Invalid Destination Address")
+    stored = await harness.stored(mid)
+    assert (stored["state"], stored["deliveryState"], stored["deliveryCode"]) == ("error", "not-delivered", "720")
+
+
+async def test_failure_without_receipt_has_no_delivery_fields(harness: Harness) -> None:
+    await harness.send(to="+15550004432", callbackUrl=f"{harness.receiver.url}/cb")
+    await wait_until(lambda: harness.receiver.at("/cb"))
+    (r,) = harness.receiver.at("/cb")
+    assert r.json["state"] == "error" and "deliveryCode" not in r.json
+
+
+async def test_mms_sending_then_delivered(harness: Harness) -> None:
+    mid = await harness.send(text=None, media="https://example.com/a.png", callbackUrl=f"{harness.receiver.url}/cb")
+    await wait_until(lambda: harness.sandbox_state.callbacks_posted >= 2)
+    await wait_until(lambda: harness.receiver.at("/cb"))
+    (r,) = harness.receiver.at("/cb")
+    assert r.json["eventType"] == "mms" and r.json["media"] == ["https://example.com/a.png"]
+    assert r.json["text"] == ""
+    assert (await harness.stored(mid))["state"] == "sent"
+
+
+async def test_get_callback_with_query_params_and_userinfo(harness: Harness) -> None:
+    url = harness.receiver.url.replace("http://", "http://app%20user:p%40ss@") + "/bxml"
+    mid = await harness.send(callbackUrl=url, callbackHttpMethod="GET")
+    await wait_until(lambda: harness.receiver.at("/bxml"))
+    (r,) = harness.receiver.at("/bxml")
+    assert r.method == "GET" and r.body == b""
+    assert r.query["messageId"] == [mid] and r.query["state"] == ["sent"]
+    assert r.query["from"] == ["+15551230001"] and r.query["segmentCount"] == ["1"]
+    assert r.query["messageUri"] == [f"{harness.messages_url}/{mid}"]
+    assert r.headers["Authorization"] == auth("app user", "p@ss")["Authorization"]
+    assert r.headers["User-Agent"] == "BandwidthAPI/v1"
+
+
+async def test_fallback_on_primary_failure(harness: Harness) -> None:
+    harness.receiver.script["/primary"] = [500]
+    await harness.send(callbackUrl=f"{harness.receiver.url}/primary", fallbackUrl=f"{harness.receiver.url}/fallback")
+    await wait_until(lambda: harness.receiver.at("/fallback"))
+    assert len(harness.receiver.at("/primary")) == 1
+    assert harness.receiver.at("/fallback")[0].json["state"] == "sent"
+
+
+async def test_retries_until_success_same_event_id(harness: Harness) -> None:
+    harness.receiver.script["/flaky"] = [500, 503, 200]
+    mid = await harness.send(callbackUrl=f"{harness.receiver.url}/flaky")
+    await wait_until(lambda: len(harness.receiver.at("/flaky")) == 3)
+    ids = {r.headers["webhook-id"] for r in harness.receiver.at("/flaky")}
+    assert ids == {f"evt_{mid}_sent"}
+    await wait_until(lambda: harness.app[STORE].outbox_counts())
+    await wait_until(async_pending_zero(harness))
+
+
+def async_pending_zero(h: Harness) -> Any:
+    async def check() -> bool:
+        return (await h.app[STORE].outbox_counts())["pending"] == 0
+    return check
+
+
+async def test_retry_after_is_honoured(harness: Harness) -> None:
+    harness.receiver.script["/busy"] = [429, 200]
+    harness.receiver.headers["/busy"] = {"Retry-After": "1"}
+    await harness.send(callbackUrl=f"{harness.receiver.url}/busy")
+    await wait_until(lambda: len(harness.receiver.at("/busy")) == 2, timeout=10)
+    first, second = harness.receiver.at("/busy")
+    assert int(second.headers["webhook-timestamp"]) - int(first.headers["webhook-timestamp"]) >= 1
+
+
+async def test_ordering_under_retries(harness: Harness) -> None:
+    harness.receiver.script["/order"] = [500, 500, 200]
+    await harness.send(callbackUrl=f"{harness.receiver.url}/order", receiptRequested="all")
+    await wait_until(lambda: len(harness.receiver.at("/order")) == 4)
+    kinds = [r.headers["webhook-id"].rsplit("_", 1)[1] for r in harness.receiver.at("/order")]
+    assert kinds == ["sent", "sent", "sent", "receipt"]
+
+
+async def test_dead_letter_then_replay(harness: Harness) -> None:
+    harness.receiver.script["/down"] = [500]
+    mid = await harness.send(callbackUrl=f"{harness.receiver.url}/down")
+    # 1 attempt + 3 retries (schedule of 3), then dead.
+    await wait_until(lambda: len(harness.receiver.at("/down")) == 4)
+
+    async def listed() -> Any:
+        resp = await harness.session.get(f"{harness.url}/admin/dead-letters")
+        body = await resp.json()
+        return body if body else None
+
+    await wait_until(listed)
+    resp = await harness.session.get(f"{harness.url}/admin/dead-letters")
+    (dead,) = await resp.json()
+    assert dead["eventId"] == f"evt_{mid}_sent" and dead["attempts"] == 4 and "500" in dead["lastError"]
+    metrics = await (await harness.session.get(f"{harness.url}/metrics")).text()
+    assert "shim_callback_dead_letters 1.0" in metrics
+    harness.receiver.script["/down"] = [200]
+    resp = await harness.session.post(f"{harness.url}/admin/dead-letters/replay", json={"ids": [dead["id"]]})
+    assert (await resp.json()) == {"replayed": 1}
+    await wait_until(lambda: len(harness.receiver.at("/down")) == 5)
+    await wait_until(async_pending_zero(harness))
+    resp = await harness.session.get(f"{harness.url}/admin/dead-letters")
+    assert await resp.json() == []
+
+
+async def test_duplicate_v2_deliveries_ingested_once(harness: Harness) -> None:
+    mid = "m-dup-0000000000000000000000"
+    from shim.message import MessageRecord
+
+    await harness.app[STORE].insert_message(MessageRecord(
+        id=mid, user_id="u-test", direction="out", from_="+15551230001", to="+15551230002", text="x",
+        time="2026-01-01T00:00:00.000Z", time_us=now_us(), callback_url=f"{harness.receiver.url}/dup", receipt_requested="all"))
+    for _ in range(3):
+        assert (await post_events(harness, [v2_event(mid)])).status == 200
+    await wait_until(lambda: len(harness.receiver.at("/dup")) == 2)
+    await wait_until(async_pending_zero(harness))
+    assert len(harness.receiver.at("/dup")) == 2  # sent + receipt, once each
+
+
+async def test_callback_before_send_is_recorded(harness: Harness) -> None:
+    from shim.message import MessageRecord
+
+    mid = "m-early-000000000000000000000"
+    assert (await post_events(harness, [v2_event(mid, "message-failed", errorCode=4775)])).status == 200
+    assert await harness.app[STORE].pending_event_count() == 1
+    await harness.app[STORE].insert_message(MessageRecord(
+        id=mid, user_id="u-test", direction="out", from_="+15551230001", to="+15551230002", text="x",
+        time="2026-01-01T00:00:00.000Z", time_us=now_us(), callback_url=f"{harness.receiver.url}/early", receipt_requested="error"))
+    await wait_until(lambda: harness.receiver.at("/early"))
+    (r,) = harness.receiver.at("/early")
+    assert (r.json["state"], r.json["deliveryCode"]) == ("error", "775")
+
+
+async def test_inbound_sms_and_mms_with_media(harness: Harness) -> None:
+    png = b"\x89PNG fake image bytes"
+    resp = await harness.session.post(
+        f"{harness.cfg.upstream.base_url}/sandbox/inbound",
+        json={"accountId": "9900001", "applicationId": USER["application_id"], "from": "+15559990000",
+              "to": ["+15551230001"], "text": "pic",
+              "media": [{"name": "cat.png", "contentType": "image/png", "base64": base64.b64encode(png).decode()}]})
+    info = await resp.json()
+    assert info["delivered"]
+    await wait_until(lambda: harness.receiver.at("/incoming"))
+    (r,) = harness.receiver.at("/incoming")
+    body = r.json
+    mid = info["id"]
+    media_url = f"{harness.url}/v1/users/u-test/media/{mid}/0/cat.png"
+    assert body == {
+        "eventType": "mms", "direction": "in", "messageId": mid, "messageUri": f"{harness.messages_url}/{mid}",
+        "from": "+15559990000", "to": "+15551230001", "text": "pic", "time": body["time"], "state": "received",
+        "segmentCount": 1, "media": [media_url], "applicationId": USER["application_id"],
+    }
+    stored = await harness.stored(mid)
+    assert (stored["direction"], stored["state"], stored["media"]) == ("in", "received", [media_url])
+    # The app fetches the media with its v1 credentials; shim streams it from v2.
+    resp = await harness.session.get(media_url, headers=harness.auth)
+    assert resp.status == 200 and await resp.read() == png
+
+
+async def test_inbound_group_once_per_owned_recipient(harness: Harness) -> None:
+    resp = await harness.session.post(
+        f"{harness.cfg.upstream.base_url}/sandbox/inbound",
+        json={"accountId": "9900001", "applicationId": USER["application_id"], "from": "+15559990000",
+              "to": ["+15551230001", "+15551230005", "+15557777777"], "owned": ["+15551230001", "+15551230005"],
+              "text": "group"})
+    assert (await resp.json())["delivered"]
+    await wait_until(lambda: len(harness.receiver.at("/incoming")) == 2)
+    tos = sorted(r.json["to"] for r in harness.receiver.at("/incoming"))
+    assert tos == ["+15551230001", "+15551230005"]
+    assert len({r.json["messageId"] for r in harness.receiver.at("/incoming")}) == 2
+
+
+async def test_native_v2_events_forwarded_raw_and_translated(make_harness: Any) -> None:
+    h = await make_harness(users=[
+        USER | {"native_events": {"format": "v2", "url": "{receiver}/native-v2"}},
+    ])
+    ev = v2_event("native-msg-1", errorCode=4720, type="message-failed")
+    assert (await post_events(h, [ev])).status == 200
+    await wait_until(lambda: h.receiver.at("/native-v2"), timeout=10)
+    (r,) = h.receiver.at("/native-v2")
+    assert r.json == [ev]
+
+
+async def test_native_v1_translation(make_harness: Any) -> None:
+    h = await make_harness(users=[
+        USER | {"native_events": {"format": "v1", "url": "{receiver}/native-v1"}},
+    ])
+    assert (await post_events(h, [v2_event("native-msg-2")])).status == 200
+    await wait_until(lambda: h.receiver.at("/native-v1"), timeout=10)
+    (r,) = h.receiver.at("/native-v1")
+    assert (r.json["messageId"], r.json["state"], r.json["deliveryState"]) == ("native-msg-2", "sent", "delivered")
+
+
+async def test_metadata_and_denied_addresses_are_refused(make_harness: Any) -> None:
+    h = await make_harness(callbacks__deny_cidrs=["127.0.0.0/8"], callbacks__retry_schedule_s=[0.1])
+    await h.send(callbackUrl="http://169.254.169.254/latest/meta-data")
+    await h.send(callbackUrl=f"{h.receiver.url}/never")
+    await h.send(callbackUrl="http://localhost:1/never")
+
+    async def dead_count() -> bool:
+        return (await h.app[STORE].outbox_counts())["dead"] == 3
+
+    await wait_until(dead_count)
+    errors = [d.last_error or "" for d in await h.app[STORE].dead_letters()]
+    assert all("refused" in e for e in errors), errors
+    assert h.receiver.at("/never") == []
+
+
+async def test_slow_endpoint_does_not_delay_healthy_one(make_harness: Any) -> None:
+    h = await make_harness(callbacks__per_host_concurrency=2)
+    slow_url = h.receiver.url.replace("127.0.0.1", "localhost") + "/slow"  # another host key
+    h.receiver.script["/slow"] = ["hang"]
+    for _ in range(10):
+        await h.send(callbackUrl=slow_url, callbackTimeout=3000)
+    started = time.monotonic()
+    for _ in range(10):
+        await h.send(callbackUrl=f"{h.receiver.url}/fast")
+    await wait_until(lambda: len(h.receiver.at("/fast")) == 10, timeout=10)
+    # All healthy callbacks arrived before the first slow attempt even timed out.
+    assert time.monotonic() - started < 3.0
+    assert len(h.receiver.at("/slow")) <= 2  # per-host cap held the rest back
