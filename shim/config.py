@@ -14,7 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
-DEFAULT_RETRY_SCHEDULE = [5, 30, 120, 600, 1800, 3600, 7200, 14400, 28800, 43200]
+DEFAULT_RETRY_SCHEDULE: list[float] = [5, 30, 120, 600, 1800, 3600, 7200, 14400, 28800, 43200]
 
 
 class ConfigError(Exception):

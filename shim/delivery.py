@@ -34,8 +34,8 @@ from .metrics import Metrics
 from .store import Store
 from .store_sqlite import SqliteStore
 from .timeutil import now_us
-from .web_auth import basic_header
 from .url_safety import AddressPolicy, SafeResolver, UnsafeUrl
+from .web_auth import basic_header
 
 log = logging.getLogger("shim.delivery")
 USER_AGENT = "BandwidthAPI/v1"

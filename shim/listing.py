@@ -67,7 +67,7 @@ def _int(key: str, value: str) -> int:
 
 def parse_list_query(params: MultiMapping[str]) -> ListQuery:
     q = ListQuery()
-    for key in FILTER_KEYS + ("sortOrder",):
+    for key in (*FILTER_KEYS, "sortOrder"):
         value = params.get(key)
         if value is None or value == "":
             continue

@@ -214,7 +214,7 @@ async def post_callback(app: web.Application, events: list[dict[str, Any]]) -> b
         return False
     data = json.dumps(events).encode()
     headers = {"Content-Type": "application/json; charset=utf-8", "User-Agent": "BandwidthAPI/v2"}
-    for attempt in range(5):
+    for attempt in range(12):
         try:
             async with app[SESSION].post(target.url, data=data, headers=headers) as resp:
                 await resp.read()
@@ -230,7 +230,7 @@ async def post_callback(app: web.Application, events: list[dict[str, Any]]) -> b
                 return True
         except (aiohttp.ClientError, TimeoutError) as e:
             log.warning("sandbox callback failed", extra={"error": type(e).__name__})
-        await asyncio.sleep(0.2 * (attempt + 1))
+        await asyncio.sleep(min(2.0, 0.2 * (attempt + 1)))
     return False
 
 
@@ -323,9 +323,10 @@ def build_sandbox_app(
     async def session_ctx(app: web.Application) -> Any:
         app[SESSION] = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15))
         yield
-        for t in list(app[TASKS]):
+        tasks: set[asyncio.Task[None]] = app[TASKS]
+        for t in tasks:
             t.cancel()
-        await asyncio.gather(*app[TASKS], return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         await app[SESSION].close()
 
     app.cleanup_ctx.append(session_ctx)

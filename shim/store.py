@@ -346,7 +346,7 @@ class Store(abc.ABC):
             return len(rows)
 
     # -- helpers ---------------------------------------------------------------------------
-    async def _lock_message(self, tx: Tx, message_id: str) -> None:
+    async def _lock_message(self, tx: Tx, message_id: str) -> None:  # noqa: B027 - optional hook
         """Serialize work on one message id (a no-op where the backend has one writer)."""
 
     async def _insert_message(self, tx: Tx, rec: MessageRecord) -> None:

@@ -195,7 +195,7 @@ def native_deliveries(
         from_=ev.message.from_ or "", to=ev.to or "", text=ev.message.text or "",
         media=[rewrite_inbound_media(u, public_url, user) for u in ev.message.media]
         if direction == "in" else list(ev.message.media),
-        state=state,  # type: ignore[arg-type]
+        state=state,
         time=iso_from_us(time_us), time_us=time_us, segment_count=ev.message.segmentCount,
         application_id=ev.message.applicationId, tag=ev.message.tag,
     )

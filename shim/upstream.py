@@ -19,8 +19,8 @@ from pydantic import ValidationError
 from .config import UpstreamConfig, UserConfig
 from .errors import MediaUnavailable, ShimError, Unavailable
 from .translate_send import v2_error_to_v1
-from .web_auth import basic_header
 from .v2 import V2Message
+from .web_auth import basic_header
 
 log = logging.getLogger("shim.upstream")
 

@@ -58,7 +58,7 @@ class SafeResolver(AbstractResolver):
         self.policy = policy
         self.inner = DefaultResolver()
 
-    async def resolve(  # type: ignore[override]
+    async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[Any]:
         results = await self.inner.resolve(host, port, family)

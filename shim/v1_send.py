@@ -164,9 +164,9 @@ def parse_send_item(item: Any) -> SendRequest:
         to=to,
         text=text,
         media=media,
-        receipt_requested=receipt,  # type: ignore[arg-type]
+        receipt_requested=receipt,
         callback_url=_url(item, "callbackUrl"),
-        callback_method=method,  # type: ignore[arg-type]
+        callback_method=method,
         callback_timeout=_timeout(item),
         fallback_url=_url(item, "fallbackUrl"),
         tag=tag,

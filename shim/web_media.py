@@ -6,6 +6,8 @@ before anything is sent upstream.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 from aiohttp import web
 
 from .config import UserConfig
@@ -83,7 +85,7 @@ async def put_media(request: web.Request) -> web.StreamResponse:
     if "Cache-Control" in request.headers:
         headers["Cache-Control"] = request.headers["Cache-Control"]
 
-    async def body():  # type: ignore[no-untyped-def]
+    async def body() -> AsyncIterator[bytes]:
         async for chunk in request.content.iter_chunked(CHUNK):
             yield chunk
 

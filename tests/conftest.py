@@ -132,7 +132,7 @@ class Harness:
         data: Any = raw if raw is not None else json.dumps(body).encode()
         if len(data) > 512 * 1024:
             data = io.BytesIO(data)
-        headers = {"Content-Type": "application/json"} | kw.pop("auth", self.auth)
+        headers = {"Content-Type": "application/json"} | kw.pop("auth", self.auth) | kw.pop("headers", {})
         resp = await self.session.post(self.messages_url, data=data, headers=headers, **kw)
         await resp.read()
         return resp
@@ -228,7 +228,8 @@ async def make_harness(tmp_path: Path) -> AsyncIterator[HarnessFactory]:
     yield factory
     for s in sessions:
         await s.close()
-    for srv in reversed(servers):
+    # The simulator first (it stops posting callbacks), then shim, then the receivers.
+    for srv in sorted(reversed(servers), key=lambda s: s.app is None or SANDBOX not in s.app):
         await srv.close()
     for requests in checks:
         for body in requests:

@@ -73,7 +73,7 @@ async def test_insert_get_and_isolation(store: Store) -> None:
 async def test_list_filters_order_and_cursor(store: Store) -> None:
     for i in range(1, 11):
         await store.insert_message(msg(i, direction="in" if i % 2 else "out"))
-    ids = lambda rs: [r.id for r in rs]  # noqa: E731
+    ids = lambda rs: [r.id for r in rs]
     all_desc = await store.list_messages("u-test", ListQuery(size=100))
     assert ids(all_desc) == [f"m{i:04d}" for i in range(10, 0, -1)]
     asc = await store.list_messages("u-test", ListQuery(size=100, descending=False))

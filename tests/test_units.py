@@ -1,0 +1,123 @@
+"""Small pure pieces: list query parsing, delivery helpers, URL policy, sandbox helpers."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+from urllib.parse import unquote
+
+import pytest
+from multidict import MultiDict
+
+from shim.delivery import next_delay, parse_retry_after, query_params, signature
+from shim.errors import ShimError
+from shim.listing import match_enum, next_link, parse_list_query
+from shim.logs import scrub
+from shim.sandbox import message_id, segment_count, status_events
+from shim.timeutil import iso_from_us, parse_time_us
+from shim.url_safety import AddressPolicy, UnsafeUrl
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("2014-05-25", "2014-05-25T00:00:00.000Z"),
+        ("2014-05-25 10:30", "2014-05-25T10:30:00.000Z"),
+        ("2014-05-25 10:30:05", "2014-05-25T10:30:05.000Z"),
+        ("2014-05-25 10:30:05.123", "2014-05-25T10:30:05.123Z"),
+        ("2012-10-05T20:38:11.023Z", "2012-10-05T20:38:11.023Z"),
+        ("2012-10-05T20:38:11+02:00", "2012-10-05T18:38:11.000Z"),
+    ],
+)
+def test_time_parsing(value: str, expected: str) -> None:
+    us = parse_time_us(value)
+    assert us is not None and iso_from_us(us) == expected
+
+
+@pytest.mark.parametrize("value", ["yesterday", "2014-13-45", ""])
+def test_bad_times(value: str) -> None:
+    assert parse_time_us(value) is None
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [("deliveryState", "NotDelivered", "not-delivered"), ("deliveryState", "not-delivered", "not-delivered"),
+     ("direction", "Out", "out"), ("state", "RECEIVED", "received")],
+)
+def test_enum_matching(key: str, value: str, expected: str) -> None:
+    assert match_enum(key, value) == expected
+
+
+def test_list_query_and_link() -> None:
+    q = parse_list_query(MultiDict({"from": "+15551230001", "fromDateTime": "2014-05-25 10:30", "size": "2",
+                                    "sortOrder": "Asc", "bogus": "1"}))
+    assert (q.size, q.descending, q.from_) == (2, False, "+15551230001")
+    link = next_link("https://shim.example", "/v1/users/u/messages", q, 42)
+    assert link.startswith("<https://shim.example/v1/users/u/messages?") and link.endswith('>; rel="next"')
+    url = link[1:link.index(">")]
+    assert "," not in url and ";" not in url and " " not in url
+    assert "sortKeyGT=42" in url and "size=2" in url and "bogus" not in url
+    assert "from=%2B15551230001" in url and unquote(url).count("2014-05-25 10:30") == 1
+    assert parse_list_query(MultiDict({"size": "5000"})).size == 1000
+    assert parse_list_query(MultiDict({"page": "3", "size": "10"})).offset == 30
+    with pytest.raises(ShimError):
+        parse_list_query(MultiDict({"size": "-1"}))
+
+
+def test_retry_helpers() -> None:
+    assert parse_retry_after("120") == 120
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0
+    assert parse_retry_after("soon") is None and parse_retry_after(None) is None
+    schedule = [10.0, 100.0]
+    assert 8 <= (next_delay(schedule, 1, None) or 0) <= 12
+    assert 80 <= (next_delay(schedule, 2, None) or 0) <= 120
+    assert next_delay(schedule, 3, None) is None
+    assert (next_delay(schedule, 1, 300) or 0) == 300
+
+
+def test_query_params_and_signature() -> None:
+    assert query_params({"a": "x", "media": ["u1", "u2"], "n": 1, "b": True, "z": None}) == [
+        ("a", "x"), ("media", "u1"), ("media", "u2"), ("n", "1"), ("b", "true")]
+    sig = signature("secret", "evt_1", 1700000000, b"{}")
+    mac = hmac.new(b"secret", b"evt_1.1700000000.{}", hashlib.sha256).digest()
+    assert sig == "v1," + base64.b64encode(mac).decode()
+    key = base64.b64encode(b"raw-key").decode()
+    mac = hmac.new(b"raw-key", b"evt_1.1.", hashlib.sha256).digest()
+    assert signature("whsec_" + key, "evt_1", 1, b"") == "v1," + base64.b64encode(mac).decode()
+
+
+@pytest.mark.parametrize(
+    ("address", "allowed"),
+    [("127.0.0.1", True), ("93.184.216.34", True), ("169.254.169.254", False), ("169.254.1.1", False),
+     ("fe80::1", False), ("fd00:ec2::254", False), ("::ffff:169.254.169.254", False), ("10.1.2.3", False)],
+)
+def test_address_policy(address: str, allowed: bool) -> None:
+    assert AddressPolicy([], ["10.0.0.0/8"]).permits(address) is allowed
+
+
+def test_allow_list_and_schemes() -> None:
+    policy = AddressPolicy(["127.0.0.0/8"], [])
+    assert policy.permits("127.0.0.5") and not policy.permits("8.8.8.8")
+    with pytest.raises(UnsafeUrl):
+        policy.check_url("ftp://example.com/x")
+    with pytest.raises(UnsafeUrl):
+        policy.check_url("http://169.254.169.254/latest")
+    assert policy.check_url("https://example.com/x").host == "example.com"
+
+
+def test_scrub_userinfo() -> None:
+    assert scrub("posting to https://user:pa55@host/x failed") == "posting to https://***@host/x failed"
+
+
+def test_sandbox_helpers() -> None:
+    assert len(message_id()) == 29
+    assert segment_count("a" * 160, []) == 1 and segment_count("a" * 161, []) == 2
+    assert segment_count("é" * 70, []) == 1 and segment_count("ش" * 71, []) == 2
+    assert segment_count("x" * 1000, ["https://m"]) == 1
+    msg = {"id": "m", "to": ["+15551230001", "+15550004432"], "media": ["https://m/a.png"], "from": "+1",
+           "applicationId": "a", "text": "t", "priority": "default"}
+    types = [(e["type"], e["to"]) for e in status_events(msg)]
+    assert types == [("message-sending", "+15551230001"), ("message-delivered", "+15551230001"),
+                     ("message-sending", "+15550004432"), ("message-failed", "+15550004432")]
+    assert status_events(msg)[3]["errorCode"] == 4432

@@ -1,0 +1,96 @@
+"""Operations: health, readiness, metrics that move with traffic, JSON logs without secrets."""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+import pytest
+
+from shim.logs import JsonFormatter
+from shim.web_keys import UPSTREAM
+
+from .conftest import CB_PASS, USER, Harness, auth, free_port, wait_until
+
+
+async def test_healthz_and_readyz(harness: Harness) -> None:
+    r = await harness.session.get(f"{harness.url}/healthz")
+    assert r.status == 200 and (await r.json())["status"] == "ok"
+    r = await harness.session.get(f"{harness.url}/readyz")
+    assert r.status == 200 and (await r.json())["checks"] == {"store": "ok", "upstream": "ok"}
+    harness.app[UPSTREAM].base_url = f"http://127.0.0.1:{free_port()}"
+    r = await harness.session.get(f"{harness.url}/readyz")
+    assert r.status == 503 and (await r.json())["checks"]["upstream"] == "unreachable"
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        if all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+async def test_metrics_move_with_traffic(harness: Harness) -> None:
+    async def scrape() -> str:
+        r = await harness.session.get(f"{harness.url}/metrics")
+        assert r.status == 200 and r.headers["Content-Type"].startswith("text/plain")
+        return await r.text()
+
+    before = await scrape()
+    await harness.send(callbackUrl=f"{harness.receiver.url}/cb")
+    await harness.post(None, raw=b"{bad")
+    await wait_until(lambda: harness.receiver.at("/cb"))
+    await wait_until(lambda: harness.sandbox_state.callbacks_posted >= 1)
+
+    async def delivered() -> bool:
+        return metric(await scrape(), "shim_callback_deliveries_total", outcome="delivered") >= 1
+
+    await wait_until(delivered)
+    after = await scrape()
+    route = "/v1/users/{userId}/messages"
+    assert metric(after, "shim_http_requests_total", route=route, status="201") == \
+        metric(before, "shim_http_requests_total", route=route, status="201") + 1
+    assert metric(after, "shim_http_requests_total", route=route, status="400") >= 1
+    assert metric(after, "shim_upstream_latency_seconds_count", op="send") >= 1
+    assert metric(after, "shim_callback_events_ingested_total") >= 1
+    assert "shim_callback_queue_depth" in after and "shim_callback_dead_letters" in after
+
+
+async def test_logs_are_json_with_request_id_and_no_secrets(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    harness.receiver.script["/cb"] = [500]
+    cb = harness.receiver.url.replace("http://", "http://hookuser:hook-pass-123@") + "/cb"
+    resp = await harness.post({"from": "+15551230001", "to": "+15551230002", "text": "x", "callbackUrl": cb},
+                              headers={"X-Request-Id": "req-abc-1"})
+    assert resp.status == 201 and resp.headers["X-Request-Id"] == "req-abc-1"
+    await wait_until(lambda: len(harness.receiver.at("/cb")) >= 2)
+    await harness.post({"from": "+1"}, auth=auth("t-test-token", "guess-secret"))
+    await harness.session.post(f"{harness.url}/callbacks/v2", data=b"[]", headers=auth("bandwidth", CB_PASS))
+    harness.cfg.users[0].v2_password = type(harness.cfg.users[0].v2_password)("wrong-v2-pass")
+    await harness.post({"from": "+15551230001", "to": "+15551230002", "text": "x"})
+    fmt = JsonFormatter()
+    lines = [fmt.format(r) for r in caplog.records]
+    text = "\n".join(lines)
+    import json as _json
+    records = [_json.loads(line) for line in lines]
+    assert any(r.get("request_id") == "req-abc-1" and r["msg"] == "request" for r in records)
+    assert any(r["msg"] == "callback delivery failed" for r in records)
+    secrets = [USER["api_secret"], USER["v2_password"], CB_PASS, "hook-pass-123", "guess-secret", "wrong-v2-pass",
+               auth(USER["api_token"], USER["api_secret"])["Authorization"].split()[1]]
+    for secret in secrets:
+        assert secret not in text, secret
+    assert not re.search(r"Basic [A-Za-z0-9+/=]{8,}", text)
+
+
+async def test_admin_requires_credentials_when_configured(make_harness: Any) -> None:
+    h = await make_harness(callbacks__admin_username="admin", callbacks__admin_password="adm1n")
+    r = await h.session.get(f"{h.url}/admin/dead-letters")
+    assert r.status == 401
+    r = await h.session.get(f"{h.url}/admin/dead-letters", headers=auth("admin", "adm1n"))
+    assert r.status == 200 and await r.json() == []
