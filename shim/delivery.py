@@ -1,9 +1,9 @@
 """Durable callback delivery: workers lease outbox rows, try the URL then the fallback, and
 reschedule failures with backoff + jitter (honouring ``Retry-After``) until dead-lettered.
 
-Fairness: each host gets at most ``per_host_concurrency`` attempts in flight; work for a busy
-host is pushed back a second instead of waiting in a slot, so a slow or dead endpoint never
-holds up healthy ones.
+Fairness: each host gets at most ``per_host_concurrency`` attempts in flight, and the claim
+query skips hosts that are already at their limit, so a slow or dead endpoint holds at most its
+own slots and never the work of healthy ones.
 """
 
 from __future__ import annotations
@@ -20,18 +20,18 @@ import socket
 import time
 import uuid
 from collections import Counter as Tally
+from collections import defaultdict, deque
 from email.utils import parsedate_to_datetime
 from typing import Any
 
 import aiohttp
-from yarl import URL
 
 from .config import Config
 from .deliveries import Delivery, DeliverySpec
 from .gateway import Gateway
 from .logs import scrub
 from .metrics import Metrics
-from .store import Store
+from .store import Store, host_key
 from .store_sqlite import SqliteStore
 from .timeutil import now_us
 from .url_safety import AddressPolicy, SafeResolver, UnsafeUrl
@@ -107,6 +107,7 @@ class DeliveryEngine:
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._in_flight: Tally[str] = Tally()
+        self._waiting: dict[str, deque[Delivery]] = defaultdict(deque)
         self._loops: list[asyncio.Task[None]] = []
         self._session: aiohttp.ClientSession | None = None
         self._stopping = False
@@ -156,13 +157,17 @@ class DeliveryEngine:
     # -- loops -----------------------------------------------------------------------------
     async def _run(self) -> None:
         limit = self.cfg.callbacks.concurrency
+        cap = self.cfg.callbacks.per_host_concurrency
+        # Long enough for a wait behind the host's slots plus primary and fallback attempts.
+        lease_us = (4 * 10 + 15) * 1_000_000
         while not self._stopping:
             try:
-                free = limit - len(self._tasks)
+                waiting = sum(len(q) for q in self._waiting.values())
+                free = limit - len(self._tasks) - waiting
                 claimed: list[Delivery] = []
                 if free > 0:
-                    lease_us = (2 * 10 + 15) * 1_000_000
-                    claimed = await self.store.claim(self.owner, free, lease_us)
+                    busy = [h for h, n in self._in_flight.items() if n >= cap]
+                    claimed = await self.store.claim(self.owner, free, lease_us, cap, busy)
                     for d in claimed:
                         self._dispatch(d)
                 if not claimed or free <= 0:
@@ -204,18 +209,17 @@ class DeliveryEngine:
             await asyncio.sleep(min(5.0, self.cfg.callbacks.unmatched_grace_s / 2))
 
     def _dispatch(self, d: Delivery) -> None:
-        u = URL(d.spec.url)
-        host = f"{u.host}:{u.port}"
+        host = host_key(d.spec.url)
         if self._in_flight[host] >= self.cfg.callbacks.per_host_concurrency:
-            task = asyncio.create_task(self._defer(d))
-        else:
-            self._in_flight[host] += 1
-            task = asyncio.create_task(self._deliver(d, host))
+            self._waiting[host].append(d)  # at most one claim's worth: busy hosts are not claimed
+            return
+        self._start(d, host)
+
+    def _start(self, d: Delivery, host: str) -> None:
+        self._in_flight[host] += 1
+        task = asyncio.create_task(self._deliver(d, host))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-    async def _defer(self, d: Delivery) -> None:
-        await self.store.mark_deferred(d.id, self.owner, now_us() + 1_000_000)
 
     async def _deliver(self, d: Delivery, host: str) -> None:
         try:
@@ -253,6 +257,13 @@ class DeliveryEngine:
             self._in_flight[host] -= 1
             if self._in_flight[host] <= 0:
                 del self._in_flight[host]
+            queue = self._waiting.get(host)
+            if queue:
+                nxt = queue.popleft()
+                if not queue:
+                    del self._waiting[host]
+                if not self._stopping:
+                    self._start(nxt, host)
             self._wake.set()
 
     # -- one HTTP attempt ------------------------------------------------------------------

@@ -9,13 +9,13 @@ replicas starting together do not race.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 
-from .store import Store, Tx
+from .store import Exec, Op, Store, Tx
+
+T = TypeVar("T")
 
 SCHEMA_LOCK = 7_240_311_001
 
@@ -50,6 +50,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     event_id TEXT NOT NULL UNIQUE,
     order_key TEXT NOT NULL,
     user_id TEXT,
+    host TEXT NOT NULL DEFAULT '',
     status TEXT NOT NULL,
     spec TEXT NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0,
@@ -73,19 +74,23 @@ def to_pg(sql: str) -> str:
     return _PLACEHOLDER.sub(lambda _: f"${next(counter)}", sql)
 
 
-class _PgTx(Tx):
-    def __init__(self, conn: asyncpg.Connection) -> None:
-        self.conn = conn
-
-    async def execute(self, sql: str, *args: Any) -> None:
-        await self.conn.execute(to_pg(sql), *args)
-
-    async def fetchone(self, sql: str, *args: Any) -> Sequence[Any] | None:
-        row = await self.conn.fetchrow(to_pg(sql), *args)
-        return tuple(row) if row is not None else None
-
-    async def fetchall(self, sql: str, *args: Any) -> list[Sequence[Any]]:
-        return [tuple(r) for r in await self.conn.fetch(to_pg(sql), *args)]
+async def drive(conn: asyncpg.Connection, tx: Tx[T]) -> T:
+    """Run a sans-io transaction generator on an asyncpg connection."""
+    result: Any = None
+    while True:
+        try:
+            op: Op = tx.send(result)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+        sql = to_pg(op.sql)
+        if op.kind == "exec":
+            await conn.execute(sql, *op.args)
+            result = None
+        elif op.kind == "one":
+            row = await conn.fetchrow(sql, *op.args)
+            result = tuple(row) if row is not None else None
+        else:
+            result = [tuple(r) for r in await conn.fetch(sql, *op.args)]
 
 
 class PostgresStore(Store):
@@ -112,19 +117,19 @@ class PostgresStore(Store):
             await self._pool.close()
             self._pool = None
 
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[Tx]:
+    async def _write(self, tx: Tx[T]) -> T:
         if self._pool is None:
+            tx.close()
             raise RuntimeError("store is not open")
         async with self._pool.acquire() as conn, conn.transaction():
-            yield _PgTx(conn)
+            return await drive(conn, tx)
 
-    @asynccontextmanager
-    async def read(self) -> AsyncIterator[Tx]:
+    async def _read(self, tx: Tx[T]) -> T:
         if self._pool is None:
+            tx.close()
             raise RuntimeError("store is not open")
         async with self._pool.acquire() as conn:
-            yield _PgTx(conn)
+            return await drive(conn, tx)
 
-    async def _lock_message(self, tx: Tx, message_id: str) -> None:
-        await tx.execute("SELECT pg_advisory_xact_lock(hashtext(?))", message_id)
+    def _lock_message(self, message_id: str) -> Tx[None]:
+        yield Exec("SELECT pg_advisory_xact_lock(hashtext(?))", message_id)

@@ -1,20 +1,25 @@
-"""SQLite backend: the embedded default. WAL mode, one writer connection, one reader.
+"""SQLite backend: the embedded default.
 
-``synchronous=NORMAL`` in WAL mode keeps every committed transaction across a process crash
-(``kill -9``); only an OS crash or power loss can lose the last commits.
+One writer thread owns the write connection and runs whole transactions there, many per commit
+(group commit; each in its own SAVEPOINT so one failing transaction rolls back alone). Reads run
+on a small pool of reader connections. WAL with ``synchronous=NORMAL`` keeps every committed
+transaction across a process crash (``kill -9``); only an OS crash can lose the last commits.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+import queue
+import sqlite3
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-import aiosqlite
+from .store import Op, Store, Tx
 
-from .store import Store, Tx
+T = TypeVar("T")
+MAX_BATCH = 256
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -47,6 +52,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     event_id TEXT NOT NULL UNIQUE,
     order_key TEXT NOT NULL,
     user_id TEXT,
+    host TEXT NOT NULL DEFAULT '',
     status TEXT NOT NULL,
     spec TEXT NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0,
@@ -62,24 +68,6 @@ CREATE INDEX IF NOT EXISTS outbox_order ON outbox (order_key, id);
 """
 
 
-class _SqliteTx(Tx):
-    def __init__(self, conn: aiosqlite.Connection) -> None:
-        self.conn = conn
-
-    async def execute(self, sql: str, *args: Any) -> None:
-        await self.conn.execute(sql, args)
-
-    async def fetchone(self, sql: str, *args: Any) -> Sequence[Any] | None:
-        async with self.conn.execute(sql, args) as cur:
-            row = await cur.fetchone()
-        return tuple(row) if row is not None else None
-
-    async def fetchall(self, sql: str, *args: Any) -> list[Sequence[Any]]:
-        async with self.conn.execute(sql, args) as cur:
-            rows = await cur.fetchall()
-        return [tuple(r) for r in rows]
-
-
 def sqlite_path(url: str) -> str:
     path = url.removeprefix("sqlite:").removeprefix("//")
     if path.startswith("/./") or path == "/:memory:":
@@ -87,57 +75,149 @@ def sqlite_path(url: str) -> str:
     return path
 
 
+def drive(conn: sqlite3.Connection, tx: Tx[T]) -> T:
+    """Run a sans-io transaction generator to completion on a sqlite3 connection."""
+    result: Any = None
+    while True:
+        try:
+            op: Op = tx.send(result)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+        cur = conn.execute(op.sql, op.args)
+        if op.kind == "exec":
+            cur.fetchall()
+            result = None
+        elif op.kind == "one":
+            result = cur.fetchone()
+            cur.fetchall()
+        else:
+            result = cur.fetchall()
+
+
 class SqliteStore(Store):
     def __init__(self, url: str) -> None:
         super().__init__()
         self.path = sqlite_path(url)
-        self._writer: aiosqlite.Connection | None = None
-        self._reader: aiosqlite.Connection | None = None
-        self._write_lock = asyncio.Lock()
-        self._read_lock = asyncio.Lock()
+        self.memory = self.path == ":memory:"
+        self._queue: queue.SimpleQueue[tuple[Tx[Any], asyncio.Future[Any], asyncio.AbstractEventLoop] | None] = (
+            queue.SimpleQueue())
+        self._writer: threading.Thread | None = None
+        self._write_conn: sqlite3.Connection | None = None
+        self._readers: ThreadPoolExecutor | None = None
+        self._local = threading.local()
+        self._reader_conns: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
 
-    async def _connect(self) -> aiosqlite.Connection:
-        conn = await aiosqlite.connect(self.path, isolation_level=None)
-        await conn.execute("PRAGMA journal_mode=WAL")
-        await conn.execute("PRAGMA synchronous=NORMAL")
-        await conn.execute("PRAGMA busy_timeout=5000")
-        await conn.execute("PRAGMA foreign_keys=ON")
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA busy_timeout=10000")
         return conn
 
     async def open(self) -> None:
-        if self.path != ":memory:":
+        if not self.memory:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._writer = await self._connect()
-        await self._writer.executescript(SCHEMA)
-        self._reader = self._writer if self.path == ":memory:" else await self._connect()
+        self._write_conn = self._connect()
+        self._write_conn.executescript(SCHEMA)
+        self._writer = threading.Thread(target=self._write_loop, name="shim-sqlite-writer", daemon=True)
+        self._writer.start()
+        if not self.memory:
+            self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="shim-sqlite-reader")
 
     async def close(self) -> None:
-        for conn in {id(c): c for c in (self._reader, self._writer) if c}.values():
-            await conn.close()
-        self._writer = self._reader = None
+        if self._writer is not None:
+            self._queue.put(None)
+            await asyncio.get_running_loop().run_in_executor(None, self._writer.join)
+            self._writer = None
+        if self._readers is not None:
+            self._readers.shutdown(wait=True)
+            self._readers = None
+        with self._lock:
+            for conn in self._reader_conns:
+                conn.close()
+            self._reader_conns.clear()
+        if self._write_conn is not None:
+            self._write_conn.close()
+            self._write_conn = None
 
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[Tx]:
-        conn = self._writer
-        if conn is None:
+    async def _write(self, tx: Tx[T]) -> T:
+        if self._writer is None:
+            tx.close()
             raise RuntimeError("store is not open")
-        async with self._write_lock:
-            await conn.execute("BEGIN IMMEDIATE")
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[T] = loop.create_future()
+        self._queue.put((tx, fut, loop))
+        return await fut
+
+    async def _read(self, tx: Tx[T]) -> T:
+        if self.memory or self._readers is None:
+            return await self._write(tx)
+        return await asyncio.get_running_loop().run_in_executor(self._readers, self._read_sync, tx)
+
+    def _read_sync(self, tx: Tx[T]) -> T:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self._connect()
+            with self._lock:
+                self._reader_conns.append(conn)
+        return drive(conn, tx)
+
+    # -- the writer thread -----------------------------------------------------------------
+    def _write_loop(self) -> None:
+        conn = self._write_conn
+        assert conn is not None
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            stop = False
+            while len(batch) < MAX_BATCH:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                    break
+                batch.append(item)
+            self._run_batch(conn, batch)
+            if stop:
+                return
+
+    def _run_batch(
+        self, conn: sqlite3.Connection,
+        batch: list[tuple[Tx[Any], asyncio.Future[Any], asyncio.AbstractEventLoop]],
+    ) -> None:
+        outcomes: list[tuple[bool, Any]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for tx, _, _ in batch:
+                conn.execute("SAVEPOINT tx")
+                try:
+                    value = drive(conn, tx)
+                except Exception as e:  # this transaction only
+                    conn.execute("ROLLBACK TO tx")
+                    outcomes.append((False, e))
+                else:
+                    outcomes.append((True, value))
+                conn.execute("RELEASE tx")
+            conn.execute("COMMIT")
+        except Exception as e:
             try:
-                yield _SqliteTx(conn)
-            except BaseException:
-                await conn.execute("ROLLBACK")
-                raise
-            await conn.execute("COMMIT")
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            outcomes = [(False, e)] * len(batch)
+        for (_, fut, loop), (ok, value) in zip(batch, outcomes, strict=True):
+            loop.call_soon_threadsafe(_settle, fut, ok, value)
 
-    @asynccontextmanager
-    async def read(self) -> AsyncIterator[Tx]:
-        conn = self._reader
-        if conn is None:
-            raise RuntimeError("store is not open")
-        if conn is self._writer:
-            async with self._write_lock:
-                yield _SqliteTx(conn)
-            return
-        async with self._read_lock:
-            yield _SqliteTx(conn)
+
+def _settle(fut: asyncio.Future[Any], ok: bool, value: Any) -> None:
+    if fut.done():
+        return
+    if ok:
+        fut.set_result(value)
+    else:
+        fut.set_exception(value)

@@ -171,12 +171,10 @@ async def test_retry_dead_letter_and_replay(store: Store) -> None:
     (d,) = await store.claim("w", 10, 5_000_000)
     assert await store.mark_failed(d.id, "w", "HTTP 500", now_us() + 60_000_000)
     assert await store.claim("w", 10, 5_000_000) == []  # not due, and e2 waits behind it
-    assert await store.next_due_us() is not None
     await store.release_all()
     # Force it due and fail it for good.
     assert await store.mark_failed(d.id, "w", "x", None) is False  # lease gone
-    async with store.transaction() as tx:
-        await tx.execute("UPDATE outbox SET next_attempt_us = 0 WHERE id = ?", d.id)
+    await store.run_sql("UPDATE outbox SET next_attempt_us = 0 WHERE id = ?", d.id)
     (d,) = await store.claim("w", 10, 5_000_000)
     assert d.attempts == 1
     assert await store.mark_failed(d.id, "w", "HTTP 500", None)
@@ -190,16 +188,36 @@ async def test_retry_dead_letter_and_replay(store: Store) -> None:
     assert (await store.outbox_counts())["pending"] == 2
 
 
-async def test_deferred_and_release(store: Store) -> None:
+async def test_release(store: Store) -> None:
     await store.enqueue([spec(1)])
-    (d,) = await store.claim("w", 10, 5_000_000)
-    await store.mark_deferred(d.id, "w", now_us() + 60_000_000)
-    assert await store.claim("w", 10, 5_000_000) == []
-    async with store.transaction() as tx:
-        await tx.execute("UPDATE outbox SET next_attempt_us = 0")
     (d,) = await store.claim("w", 10, 5_000_000)
     await store.release(d.id, "w")
     assert len(await store.claim("w2", 10, 5_000_000)) == 1
+
+
+async def test_claim_per_host_cap_and_skipped_hosts(store: Store) -> None:
+    await store.enqueue([spec(i, f"a{i}", "http://a.example:8000/x") for i in range(5)])
+    await store.enqueue([spec(i + 10, f"b{i}", "http://b.example/y") for i in range(5)])
+    got = await store.claim("w", 100, 5_000_000, per_host=2)
+    assert sorted(d.spec.url for d in got) == ["http://a.example:8000/x"] * 2 + ["http://b.example/y"] * 2
+    got = await store.claim("w", 100, 5_000_000, per_host=10, skip_hosts=["a.example:8000"])
+    assert [d.spec.url for d in got] == ["http://b.example/y"] * 3
+
+
+async def test_failed_transaction_changes_nothing(store: Store) -> None:
+    await store.insert_message(msg(1))
+    await store.ingest([GW.prepare(status("m0002", "message-sent"))])  # pending until m0002 exists
+
+    def boom(rec: MessageRecord, payload: dict[str, Any]) -> Any:
+        raise RuntimeError("boom")
+
+    store.apply_status = boom
+    with pytest.raises(RuntimeError):
+        await store.insert_message(msg(2))
+    store.apply_status = GW.apply_status
+    assert await store.get_message("u-test", "m0002") is None  # rolled back whole
+    assert await store.pending_event_count() == 1
+    assert await store.get_message("u-test", "m0001") is not None
 
 
 async def test_unmatched_events_routed_as_native(store: Store) -> None:
@@ -220,6 +238,9 @@ async def test_parallel_claims_never_share_a_row(store: Store) -> None:
     await store.enqueue([spec(i, f"k{i}") for i in range(60)])
     got = await asyncio.gather(*(store.claim(f"w{i}", 7, 5_000_000) for i in range(12)))
     ids = [d.id for batch in got for d in batch]
+    assert len(ids) == len(set(ids)) > 0  # concurrent claimers never share a row
+    while batch := await store.claim("late", 7, 5_000_000):  # and none is lost
+        ids += [d.id for d in batch]
     assert len(ids) == len(set(ids)) == 60
 
 
