@@ -79,9 +79,9 @@ async def shim(upstream: str, store_url: str, tmp: Path, name: str, **callbacks:
     }
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    env = dict(os.environ, SHIM_LOG_LEVEL="WARNING")
+    env = dict(os.environ, SHIM_LOG_LEVEL=os.environ.get("SHIM_LOG_LEVEL", "WARNING"))
     proc = subprocess.Popen([sys.executable, "-m", "shim", "serve", "--config", str(path)],
-                            stdout=subprocess.DEVNULL, stderr=open(tmp / f"{name}.log", "wb"), env=env)  # noqa: SIM115
+                            stdout=subprocess.DEVNULL, stderr=open(tmp / f"{name}.log", "wb"), env=env)
     PROCS.append(proc)
     await wait_http(f"http://127.0.0.1:{port}/healthz")
     return f"http://127.0.0.1:{port}", proc
@@ -91,7 +91,7 @@ def pct(values: list[float], p: float) -> float:
     if not values:
         return float("nan")
     s = sorted(values)
-    return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
+    return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
 
 
 def rss_mb(proc: subprocess.Popen[bytes]) -> float:
@@ -229,7 +229,8 @@ async def callback_path(tmp: Path, store_url: str, quick: bool, label: str, repl
     send_urls = [f"{u}/v1/users/u-bench/messages" for u, _ in shims]
     ingest_urls = [f"{u}/callbacks/v2" for u, _ in shims]
     results: dict[str, float] = {}
-    title = f"callback path ({label}{', %d replicas' % replicas if replicas > 1 else ''}): {n} v2 events, 1 per POST, 32 concurrent"
+    reps = f", {replicas} replicas" if replicas > 1 else ""
+    title = f"callback path ({label}{reps}): {n} v2 events, 1 per POST, 32 concurrent"
     print(title)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=200)) as s:
         for phase in ("healthy", "with-dead"):
@@ -242,7 +243,7 @@ async def callback_path(tmp: Path, store_url: str, quick: bool, label: str, repl
                 order = [x for pair in zip(ids, dead_ids + [None] * n, strict=False) for x in pair if x]
             posted: dict[str, float] = {}
 
-            def make(i: int) -> bytes:
+            def make(i: int, order: list[str] = order, posted: dict[str, float] = posted) -> bytes:
                 posted[order[i]] = time.time()
                 return event(order[i])
 

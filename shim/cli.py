@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import signal
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import yaml
@@ -16,6 +18,15 @@ from aiohttp import web
 from .config import Config, ConfigError, demo_config, load_config, masked
 from .logs import setup_logging
 from .sandbox import CallbackTarget, build_sandbox_app
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop where available: the same asyncio API, markedly less CPU per request."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 def _load(path: str | None) -> Config:
@@ -73,6 +84,13 @@ async def serve(cfg: Config) -> None:
     site = web.TCPSite(runner, cfg.server.host, cfg.server.port, reuse_address=True)
     await site.start()
     print(banner(cfg, sandbox_url), flush=True)
+    # Startup objects (modules, schemas, config) never die: keep them out of GC passes, which
+    # otherwise walk them on every full collection and show up as tail latency.
+    gc.collect()
+    gc.freeze()
+    # The store's writer thread shares the GIL with the event loop; hand it over sooner than
+    # the default 5 ms so a request never waits behind a whole batch of store work.
+    sys.setswitchinterval(0.0005)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -148,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         cfg = _load(args.config)
         if args.cmd == "serve":
-            asyncio.run(serve(cfg))
+            with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+                runner.run(serve(cfg))
             return 0
         result = asyncio.run(dead_letters(cfg, args.action, args.ids))
         print(json.dumps(result, indent=2))

@@ -38,15 +38,15 @@ class Op:
     args: tuple[Any, ...]
 
 
-def Exec(sql: str, *args: Any) -> Op:  # noqa: N802 - reads like a statement
+def Exec(sql: str, *args: Any) -> Op:
     return Op("exec", sql, args)
 
 
-def One(sql: str, *args: Any) -> Op:  # noqa: N802
+def One(sql: str, *args: Any) -> Op:
     return Op("one", sql, args)
 
 
-def All(sql: str, *args: Any) -> Op:  # noqa: N802
+def All(sql: str, *args: Any) -> Op:
     return Op("all", sql, args)
 
 
@@ -255,11 +255,12 @@ class Store(abc.ABC):
         if not chosen:
             return []
         marks = ", ".join("?" for _ in chosen)
-        return (yield All(
+        rows: list[Any] = yield All(
             f"UPDATE outbox SET lease_owner = ?, lease_until_us = ? WHERE id IN ({marks})"
             " RETURNING id, spec, attempts",
             owner, now + lease_us, *chosen,
-        ))
+        )
+        return rows
 
     async def release(self, delivery_id: int, owner: str) -> None:
         await self._write(_exec(
@@ -416,7 +417,8 @@ def _one(sql: str, *args: Any) -> Tx[Any]:
 
 
 def _all(sql: str, *args: Any) -> Tx[list[Any]]:
-    return (yield All(sql, *args))
+    rows: list[Any] = yield All(sql, *args)
+    return rows
 
 
 def _doc(rec: MessageRecord) -> str:

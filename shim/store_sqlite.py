@@ -4,6 +4,8 @@ One writer thread owns the write connection and runs whole transactions there, m
 (group commit; each in its own SAVEPOINT so one failing transaction rolls back alone). Reads run
 on a small pool of reader connections. WAL with ``synchronous=NORMAL`` keeps every committed
 transaction across a process crash (``kill -9``); only an OS crash can lose the last commits.
+Checkpoints run on their own thread and connection (PASSIVE, once a second), so the writer
+never stalls behind one.
 """
 
 from __future__ import annotations
@@ -107,6 +109,8 @@ class SqliteStore(Store):
         self._local = threading.local()
         self._reader_conns: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        self._checkpointer: threading.Thread | None = None
+        self._closing = threading.Event()
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10)
@@ -120,12 +124,22 @@ class SqliteStore(Store):
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._write_conn = self._connect()
         self._write_conn.executescript(SCHEMA)
+        if not self.memory:
+            self._write_conn.execute("PRAGMA wal_autocheckpoint=0")
+            self._closing.clear()
+            self._checkpointer = threading.Thread(target=self._checkpoint_loop, name="shim-sqlite-checkpoint",
+                                                  daemon=True)
+            self._checkpointer.start()
         self._writer = threading.Thread(target=self._write_loop, name="shim-sqlite-writer", daemon=True)
         self._writer.start()
         if not self.memory:
             self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="shim-sqlite-reader")
 
     async def close(self) -> None:
+        self._closing.set()
+        if self._checkpointer is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._checkpointer.join)
+            self._checkpointer = None
         if self._writer is not None:
             self._queue.put(None)
             await asyncio.get_running_loop().run_in_executor(None, self._writer.join)
@@ -162,6 +176,20 @@ class SqliteStore(Store):
             with self._lock:
                 self._reader_conns.append(conn)
         return drive(conn, tx)
+
+    def _checkpoint_loop(self) -> None:
+        conn = self._connect()
+        try:
+            while not self._closing.wait(1.0):
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except sqlite3.Error:
+                    pass
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        except sqlite3.Error:
+            pass
+        finally:
+            conn.close()
 
     # -- the writer thread -----------------------------------------------------------------
     def _write_loop(self) -> None:

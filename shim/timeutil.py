@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from datetime import UTC, datetime
 
 _V1_QUERY = re.compile(
@@ -11,7 +12,7 @@ _V1_QUERY = re.compile(
 
 
 def now_us() -> int:
-    return int(datetime.now(UTC).timestamp() * 1_000_000)
+    return time.time_ns() // 1000
 
 
 def iso_from_us(us: int) -> str:

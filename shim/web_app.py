@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
@@ -39,7 +39,7 @@ def _from_http_exception(exc: web.HTTPException) -> ShimError:
 @web.middleware
 async def v1_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Request id, one JSON access-log line, and every error as a v1 body."""
-    rid = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+    rid = request.headers.get("X-Request-Id") or os.urandom(12).hex()
     request[REQUEST_ID] = rid
     started = time.perf_counter()
     try:
@@ -60,13 +60,14 @@ async def v1_middleware(request: web.Request, handler: Handler) -> web.StreamRes
     metrics = request.app.get(METRICS)
     if metrics is not None:
         metrics.requests.labels(route_name, request.method, str(resp.status)).inc()
-    log.info(
-        "request",
-        extra={
-            "request_id": rid, "method": request.method, "route": route_name,
-            "status": resp.status, "ms": round((time.perf_counter() - started) * 1000, 2),
-        },
-    )
+    if log.isEnabledFor(logging.INFO):
+        log.info(
+            "request",
+            extra={
+                "request_id": rid, "method": request.method, "route": route_name,
+                "status": resp.status, "ms": round((time.perf_counter() - started) * 1000, 2),
+            },
+        )
     return resp
 
 
