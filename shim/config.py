@@ -67,6 +67,8 @@ class CallbacksConfig(_Model):
     # an event of a message sent natively on v2.
     unmatched_grace_s: float = Field(60, gt=0)
     concurrency: int = Field(200, ge=1)
+    # How long a replica holds a delivery before another may take it over (if it died).
+    lease_s: float = Field(60, gt=0)
     per_host_concurrency: int = Field(16, ge=1)
     allow_cidrs: list[str] = Field(default_factory=list)
     deny_cidrs: list[str] = Field(default_factory=list)

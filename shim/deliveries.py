@@ -20,6 +20,8 @@ class DeliverySpec(BaseModel):
     # v1: one JSON object (query params for GET); v2: the raw v2 callback array.
     format: Literal["v1", "v2"] = "v1"
     body: Any
+    # The request that caused this callback (sent as X-Request-Id, logged on failure).
+    request_id: str | None = None
 
 
 class Delivery(BaseModel):

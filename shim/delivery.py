@@ -158,8 +158,8 @@ class DeliveryEngine:
     async def _run(self) -> None:
         limit = self.cfg.callbacks.concurrency
         cap = self.cfg.callbacks.per_host_concurrency
-        # Long enough for a wait behind the host's slots plus primary and fallback attempts.
-        lease_us = (4 * 10 + 15) * 1_000_000
+        # Must outlast a wait behind the host's slots plus primary and fallback attempts.
+        lease_us = int(self.cfg.callbacks.lease_s * 1_000_000)
         while not self._stopping:
             try:
                 waiting = sum(len(q) for q in self._waiting.values())
@@ -244,7 +244,7 @@ class DeliveryEngine:
             self.metrics.deliveries.labels(outcome).inc()
             log.warning(
                 "callback delivery failed",
-                extra={"event_id": d.spec.event_id, "attempt": d.attempts + 1,
+                extra={"event_id": d.spec.event_id, "request_id": d.spec.request_id, "attempt": d.attempts + 1,
                        "outcome": outcome, "error": scrub(result.error)},
             )
             if next_us is not None:
@@ -274,6 +274,8 @@ class DeliveryEngine:
         except (UnsafeUrl, ValueError) as e:
             return AttemptResult(False, f"refused: {e}")
         headers = {"User-Agent": USER_AGENT, "webhook-id": spec.event_id}
+        if spec.request_id:
+            headers["X-Request-Id"] = spec.request_id
         if target.user is not None:
             headers["Authorization"] = basic_header(target.user, target.password or "")
             target = target.with_user(None)

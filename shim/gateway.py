@@ -41,7 +41,7 @@ class Gateway:
     def user_for(self, ev: V2Event) -> UserConfig | None:
         return self.by_app.get(ev.message.applicationId or "")
 
-    def prepare(self, payload: dict[str, Any]) -> IncomingEvent:
+    def prepare(self, payload: dict[str, Any], request_id: str | None = None) -> IncomingEvent:
         """Validate one v2 event (raises pydantic.ValidationError) and route it."""
         ev = V2Event.model_validate(payload)
         key = dedupe_key(payload)
@@ -50,9 +50,10 @@ class Gateway:
             if user is not None:
                 rec = inbound_record(ev, user, self.public_url)
                 specs = inbound_deliveries(rec, user.incoming, self.public_url)
-                return IncomingEvent(key, rec.id, payload, inbound=rec, inbound_deliveries=specs)
-            return IncomingEvent(key, inbound_id(ev), payload)
-        return IncomingEvent(key, ev.message.id, payload)
+                return IncomingEvent(key, rec.id, payload, inbound=rec, inbound_deliveries=specs,
+                                     request_id=request_id)
+            return IncomingEvent(key, inbound_id(ev), payload, request_id=request_id)
+        return IncomingEvent(key, ev.message.id, payload, request_id=request_id)
 
     def apply_status(
         self, rec: MessageRecord, payload: dict[str, Any]

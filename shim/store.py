@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import json
+import time
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
@@ -64,6 +65,8 @@ class IncomingEvent:
     # For ``message-received``: the new inbound record and its callbacks (no stored state needed).
     inbound: MessageRecord | None = None
     inbound_deliveries: Sequence[DeliverySpec] = ()
+    # The ingest request's id, carried to the v1 callbacks it causes (X-Request-Id).
+    request_id: str | None = None
 
 
 @dataclass
@@ -93,6 +96,24 @@ class Store(abc.ABC):
 
     def __init__(self) -> None:
         self.apply_status: StatusApplier | None = None
+        # Called with ("write"|"read", seconds) after each transaction (metrics).
+        self.observer: Callable[[str, float], None] | None = None
+
+    async def _timed_write(self, tx: Tx[T]) -> T:
+        started = time.perf_counter()
+        try:
+            return await self._write(tx)
+        finally:
+            if self.observer is not None:
+                self.observer("write", time.perf_counter() - started)
+
+    async def _timed_read(self, tx: Tx[T]) -> T:
+        started = time.perf_counter()
+        try:
+            return await self._read(tx)
+        finally:
+            if self.observer is not None:
+                self.observer("read", time.perf_counter() - started)
 
     # -- backend ---------------------------------------------------------------------------
     @abc.abstractmethod
@@ -110,25 +131,25 @@ class Store(abc.ABC):
         """Run a read-only transaction."""
 
     async def ping(self) -> None:
-        await self._read(_one("SELECT 1"))
+        await self._timed_read(_one("SELECT 1"))
 
     async def run_sql(self, sql: str, *args: Any) -> None:
         """Maintenance hook (and tests): one statement in its own transaction."""
-        await self._write(_exec(sql, *args))
+        await self._timed_write(_exec(sql, *args))
 
     # -- messages --------------------------------------------------------------------------
-    async def insert_message(self, rec: MessageRecord) -> int:
+    async def insert_message(self, rec: MessageRecord, request_id: str | None = None) -> int:
         """Store a sent message and apply any callback that arrived before it. Returns the
         number of deliveries enqueued."""
-        return await self._write(self._tx_insert_message(rec))
+        return await self._timed_write(self._tx_insert_message(rec, request_id))
 
-    def _tx_insert_message(self, rec: MessageRecord) -> Tx[int]:
+    def _tx_insert_message(self, rec: MessageRecord, request_id: str | None) -> Tx[int]:
         yield from self._lock_message(rec.id)
         yield from self._insert(rec)
-        return (yield from self._apply_pending(rec.id))
+        return (yield from self._apply_pending(rec.id, request_id))
 
     async def get_message(self, user_id: str, message_id: str) -> MessageRecord | None:
-        row = await self._read(_one("SELECT seq, doc FROM messages WHERE id = ? AND user_id = ?", message_id, user_id))
+        row = await self._timed_read(_one("SELECT seq, doc FROM messages WHERE id = ? AND user_id = ?", message_id, user_id))
         return _record(row) if row else None
 
     async def list_messages(self, user_id: str, q: ListQuery) -> list[MessageRecord]:
@@ -155,11 +176,11 @@ class Store(abc.ABC):
             extra.append(q.after_seq)
         order = "DESC" if q.descending else "ASC"
         sql = f"SELECT seq, doc FROM messages WHERE {' AND '.join(where)} ORDER BY seq {order} LIMIT ? OFFSET ?"
-        rows = await self._read(_all(sql, *args, *extra, q.size + 1, q.offset))
+        rows = await self._timed_read(_all(sql, *args, *extra, q.size + 1, q.offset))
         return [_record(r) for r in rows]
 
     async def redact_text(self, user_id: str, message_id: str) -> bool:
-        return await self._write(self._tx_redact(user_id, message_id))
+        return await self._timed_write(self._tx_redact(user_id, message_id))
 
     def _tx_redact(self, user_id: str, message_id: str) -> Tx[bool]:
         row = yield One("SELECT seq, doc FROM messages WHERE id = ? AND user_id = ?", message_id, user_id)
@@ -174,7 +195,7 @@ class Store(abc.ABC):
     async def ingest(self, events: Sequence[IncomingEvent]) -> int:
         """Durably record v2 events (duplicates once) and apply them. Returns deliveries
         enqueued. Events whose message is not recorded yet stay pending."""
-        return await self._write(self._tx_ingest(events))
+        return await self._timed_write(self._tx_ingest(events))
 
     def _tx_ingest(self, events: Sequence[IncomingEvent]) -> Tx[int]:
         count = 0
@@ -184,12 +205,12 @@ class Store(abc.ABC):
                 continue
             if ev.inbound is not None:
                 yield from self._insert(ev.inbound)
-                count += yield from self._enqueue(ev.inbound_deliveries)
+                count += yield from self._enqueue(ev.inbound_deliveries, ev.request_id)
                 status = "applied"
             else:
                 row = yield One("SELECT seq, doc FROM messages WHERE id = ?", ev.message_id)
                 if row:
-                    count += yield from self._apply(_record(row), ev.payload)
+                    count += yield from self._apply(_record(row), ev.payload, ev.request_id)
                     status = "applied"
                 else:
                     status = "pending"
@@ -202,7 +223,7 @@ class Store(abc.ABC):
     async def route_unmatched(self, older_than_us: int, router: NativeRouter, limit: int = 500) -> int:
         """Events that waited longer than the grace period for a send record belong to messages
         sent natively on v2: hand them to the native-events router."""
-        return await self._write(self._tx_route_unmatched(older_than_us, router, limit))
+        return await self._timed_write(self._tx_route_unmatched(older_than_us, router, limit))
 
     def _tx_route_unmatched(self, older_than_us: int, router: NativeRouter, limit: int) -> Tx[int]:
         rows = yield All(
@@ -217,18 +238,18 @@ class Store(abc.ABC):
         return count
 
     async def pending_event_count(self) -> int:
-        row = await self._read(_one("SELECT COUNT(*) FROM events WHERE status = 'pending'"))
+        row = await self._timed_read(_one("SELECT COUNT(*) FROM events WHERE status = 'pending'"))
         return int(row[0]) if row else 0
 
     async def enqueue(self, specs: Sequence[DeliverySpec]) -> int:
-        return await self._write(self._enqueue(specs))
+        return await self._timed_write(self._enqueue(specs))
 
     # -- outbox ----------------------------------------------------------------------------
     async def claim(self, owner: str, limit: int, lease_us: int, per_host: int = 1_000_000,
                     skip_hosts: Sequence[str] = ()) -> list[Delivery]:
         """Lease up to ``limit`` due deliveries (at most ``per_host`` per host, none for
         ``skip_hosts``) whose earlier siblings of the same message are all done."""
-        rows = await self._write(self._tx_claim(owner, limit, lease_us, per_host, skip_hosts))
+        rows = await self._timed_write(self._tx_claim(owner, limit, lease_us, per_host, skip_hosts))
         out = [Delivery(id=r[0], spec=DeliverySpec.model_validate_json(r[1]), attempts=r[2]) for r in rows]
         out.sort(key=lambda d: d.id)
         return out
@@ -263,23 +284,23 @@ class Store(abc.ABC):
         return rows
 
     async def release(self, delivery_id: int, owner: str) -> None:
-        await self._write(_exec(
+        await self._timed_write(_exec(
             "UPDATE outbox SET lease_owner = NULL, lease_until_us = NULL WHERE id = ? AND lease_owner = ?",
             delivery_id, owner,
         ))
 
     async def release_all(self, owner: str | None = None) -> None:
         if owner is None:
-            await self._write(_exec(
+            await self._timed_write(_exec(
                 "UPDATE outbox SET lease_owner = NULL, lease_until_us = NULL WHERE status = 'pending'"))
         else:
-            await self._write(_exec(
+            await self._timed_write(_exec(
                 "UPDATE outbox SET lease_owner = NULL, lease_until_us = NULL"
                 " WHERE lease_owner = ? AND status = 'pending'", owner,
             ))
 
     async def mark_delivered(self, delivery_id: int, owner: str) -> bool:
-        row = await self._write(_one(
+        row = await self._timed_write(_one(
             "UPDATE outbox SET status = 'delivered', lease_owner = NULL, lease_until_us = NULL,"
             " attempts = attempts + 1, updated_us = ? WHERE id = ? AND lease_owner = ? RETURNING id",
             now_us(), delivery_id, owner,
@@ -289,7 +310,7 @@ class Store(abc.ABC):
     async def mark_failed(self, delivery_id: int, owner: str, error: str, next_attempt_us: int | None) -> bool:
         """Schedule a retry, or dead-letter when ``next_attempt_us`` is None."""
         status = "pending" if next_attempt_us is not None else "dead"
-        row = await self._write(_one(
+        row = await self._timed_write(_one(
             "UPDATE outbox SET status = ?, lease_owner = NULL, lease_until_us = NULL,"
             " attempts = attempts + 1, next_attempt_us = ?, last_error = ?, updated_us = ?"
             " WHERE id = ? AND lease_owner = ? RETURNING id",
@@ -298,7 +319,7 @@ class Store(abc.ABC):
         return row is not None
 
     async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
-        rows = await self._read(_all(
+        rows = await self._timed_read(_all(
             "SELECT id, event_id, spec, attempts, last_error, updated_us FROM outbox"
             " WHERE status = 'dead' ORDER BY id LIMIT ?", limit,
         ))
@@ -310,7 +331,7 @@ class Store(abc.ABC):
 
     async def replay(self, ids: Sequence[int] | None = None) -> int:
         """Put dead letters (all, or the given ids) back in the queue for a fresh schedule."""
-        return await self._write(self._tx_replay(ids))
+        return await self._timed_write(self._tx_replay(ids))
 
     def _tx_replay(self, ids: Sequence[int] | None) -> Tx[int]:
         now = now_us()
@@ -330,14 +351,14 @@ class Store(abc.ABC):
         return count
 
     async def outbox_counts(self) -> dict[str, int]:
-        rows = await self._read(_all("SELECT status, COUNT(*) FROM outbox GROUP BY status"))
+        rows = await self._timed_read(_all("SELECT status, COUNT(*) FROM outbox GROUP BY status"))
         counts = {"pending": 0, "delivered": 0, "dead": 0}
         counts.update({r[0]: int(r[1]) for r in rows})
         return counts
 
     # -- retention -------------------------------------------------------------------------
     async def apply_retention(self, clear_text_before_us: int, purge_before_us: int) -> int:
-        return await self._write(self._tx_retention(clear_text_before_us, purge_before_us))
+        return await self._timed_write(self._tx_retention(clear_text_before_us, purge_before_us))
 
     def _tx_retention(self, clear_text_before_us: int, purge_before_us: int) -> Tx[int]:
         yield Exec("DELETE FROM messages WHERE time_us < ?", purge_before_us)
@@ -373,15 +394,15 @@ class Store(abc.ABC):
             rec.state, rec.delivery_state, _doc(rec), rec.id,
         )
 
-    def _apply(self, rec: MessageRecord, payload: dict[str, Any]) -> Tx[int]:
+    def _apply(self, rec: MessageRecord, payload: dict[str, Any], request_id: str | None) -> Tx[int]:
         if self.apply_status is None:
             raise RuntimeError("store.apply_status is not set")
         new, specs = self.apply_status(rec, payload)
         if new != rec:
             yield from self._update(new)
-        return (yield from self._enqueue(specs))
+        return (yield from self._enqueue(specs, request_id))
 
-    def _apply_pending(self, message_id: str) -> Tx[int]:
+    def _apply_pending(self, message_id: str, request_id: str | None) -> Tx[int]:
         rows = yield All(
             "SELECT dedupe_key, payload FROM events WHERE message_id = ? AND status = 'pending' ORDER BY received_us",
             message_id,
@@ -391,13 +412,15 @@ class Store(abc.ABC):
             row = yield One("SELECT seq, doc FROM messages WHERE id = ?", message_id)
             if row is None:
                 break
-            count += yield from self._apply(_record(row), json.loads(payload))
+            count += yield from self._apply(_record(row), json.loads(payload), request_id)
             yield Exec("UPDATE events SET status = 'applied' WHERE dedupe_key = ?", key)
         return count
 
-    def _enqueue(self, specs: Sequence[DeliverySpec]) -> Tx[int]:
+    def _enqueue(self, specs: Sequence[DeliverySpec], request_id: str | None = None) -> Tx[int]:
         now = now_us()
         for spec in specs:
+            if request_id and spec.request_id is None:
+                spec = spec.model_copy(update={"request_id": request_id})
             yield Exec(
                 "INSERT INTO outbox (event_id, order_key, user_id, host, status, spec, attempts,"
                 " next_attempt_us, created_us, updated_us)"

@@ -15,7 +15,7 @@ from .errors import AccessDenied, BadRequest, StoreUnavailable
 from .gateway import Gateway
 from .store import IncomingEvent
 from .web_auth import basic_credentials, check_pair
-from .web_keys import CONFIG, DELIVERY, METRICS, STORE
+from .web_keys import CONFIG, DELIVERY, METRICS, REQUEST_ID, STORE
 from .web_v1 import read_json
 
 log = logging.getLogger("shim.callbacks")
@@ -42,7 +42,7 @@ async def ingest(request: web.Request) -> web.StreamResponse:
         if not isinstance(item, dict):
             raise BadRequest(f"Event {i} is not a JSON object")
         try:
-            prepared.append(gateway.prepare(item))
+            prepared.append(gateway.prepare(item, request.get(REQUEST_ID)))
         except ValidationError as e:
             err = e.errors()[0]
             loc = ".".join(str(p) for p in err["loc"])

@@ -45,7 +45,7 @@ async def send_one(request: web.Request, user: UserConfig, item: Any) -> str:
     v2msg = await app[UPSTREAM].send_message(user, body, request.get(REQUEST_ID, ""))
     record = record_from_send(req, v2msg, user, received)
     try:
-        enqueued = await app[STORE].insert_message(record)
+        enqueued = await app[STORE].insert_message(record, request.get(REQUEST_ID))
     except Exception:
         log.exception(
             "message sent on v2 but not stored", extra={"message_id": record.id, "user_id": user.user_id}

@@ -20,6 +20,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from multidict import CIMultiDict
 
 from shim.config import Config, parse_config
 from shim.openapi import message_request_errors
@@ -78,7 +79,7 @@ class Received:
     method: str
     path: str
     query: dict[str, list[str]]
-    headers: dict[str, str]
+    headers: CIMultiDict[str]
     body: bytes
 
     @property
@@ -103,7 +104,7 @@ class Receiver:
         body = await request.read()
         self.requests.append(Received(
             request.method, request.path,
-            {k: request.query.getall(k) for k in request.query}, dict(request.headers), body,
+            {k: request.query.getall(k) for k in request.query}, CIMultiDict(request.headers), body,
         ))
         steps = self.script.get(request.path, [200])
         status = steps.pop(0) if len(steps) > 1 else steps[0]
@@ -122,6 +123,7 @@ class Harness:
     receiver: Receiver
     session: aiohttp.ClientSession
     v2_requests: list[Any]
+    v2_headers: list[CIMultiDict[str]] = field(default_factory=list)
     auth: dict[str, str] = field(default_factory=lambda: auth(USER["api_token"], USER["api_secret"]))
 
     @property
@@ -199,6 +201,7 @@ async def make_harness(tmp_path: Path) -> AsyncIterator[HarnessFactory]:
         cfg = parse_config(raw)
 
         v2_requests: list[Any] = []
+        v2_headers: list[CIMultiDict[str]] = []
         checks.append(v2_requests)
         creds = {(u.v2_username, u.v2_password.get_secret_value()) for u in cfg.users}
         target = CallbackTarget(f"http://127.0.0.1:{port}{cfg.callbacks.path}", CB_USER, CB_PASS)
@@ -209,6 +212,7 @@ async def make_harness(tmp_path: Path) -> AsyncIterator[HarnessFactory]:
         async def capture(request: web.Request, handler: Any) -> web.StreamResponse:
             if request.method == "POST" and request.path.endswith("/messages"):
                 v2_requests.append(json.loads(await request.read()))
+                v2_headers.append(CIMultiDict(request.headers))
             return await handler(request)
 
         sapp.middlewares.append(capture)
@@ -223,7 +227,7 @@ async def make_harness(tmp_path: Path) -> AsyncIterator[HarnessFactory]:
         servers.append(server)
         session = aiohttp.ClientSession()
         sessions.append(session)
-        return Harness(f"http://127.0.0.1:{port}", cfg, app, sapp, receiver, session, v2_requests)
+        return Harness(f"http://127.0.0.1:{port}", cfg, app, sapp, receiver, session, v2_requests, v2_headers)
 
     yield factory
     for s in sessions:

@@ -94,3 +94,30 @@ async def test_admin_requires_credentials_when_configured(make_harness: Any) -> 
     assert r.status == 401
     r = await h.session.get(f"{h.url}/admin/dead-letters", headers=auth("admin", "adm1n"))
     assert r.status == 200 and await r.json() == []
+
+
+async def test_request_id_reaches_upstream_and_callbacks(harness: Harness) -> None:
+    resp = await harness.post({"from": "+15551230001", "to": "+15551230002", "text": "x"},
+                              headers={"X-Request-Id": "send-req-7"})
+    assert resp.status == 201
+    assert harness.v2_headers[-1]["X-Request-Id"] == "send-req-7"
+    mid = resp.headers["Location"].rsplit("/", 1)[1]
+    # A status event whose ingest request carries an id: the v1 callback it causes carries it too.
+    from shim.message import MessageRecord
+    from shim.timeutil import now_us
+    from shim.web_keys import STORE
+
+    other = "m-reqid-00000000000000000000000"
+    await harness.app[STORE].insert_message(MessageRecord(
+        id=other, user_id="u-test", direction="out", from_="+15551230001", to="+15551230002", text="x",
+        time="2026-01-01T00:00:00.000Z", time_us=now_us(), callback_url=f"{harness.receiver.url}/rid"))
+    event = {"type": "message-sent", "time": "2026-01-01T00:00:01Z", "to": "+15551230002", "description": "ok",
+             "message": {"id": other, "owner": "+15551230001", "applicationId": USER["application_id"],
+                         "time": "2026-01-01T00:00:00Z", "segmentCount": 1, "direction": "out",
+                         "to": ["+15551230002"], "from": "+15551230001", "text": ""}}
+    r = await harness.session.post(f"{harness.url}/callbacks/v2", json=[event],
+                                   headers=auth("bandwidth", CB_PASS) | {"X-Request-Id": "ingest-req-9"})
+    assert r.status == 200
+    await wait_until(lambda: harness.receiver.at("/rid"))
+    assert harness.receiver.at("/rid")[0].headers["X-Request-Id"] == "ingest-req-9"
+    assert mid

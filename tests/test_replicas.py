@@ -1,0 +1,139 @@
+"""Two shim replicas on one PostgreSQL behind a round-robin balancer: sends and callbacks spread
+over both, one replica SIGKILLed mid-delivery, the survivor takes over its leased work."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from shim.sandbox import CallbackTarget, build_sandbox_app
+
+from .conftest import CB_PASS, CB_USER, USER, auth, free_port, wait_until
+from .pg import fresh_database
+from .process import ShimProcess
+
+
+class Balancer:
+    """Round-robin HTTP forwarder that skips a replica it cannot reach."""
+
+    def __init__(self, targets: list[str]) -> None:
+        self.targets = targets
+        self.turn = itertools.count()
+        self.session: aiohttp.ClientSession | None = None
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        assert self.session is not None
+        body = await request.read()
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")}
+        start = next(self.turn)
+        for i in range(len(self.targets)):
+            target = self.targets[(start + i) % len(self.targets)]
+            try:
+                async with self.session.request(request.method, target + request.path_qs, data=body,
+                                                headers=headers) as r:
+                    data = await r.read()
+                    out = {k: v for k, v in r.headers.items() if k.lower() in ("www-authenticate", "location")}
+                    return web.Response(status=r.status, body=data, headers=out)
+            except aiohttp.ClientConnectionError:
+                continue
+        return web.Response(status=502)
+
+
+async def test_two_replicas_one_killed(tmp_path: Path) -> None:
+    arrivals: list[str] = []
+
+    async def receive(request: web.Request) -> web.Response:
+        await request.read()
+        await asyncio.sleep(0.2)
+        arrivals.append(request.headers["webhook-id"])
+        return web.Response()
+
+    rapp = web.Application()
+    rapp.router.add_post("/cb", receive)
+    receiver = TestServer(rapp, host="127.0.0.1", port=free_port())
+    await receiver.start_server()
+    ports = [free_port(), free_port()]
+    lb = Balancer([f"http://127.0.0.1:{p}" for p in ports])
+    lb_app = web.Application()
+    lb_app.router.add_route("*", "/{tail:.*}", lb.handle)
+    lb_server = TestServer(lb_app, host="127.0.0.1", port=free_port())
+    await lb_server.start_server()
+    lb.session = aiohttp.ClientSession()
+    lb_url = str(lb_server.make_url("")).rstrip("/")
+    sandbox = build_sandbox_app({(USER["v2_username"], USER["v2_password"])},
+                                CallbackTarget(f"{lb_url}/callbacks/v2", CB_USER, CB_PASS), delay_s=0.01)
+    sandbox_server = TestServer(sandbox, host="127.0.0.1", port=free_port())
+    await sandbox_server.start_server()
+    replicas: list[ShimProcess] = []
+    try:
+        async with fresh_database() as db_url:
+            for i, port in enumerate(ports):
+                cfg = {
+                    "server": {"host": "127.0.0.1", "port": port, "public_url": lb_url},
+                    "store": {"url": db_url},
+                    "upstream": {"mode": "bandwidth", "base_url": str(sandbox_server.make_url("")).rstrip("/")},
+                    "callbacks": {"username": CB_USER, "password": CB_PASS, "lease_s": 3,
+                                  "retry_schedule_s": [0.5, 1, 1, 2], "per_host_concurrency": 8},
+                    "users": [USER],
+                }
+                replicas.append(ShimProcess(cfg, tmp_path, f"replica{i}"))
+            for r in replicas:
+                await r.start()
+            a, b = replicas
+            ids: list[str] = []
+            async with aiohttp.ClientSession() as s:
+                for i in range(40):
+                    body = {"from": "+15551230001", "to": f"+1555400{i:04d}", "text": f"r{i}",
+                            "receiptRequested": "all", "callbackUrl": f"{receiver.make_url('/cb')}"}
+                    async with s.post(f"{lb_url}/v1/users/u-test/messages", data=json.dumps(body),
+                                      headers=auth(USER["api_token"], USER["api_secret"])) as resp:
+                        assert resp.status == 201, await resp.text()
+                        assert resp.headers["Location"].startswith(lb_url)
+                        ids.append(resp.headers["Location"].rsplit("/", 1)[1])
+                # Every message is readable through either replica.
+                for replica in replicas:
+                    async with s.get(f"{replica.url}/v1/users/u-test/messages/{ids[0]}",
+                                     headers=auth(USER["api_token"], USER["api_secret"])) as resp:
+                        assert resp.status == 200
+            await wait_until(lambda: len(arrivals) >= 12, timeout=30)
+            # While both replicas hold leases, no event was delivered twice.
+            assert max(Counter(arrivals).values()) == 1
+            conn = await asyncpg.connect(db_url)
+            try:
+                assert a.proc is not None
+                held_by_a = await conn.fetchval(
+                    "SELECT COUNT(*) FROM outbox WHERE status = 'pending' AND lease_owner LIKE $1",
+                    f"%-{a.proc.pid}-%")
+                owners = await conn.fetchval(
+                    "SELECT COUNT(DISTINCT lease_owner) FROM outbox WHERE lease_owner IS NOT NULL")
+            finally:
+                await conn.close()
+            assert held_by_a > 0 and owners >= 1  # the victim dies holding leased work
+            a.kill()
+            expected = {f"evt_{m}_{k}" for m in ids for k in ("sent", "receipt")}
+            await wait_until(lambda: expected <= set(arrivals), timeout=60)
+            duplicates = sum(n - 1 for n in Counter(arrivals).values())
+            # At-least-once: only attempts the victim had in flight may repeat.
+            assert duplicates <= held_by_a
+            # The survivor serves on.
+            async with aiohttp.ClientSession() as s:
+                async with s.get(f"{b.url}/v1/users/u-test/messages/{ids[-1]}",
+                                 headers=auth(USER["api_token"], USER["api_secret"])) as resp:
+                    stored: dict[str, Any] = await resp.json()
+                    assert stored["deliveryState"] == "delivered"
+    finally:
+        for r in replicas:
+            r.stop()
+        await lb.session.close()
+        await sandbox_server.close()
+        await lb_server.close()
+        await receiver.close()
