@@ -98,5 +98,8 @@ def build_app(cfg: Config, *, store: Store | None = None, start_workers: bool = 
         await app[UPSTREAM].close()
         await app[STORE].close()
 
+    if cfg.callbacks.username is None:
+        logging.getLogger("shim").warning(
+            "callbacks.username is not set: the callback endpoint accepts events without credentials")
     app.cleanup_ctx.append(lifecycle)
     return app

@@ -122,7 +122,7 @@ async def patch_message(request: web.Request) -> web.StreamResponse:
     user = authenticate(request, request.app[CONFIG])
     message_id = request.match_info["messageId"]
     data = await read_json(request)
-    if data != {"text": ""} or not isinstance(data.get("text"), str):
+    if data != {"text": ""}:
         raise InvalidProperty(
             'Only redaction is supported: the body must be exactly {"text": ""}',
             details={"propertyName": "text"},

@@ -82,3 +82,25 @@ def test_check_config_cli(tmp_path: Path) -> None:
     (tmp_path / "broken.yaml").write_text("a: [")
     res = run_cli("check-config", str(tmp_path / "broken.yaml"))
     assert res.returncode == 2 and "not valid YAML" in res.stderr
+
+
+async def test_dead_letters_cli(tmp_path: Path) -> None:
+    from shim.deliveries import DeliverySpec
+    from shim.store import open_store
+
+    db = tmp_path / "dl.db"
+    store = open_store(f"sqlite:///{db}")
+    await store.open()
+    await store.enqueue([DeliverySpec(event_id="evt_dead_1", order_key="k", url="http://127.0.0.1:9/x", body={})])
+    (d,) = await store.claim("w", 10, 5_000_000)
+    await store.mark_failed(d.id, "w", "HTTP 500", None)
+    await store.close()
+    cfg = tmp_path / "shim.yaml"
+    cfg.write_text(f"store:\n  url: sqlite:///{db}\n")
+    res = run_cli("dead-letters", "list", "--config", str(cfg))
+    assert res.returncode == 0, res.stderr
+    assert '"event_id": "evt_dead_1"' in res.stdout and "HTTP 500" in res.stdout
+    res = run_cli("dead-letters", "replay", "--config", str(cfg))
+    assert res.returncode == 0 and '"replayed": 1' in res.stdout
+    res = run_cli("dead-letters", "list", "--config", str(cfg))
+    assert res.stdout.strip() == "[]"

@@ -20,9 +20,9 @@ def test_installed_package_has_its_data(tmp_path: Path) -> None:
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
                     "--target", str(target), str(ROOT)], check=True, timeout=300, capture_output=True)
     code = ("import shim, shim.openapi as o, shim.delivery_codes as d; "
-            "assert str(shim.__file__).startswith(%r), shim.__file__; "
+            f"assert str(shim.__file__).startswith({str(target)!r}), shim.__file__; "
             "assert o.load_spec()['components']['schemas']['messageRequest']; "
-            "assert d.v2_names()[4432] == 'rejected-forbidden-country'; print('ok')") % str(target)
+            "assert d.v2_names()[4432] == 'rejected-forbidden-country'; print('ok')")
     env = dict(os.environ, PYTHONPATH=str(target))
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
