@@ -112,6 +112,8 @@ class UserConfig(_Model):
 class RetentionConfig(_Model):
     text_days: float = Field(3, gt=0)
     purge_days: float = Field(30, gt=0)
+    # How often the retention pass runs (every replica runs it; it is idempotent).
+    interval_s: float = Field(3600, gt=0)
 
 
 class SandboxConfig(_Model):

@@ -112,7 +112,6 @@ class DeliveryEngine:
         self._session: aiohttp.ClientSession | None = None
         self._stopping = False
         self.poll_s = 0.5
-        self.retention_interval_s = 3600.0
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -198,7 +197,7 @@ class DeliveryEngine:
                     await self.store.apply_retention(
                         now - int(ret.text_days * day_us), now - int(ret.purge_days * day_us)
                     )
-                    next_retention = time.monotonic() + self.retention_interval_s
+                    next_retention = time.monotonic() + ret.interval_s
                 counts = await self.store.outbox_counts()
                 self.metrics.queue_depth.set(counts["pending"])
                 self.metrics.dead_letters.set(counts["dead"])
@@ -206,7 +205,7 @@ class DeliveryEngine:
                 raise
             except Exception:
                 log.exception("delivery sweeper error")
-            await asyncio.sleep(min(5.0, self.cfg.callbacks.unmatched_grace_s / 2))
+            await asyncio.sleep(min(5.0, self.cfg.callbacks.unmatched_grace_s / 2, self.cfg.retention.interval_s))
 
     def _dispatch(self, d: Delivery) -> None:
         host = host_key(d.spec.url)

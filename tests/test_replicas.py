@@ -137,3 +137,16 @@ async def test_two_replicas_one_killed(tmp_path: Path) -> None:
         await sandbox_server.close()
         await lb_server.close()
         await receiver.close()
+
+
+async def test_replicas_starting_together_create_the_schema_once() -> None:
+    from shim.store_postgres import PostgresStore
+
+    async with fresh_database() as url:
+        stores = [PostgresStore(url, min_size=1, max_size=2) for _ in range(4)]
+        await asyncio.gather(*(s.open() for s in stores))
+        try:
+            await asyncio.gather(*(s.ping() for s in stores))
+            assert (await stores[0].outbox_counts())["pending"] == 0
+        finally:
+            await asyncio.gather(*(s.close() for s in stores))

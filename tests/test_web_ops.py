@@ -121,3 +121,20 @@ async def test_request_id_reaches_upstream_and_callbacks(harness: Harness) -> No
     await wait_until(lambda: harness.receiver.at("/rid"))
     assert harness.receiver.at("/rid")[0].headers["X-Request-Id"] == "ingest-req-9"
     assert mid
+
+
+async def test_retention_runs_on_schedule(make_harness: Any) -> None:
+    # text after ~0.4 s, records after ~1.7 s, checked every 0.1 s
+    h = await make_harness(retention={"text_days": 0.000005, "purge_days": 0.00002, "interval_s": 0.1})
+    mid = await h.send(text="short-lived")
+
+    async def text_cleared() -> bool:
+        return (await h.stored(mid))["text"] == ""
+
+    await wait_until(text_cleared, timeout=10)
+
+    async def purged() -> bool:
+        r = await h.session.get(f"{h.messages_url}/{mid}", headers=h.auth)
+        return r.status == 404
+
+    await wait_until(purged, timeout=10)
