@@ -111,6 +111,9 @@ class DeliveryEngine:
         self._loops: list[asyncio.Task[None]] = []
         self._session: aiohttp.ClientSession | None = None
         self._stopping = False
+        self._delivered: list[int] = []
+        self._flush = asyncio.Event()
+        self._flusher: asyncio.Task[None] | None = None
         self.poll_s = 0.5
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -129,6 +132,7 @@ class DeliveryEngine:
             asyncio.create_task(self._run(), name="delivery-loop"),
             asyncio.create_task(self._sweep(), name="delivery-sweeper"),
         ]
+        self._flusher = asyncio.create_task(self._flush_loop(), name="delivery-flusher")
 
     async def stop(self, grace_s: float = 5.0) -> None:
         self._stopping = True
@@ -142,6 +146,11 @@ class DeliveryEngine:
         for t in list(self._tasks):
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._flusher is not None:
+            self._flusher.cancel()
+            await asyncio.gather(self._flusher, return_exceptions=True)
+            self._flusher = None
+        await self._flush_delivered()
         try:
             await self.store.release_all(self.owner)
         except Exception:
@@ -233,7 +242,10 @@ class DeliveryEngine:
                         fallback.retry_after_s or result.retry_after_s,
                     )
             if result.ok:
-                await self.store.mark_delivered(d.id, self.owner)
+                # Successes are recorded in batches; a later event of the same message stays
+                # unclaimable until this one is, so order holds.
+                self._delivered.append(d.id)
+                self._flush.set()
                 self.metrics.deliveries.labels("delivered").inc()
                 return
             delay = next_delay(self.schedule, d.attempts + 1, result.retry_after_s)
@@ -264,6 +276,24 @@ class DeliveryEngine:
                 if not self._stopping:
                     self._start(nxt, host)
             self._wake.set()
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await self._flush.wait()
+            self._flush.clear()
+            await self._flush_delivered()
+            self._wake.set()
+
+    async def _flush_delivered(self) -> None:
+        while self._delivered:
+            batch, self._delivered = self._delivered[:500], self._delivered[500:]
+            try:
+                await self.store.mark_delivered_many(batch, self.owner)
+            except asyncio.CancelledError:
+                self._delivered[:0] = batch
+                raise
+            except Exception:
+                log.exception("could not record deliveries; they will be retried when their leases expire")
 
     # -- one HTTP attempt ------------------------------------------------------------------
     async def attempt(self, spec: DeliverySpec, url: str) -> AttemptResult:

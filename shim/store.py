@@ -307,6 +307,18 @@ class Store(abc.ABC):
         ))
         return row is not None
 
+    async def mark_delivered_many(self, delivery_ids: Sequence[int], owner: str) -> int:
+        """Record several successes in one transaction (the delivery engine batches them)."""
+        if not delivery_ids:
+            return 0
+        marks = ", ".join("?" for _ in delivery_ids)
+        rows = await self._timed_write(_all(
+            "UPDATE outbox SET status = 'delivered', lease_owner = NULL, lease_until_us = NULL,"
+            f" attempts = attempts + 1, updated_us = ? WHERE id IN ({marks}) AND lease_owner = ? RETURNING id",
+            now_us(), *delivery_ids, owner,
+        ))
+        return len(rows)
+
     async def mark_failed(self, delivery_id: int, owner: str, error: str, next_attempt_us: int | None) -> bool:
         """Schedule a retry, or dead-letter when ``next_attempt_us`` is None."""
         status = "pending" if next_attempt_us is not None else "dead"

@@ -8,6 +8,7 @@ replicas starting together do not race.
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any, TypeVar
 
@@ -68,6 +69,7 @@ CREATE INDEX IF NOT EXISTS outbox_order ON outbox (order_key, id);
 _PLACEHOLDER = re.compile(r"\?")
 
 
+@functools.lru_cache(maxsize=512)
 def to_pg(sql: str) -> str:
     """``?`` placeholders → ``$1, $2, …`` (shim's SQL has no literal question marks)."""
     counter = iter(range(1, 10_000))

@@ -260,3 +260,13 @@ async def test_retention(store: Store) -> None:
 async def test_ping(store: Store) -> None:
     await store.ping()
     assert json.dumps(await store.outbox_counts())
+
+
+async def test_mark_delivered_many(store: Store) -> None:
+    await store.enqueue([spec(i, f"k{i}") for i in range(4)])
+    got = await store.claim("w", 10, 5_000_000)
+    ids = [d.id for d in got]
+    assert await store.mark_delivered_many(ids[:3], "other") == 0  # not the lease owner
+    assert await store.mark_delivered_many(ids[:3], "w") == 3
+    assert await store.mark_delivered_many([], "w") == 0
+    assert (await store.outbox_counts())["delivered"] == 3
