@@ -55,6 +55,8 @@ class UpstreamConfig(_Model):
 
 class StoreConfig(_Model):
     url: str = "sqlite:///./shim.db"
+    # PostgreSQL connections per replica (SQLite uses one writer and two readers).
+    pool_size: int = Field(40, ge=2)
 
 
 class CallbacksConfig(_Model):

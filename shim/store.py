@@ -466,7 +466,7 @@ def _record(row: Sequence[Any]) -> MessageRecord:
     return rec
 
 
-def open_store(url: str) -> Store:
+def open_store(url: str, pool_size: int = 40) -> Store:
     """Pick the backend from ``store.url``."""
     if url.startswith("sqlite:"):
         from .store_sqlite import SqliteStore
@@ -475,5 +475,5 @@ def open_store(url: str) -> Store:
     if url.startswith(("postgresql:", "postgres:")):
         from .store_postgres import PostgresStore
 
-        return PostgresStore(url)
+        return PostgresStore(url, max_size=pool_size)
     raise ValueError(f"store.url: unsupported scheme in {url.split(':', 1)[0]!r}")

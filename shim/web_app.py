@@ -75,7 +75,7 @@ def build_app(cfg: Config, *, store: Store | None = None, start_workers: bool = 
     app = web.Application(middlewares=[v1_middleware], client_max_size=cfg.server.max_body_bytes)
     app[CONFIG] = cfg
     app[METRICS] = Metrics()
-    app[STORE] = store or open_store(cfg.store.url)
+    app[STORE] = store or open_store(cfg.store.url, cfg.store.pool_size)
     app[STORE].observer = lambda op, seconds: app[METRICS].store_latency.labels(op).observe(seconds)
     upstream = UpstreamClient(cfg.upstream, cfg.upstream.base_url)
     upstream.latency_observer = app[METRICS].observe_upstream
