@@ -70,6 +70,14 @@ def banner(cfg: Config, sandbox_url: str | None) -> str:
     return "\n".join(lines)
 
 
+async def until_signalled() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
 async def serve(cfg: Config) -> None:
     from .web_app import build_app
 
@@ -91,11 +99,7 @@ async def serve(cfg: Config) -> None:
     # The store's writer thread shares the GIL with the event loop; hand it over sooner than
     # the default 5 ms so a request never waits behind a whole batch of store work.
     sys.setswitchinterval(0.0005)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await until_signalled()
     # Graceful: stop accepting, finish in-flight requests, stop workers, release leases.
     await runner.cleanup()
     if sandbox_runner:
@@ -113,11 +117,7 @@ async def run_sandbox(args: argparse.Namespace) -> None:
     await runner.setup()
     await web.TCPSite(runner, args.host, args.port).start()
     print(f"shim sandbox (v2 simulator) on http://{args.host}:{args.port}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await until_signalled()
     await runner.cleanup()
 
 

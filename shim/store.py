@@ -30,6 +30,54 @@ StatusApplier = Callable[[MessageRecord, dict[str, Any]], tuple[MessageRecord, l
 NativeRouter = Callable[[dict[str, Any]], list[DeliverySpec]]
 
 
+# The schema, written once; backends fill in their integer types.
+SCHEMA_TEMPLATE = """
+CREATE TABLE IF NOT EXISTS messages (
+    seq {serial},
+    id TEXT NOT NULL UNIQUE,
+    user_id TEXT NOT NULL,
+    direction TEXT NOT NULL,
+    from_number TEXT NOT NULL,
+    to_number TEXT NOT NULL,
+    state TEXT NOT NULL,
+    delivery_state TEXT,
+    time_us {bigint} NOT NULL,
+    created_us {bigint} NOT NULL,
+    text_cleared INTEGER NOT NULL DEFAULT 0,
+    doc TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS messages_user_seq ON messages (user_id, seq);
+CREATE INDEX IF NOT EXISTS messages_time ON messages (time_us);
+CREATE TABLE IF NOT EXISTS events (
+    dedupe_key TEXT PRIMARY KEY,
+    message_id TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    status TEXT NOT NULL,
+    received_us {bigint} NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_pending ON events (message_id) WHERE status = 'pending';
+CREATE INDEX IF NOT EXISTS events_received ON events (received_us);
+CREATE TABLE IF NOT EXISTS outbox (
+    id {serial},
+    event_id TEXT NOT NULL UNIQUE,
+    order_key TEXT NOT NULL,
+    user_id TEXT,
+    host TEXT NOT NULL DEFAULT '',
+    status TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_us {bigint} NOT NULL,
+    lease_owner TEXT,
+    lease_until_us {bigint},
+    last_error TEXT,
+    created_us {bigint} NOT NULL,
+    updated_us {bigint} NOT NULL
+);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox (status, next_attempt_us);
+CREATE INDEX IF NOT EXISTS outbox_order ON outbox (order_key, id);
+"""
+
+
 @dataclass(frozen=True)
 class Op:
     """One SQL statement (``?`` placeholders) and what the transaction wants back."""

@@ -18,56 +18,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .store import Op, Store, Tx
+from .store import SCHEMA_TEMPLATE, Op, Store, Tx
 
 T = TypeVar("T")
 MAX_BATCH = 256
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS messages (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT NOT NULL UNIQUE,
-    user_id TEXT NOT NULL,
-    direction TEXT NOT NULL,
-    from_number TEXT NOT NULL,
-    to_number TEXT NOT NULL,
-    state TEXT NOT NULL,
-    delivery_state TEXT,
-    time_us INTEGER NOT NULL,
-    created_us INTEGER NOT NULL,
-    text_cleared INTEGER NOT NULL DEFAULT 0,
-    doc TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS messages_user_seq ON messages (user_id, seq);
-CREATE INDEX IF NOT EXISTS messages_time ON messages (time_us);
-CREATE TABLE IF NOT EXISTS events (
-    dedupe_key TEXT PRIMARY KEY,
-    message_id TEXT NOT NULL,
-    payload TEXT NOT NULL,
-    status TEXT NOT NULL,
-    received_us INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS events_pending ON events (message_id) WHERE status = 'pending';
-CREATE INDEX IF NOT EXISTS events_received ON events (received_us);
-CREATE TABLE IF NOT EXISTS outbox (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    event_id TEXT NOT NULL UNIQUE,
-    order_key TEXT NOT NULL,
-    user_id TEXT,
-    host TEXT NOT NULL DEFAULT '',
-    status TEXT NOT NULL,
-    spec TEXT NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    next_attempt_us INTEGER NOT NULL,
-    lease_owner TEXT,
-    lease_until_us INTEGER,
-    last_error TEXT,
-    created_us INTEGER NOT NULL,
-    updated_us INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS outbox_due ON outbox (status, next_attempt_us);
-CREATE INDEX IF NOT EXISTS outbox_order ON outbox (order_key, id);
-"""
+SCHEMA = SCHEMA_TEMPLATE.format(serial="INTEGER PRIMARY KEY AUTOINCREMENT", bigint="INTEGER")
 
 
 def sqlite_path(url: str) -> str:
