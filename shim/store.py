@@ -249,23 +249,23 @@ class Store(abc.ABC):
         count = 0
         for ev in events:
             yield from self._lock_message(ev.message_id)
-            if (yield One("SELECT 1 FROM events WHERE dedupe_key = ?", ev.dedupe_key)):
+            # Recording the event is also the duplicate check: a known key inserts nothing.
+            fresh = yield One(
+                "INSERT INTO events (dedupe_key, message_id, payload, status, received_us)"
+                " VALUES (?, ?, ?, 'applied', ?) ON CONFLICT (dedupe_key) DO NOTHING RETURNING 1",
+                ev.dedupe_key, ev.message_id, json.dumps(ev.payload), now_us(),
+            )
+            if not fresh:
                 continue
             if ev.inbound is not None:
                 yield from self._insert(ev.inbound)
                 count += yield from self._enqueue(ev.inbound_deliveries, ev.request_id)
-                status = "applied"
+                continue
+            row = yield One("SELECT seq, doc FROM messages WHERE id = ?", ev.message_id)
+            if row:
+                count += yield from self._apply(_record(row), ev.payload, ev.request_id)
             else:
-                row = yield One("SELECT seq, doc FROM messages WHERE id = ?", ev.message_id)
-                if row:
-                    count += yield from self._apply(_record(row), ev.payload, ev.request_id)
-                    status = "applied"
-                else:
-                    status = "pending"
-            yield Exec(
-                "INSERT INTO events (dedupe_key, message_id, payload, status, received_us) VALUES (?, ?, ?, ?, ?)",
-                ev.dedupe_key, ev.message_id, json.dumps(ev.payload), status, now_us(),
-            )
+                yield Exec("UPDATE events SET status = 'pending' WHERE dedupe_key = ?", ev.dedupe_key)
         return count
 
     async def route_unmatched(self, older_than_us: int, router: NativeRouter, limit: int = 500) -> int:
