@@ -67,6 +67,12 @@ def banner(cfg: Config, sandbox_url: str | None) -> str:
             f"-d '{{\"from\":\"+15551230001\",\"to\":\"+15551230002\",\"text\":\"hello\"}}' "
             f"{base}/v1/users/{u.user_id}/messages"
         )
+        lines.append(f"then: curl -u {u.api_token}:{secret} {base}/v1/users/{u.user_id}/messages  "
+                     "(state and deliveryState follow the sandbox's callbacks)")
+        if sandbox_url:
+            inbound = json.dumps({"accountId": u.account_id, "applicationId": u.application_id,
+                                  "from": "+15557654321", "to": ["+15551230001"], "text": "hi back"})
+            lines.append(f"inbound: curl -H 'Content-Type: application/json' -d '{inbound}' {sandbox_url}/sandbox/inbound")
     return "\n".join(lines)
 
 
