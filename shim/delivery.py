@@ -195,6 +195,7 @@ class DeliveryEngine:
         grace_us = int(self.cfg.callbacks.unmatched_grace_s * 1_000_000)
         day_us = 86_400 * 1_000_000
         next_retention = 0.0
+        analyzed_at = 0
         while not self._stopping:
             try:
                 routed = await self.store.route_unmatched(now_us() - grace_us, self.gateway.route_native)
@@ -210,6 +211,10 @@ class DeliveryEngine:
                 counts = await self.store.outbox_counts()
                 self.metrics.queue_depth.set(counts["pending"])
                 self.metrics.dead_letters.set(counts["dead"])
+                rows = sum(counts.values())
+                if rows > max(1000, 2 * analyzed_at):
+                    await self.store.analyze()
+                    analyzed_at = rows
             except asyncio.CancelledError:
                 raise
             except Exception:

@@ -73,7 +73,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     created_us {bigint} NOT NULL,
     updated_us {bigint} NOT NULL
 );
-CREATE INDEX IF NOT EXISTS outbox_due ON outbox (status, next_attempt_us);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox (next_attempt_us, id) WHERE status = 'pending';
 CREATE INDEX IF NOT EXISTS outbox_order ON outbox (order_key, id);
 """
 
@@ -180,6 +180,10 @@ class Store(abc.ABC):
 
     async def ping(self) -> None:
         await self._timed_read(_one("SELECT 1"))
+
+    async def analyze(self) -> None:  # noqa: B027 - optional hook
+        """Refresh planner statistics (the outbox changes fast; a stale plan sorts the whole
+        backlog on every claim). A no-op where the planner does not need it."""
 
     async def run_sql(self, sql: str, *args: Any) -> None:
         """Maintenance hook (and tests): one statement in its own transaction."""

@@ -89,5 +89,11 @@ class PostgresStore(Store):
         async with self._pool.acquire() as conn:
             return await drive(conn, tx)
 
+    async def analyze(self) -> None:
+        if self._pool is None:
+            return
+        async with self._pool.acquire() as conn:
+            await conn.execute("ANALYZE outbox")
+
     def _lock_message(self, message_id: str) -> Tx[None]:
         yield Exec("SELECT pg_advisory_xact_lock(hashtext(?))", message_id)

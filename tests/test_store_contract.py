@@ -257,8 +257,9 @@ async def test_retention(store: Store) -> None:
     assert m3 is not None and m3.text == "t3"
 
 
-async def test_ping(store: Store) -> None:
+async def test_ping_and_analyze(store: Store) -> None:
     await store.ping()
+    await store.analyze()
     assert json.dumps(await store.outbox_counts())
 
 
