@@ -173,13 +173,17 @@ class DeliveryEngine:
                 waiting = sum(len(q) for q in self._waiting.values())
                 free = limit - len(self._tasks) - waiting
                 claimed: list[Delivery] = []
+                self._wake.clear()  # work enqueued while we claim wakes the next round
                 if free > 0:
                     busy = [h for h, n in self._in_flight.items() if n >= cap]
-                    claimed = await self.store.claim(self.owner, free, lease_us, cap, busy)
+                    # Up to two slots' worth per host: the second half waits locally, so a
+                    # claim round trip is never what keeps a healthy host idle.
+                    claimed = await self.store.claim(self.owner, free, lease_us, 2 * cap, busy)
                     for d in claimed:
                         self._dispatch(d)
-                if not claimed or free <= 0:
-                    self._wake.clear()
+                if len(claimed) < free or free <= 0:
+                    # Drained what is due (or full): sleep until new work, a host's pipeline
+                    # running low, or the poll interval (retries coming due).
                     try:
                         await asyncio.wait_for(self._wake.wait(), self.poll_s)
                     except TimeoutError:
@@ -199,7 +203,7 @@ class DeliveryEngine:
         while not self._stopping:
             try:
                 routed = await self.store.route_unmatched(now_us() - grace_us, self.gateway.route_native)
-                if routed:
+                if routed or await self.store.expire_leases():
                     self.wake()
                 if time.monotonic() >= next_retention:
                     ret = self.cfg.retention
@@ -224,7 +228,7 @@ class DeliveryEngine:
     def _dispatch(self, d: Delivery) -> None:
         host = host_key(d.spec.url)
         if self._in_flight[host] >= self.cfg.callbacks.per_host_concurrency:
-            self._waiting[host].append(d)  # at most one claim's worth: busy hosts are not claimed
+            self._waiting[host].append(d)  # bounded: busy hosts are not claimed
             return
         self._start(d, host)
 
@@ -280,7 +284,10 @@ class DeliveryEngine:
                     del self._waiting[host]
                 if not self._stopping:
                     self._start(nxt, host)
-            self._wake.set()
+            # Claim again once this host's pipeline is down to its slots, not after every completion.
+            pipeline = self._in_flight[host] + len(self._waiting.get(host, ()))
+            if pipeline <= self.cfg.callbacks.per_host_concurrency:
+                self._wake.set()
 
     async def _flush_loop(self) -> None:
         while True:

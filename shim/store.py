@@ -73,7 +73,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     created_us {bigint} NOT NULL,
     updated_us {bigint} NOT NULL
 );
-CREATE INDEX IF NOT EXISTS outbox_due ON outbox (next_attempt_us, id) WHERE status = 'pending';
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox (next_attempt_us, id) WHERE status = 'pending' AND lease_owner IS NULL;
 CREATE INDEX IF NOT EXISTS outbox_order ON outbox (order_key, id);
 """
 
@@ -313,11 +313,11 @@ class Store(abc.ABC):
         # Lock a few more candidates than needed (other replicas skip them), keep per_host each.
         candidates = yield All(
             "SELECT o.id, o.host FROM outbox o WHERE o.status = 'pending' AND o.next_attempt_us <= ?"
-            " AND (o.lease_until_us IS NULL OR o.lease_until_us < ?)"
+            " AND o.lease_owner IS NULL"
             " AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.order_key = o.order_key"
             f"  AND p.status = 'pending' AND p.id < o.id){skip}"
             f" ORDER BY o.next_attempt_us, o.id LIMIT ?{self.skip_locked}",
-            now, now, *skip_hosts, min(limit * 2, limit + 500),
+            now, *skip_hosts, min(limit * 2, limit + 500),
         )
         taken: dict[str, int] = {}
         chosen: list[int] = []
@@ -334,6 +334,16 @@ class Store(abc.ABC):
             owner, now + lease_us, *chosen,
         )
         return rows
+
+    async def expire_leases(self) -> int:
+        """Free the work of replicas that died holding it (their leases ran out); claims only
+        look at unleased rows, which keeps them cheap however much is in flight."""
+        rows = await self._timed_write(_all(
+            "UPDATE outbox SET lease_owner = NULL, lease_until_us = NULL"
+            " WHERE status = 'pending' AND lease_owner IS NOT NULL AND lease_until_us < ? RETURNING id",
+            now_us(),
+        ))
+        return len(rows)
 
     async def release(self, delivery_id: int, owner: str) -> None:
         await self._timed_write(_exec(

@@ -160,6 +160,8 @@ async def test_expired_lease_is_taken_over(store: Store) -> None:
     await store.enqueue([spec(1)])
     (d,) = await store.claim("dead-replica", 10, 1)  # 1 µs lease
     await asyncio.sleep(0.01)
+    assert await store.claim("survivor", 10, 5_000_000) == []  # until the sweep frees it
+    assert await store.expire_leases() == 1
     (again,) = await store.claim("survivor", 10, 5_000_000)
     assert again.id == d.id
     assert not await store.mark_delivered(d.id, "dead-replica")
