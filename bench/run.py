@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import functools
 import json
 import os
 import socket
@@ -215,6 +216,10 @@ def event(mid: str) -> bytes:
                                                          "to": ["+15550000000"], "from": "+15551230001", "text": ""}}]).encode()
 
 
+def event_at(ids: list[str], i: int) -> bytes:
+    return event(ids[i])
+
+
 async def create(s: aiohttp.ClientSession, url: str, n: int, callback: str, timeout_ms: int = 10000) -> list[str]:
     ids: list[str] = []
     for start in range(0, n, 50):
@@ -248,7 +253,7 @@ async def callback_path(tmp: Path, store_url: str, quick: bool, label: str, repl
                 # The dead receiver's callbacks go first and hang (each until its 2 s timeout, then
                 # retried), holding their slots while the healthy load runs exactly as before.
                 dead_ids = await create(s, send_urls[0], n // 5, f"{dead}/cb", 2000)
-                await closed_loop(s, ingest_urls, lambda i, d=dead_ids: event(d[i]), len(dead_ids), 32, CB_AUTH)
+                await closed_loop(s, ingest_urls, functools.partial(event_at, dead_ids), len(dead_ids), 32, CB_AUTH)
                 await asyncio.sleep(0.5)
             order = ids
             posted: dict[str, float] = {}
