@@ -195,7 +195,10 @@ class SqliteStore(Store):
                 pass
             outcomes = [(False, e)] * len(batch)
         for (_, fut, loop), (ok, value) in zip(batch, outcomes, strict=True):
-            loop.call_soon_threadsafe(_settle, fut, ok, value)
+            try:
+                loop.call_soon_threadsafe(_settle, fut, ok, value)
+            except RuntimeError:  # that event loop is closed; nobody waits for this result
+                pass
 
 
 def _settle(fut: asyncio.Future[Any], ok: bool, value: Any) -> None:
