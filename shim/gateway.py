@@ -24,10 +24,15 @@ from .v2 import V2Event
 log = logging.getLogger("shim.gateway")
 
 
-def dedupe_key(payload: dict[str, Any]) -> str:
-    """Bandwidth re-sends identical events (at-least-once): same content, same key."""
+def canonical(payload: dict[str, Any]) -> tuple[str, str]:
+    """(canonical JSON, dedupe key). Bandwidth re-sends identical events (at-least-once): same
+    content, same key. The JSON is also what the store keeps, so each event is encoded once."""
     canon = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canon.encode()).hexdigest()
+    return canon, hashlib.sha256(canon.encode()).hexdigest()
+
+
+def dedupe_key(payload: dict[str, Any]) -> str:
+    return canonical(payload)[1]
 
 
 class Gateway:
@@ -44,16 +49,16 @@ class Gateway:
     def prepare(self, payload: dict[str, Any], request_id: str | None = None) -> IncomingEvent:
         """Validate one v2 event (raises pydantic.ValidationError) and route it."""
         ev = V2Event.model_validate(payload)
-        key = dedupe_key(payload)
+        payload_json, key = canonical(payload)
         if ev.type == "message-received" and ev.message.direction != "out":
             user = self.user_for(ev)
             if user is not None:
                 rec = inbound_record(ev, user, self.public_url)
                 specs = inbound_deliveries(rec, user.incoming, self.public_url)
-                return IncomingEvent(key, rec.id, payload, inbound=rec, inbound_deliveries=specs,
+                return IncomingEvent(key, rec.id, payload, payload_json, inbound=rec, inbound_deliveries=specs,
                                      request_id=request_id)
-            return IncomingEvent(key, inbound_id(ev), payload, request_id=request_id)
-        return IncomingEvent(key, ev.message.id, payload, request_id=request_id)
+            return IncomingEvent(key, inbound_id(ev), payload, payload_json, request_id=request_id)
+        return IncomingEvent(key, ev.message.id, payload, payload_json, request_id=request_id)
 
     def apply_status(
         self, rec: MessageRecord, payload: dict[str, Any]

@@ -110,6 +110,7 @@ class IncomingEvent:
     dedupe_key: str
     message_id: str
     payload: dict[str, Any]
+    payload_json: str
     # For ``message-received``: the new inbound record and its callbacks (no stored state needed).
     inbound: MessageRecord | None = None
     inbound_deliveries: Sequence[DeliverySpec] = ()
@@ -147,21 +148,19 @@ class Store(abc.ABC):
         # Called with ("write"|"read", seconds) after each transaction (metrics).
         self.observer: Callable[[str, float], None] | None = None
 
-    async def _timed_write(self, tx: Tx[T]) -> T:
+    async def _timed(self, op: Literal["write", "read"], tx: Tx[T]) -> T:
         started = time.perf_counter()
         try:
-            return await self._write(tx)
+            return await (self._write(tx) if op == "write" else self._read(tx))
         finally:
             if self.observer is not None:
-                self.observer("write", time.perf_counter() - started)
+                self.observer(op, time.perf_counter() - started)
+
+    async def _timed_write(self, tx: Tx[T]) -> T:
+        return await self._timed("write", tx)
 
     async def _timed_read(self, tx: Tx[T]) -> T:
-        started = time.perf_counter()
-        try:
-            return await self._read(tx)
-        finally:
-            if self.observer is not None:
-                self.observer("read", time.perf_counter() - started)
+        return await self._timed("read", tx)
 
     # -- backend ---------------------------------------------------------------------------
     @abc.abstractmethod
@@ -257,7 +256,7 @@ class Store(abc.ABC):
             fresh = yield One(
                 "INSERT INTO events (dedupe_key, message_id, payload, status, received_us)"
                 " VALUES (?, ?, ?, 'applied', ?) ON CONFLICT (dedupe_key) DO NOTHING RETURNING 1",
-                ev.dedupe_key, ev.message_id, json.dumps(ev.payload), now_us(),
+                ev.dedupe_key, ev.message_id, ev.payload_json, now_us(),
             )
             if not fresh:
                 continue
@@ -362,12 +361,7 @@ class Store(abc.ABC):
             ))
 
     async def mark_delivered(self, delivery_id: int, owner: str) -> bool:
-        row = await self._timed_write(_one(
-            "UPDATE outbox SET status = 'delivered', lease_owner = NULL, lease_until_us = NULL,"
-            " attempts = attempts + 1, updated_us = ? WHERE id = ? AND lease_owner = ? RETURNING id",
-            now_us(), delivery_id, owner,
-        ))
-        return row is not None
+        return await self.mark_delivered_many([delivery_id], owner) == 1
 
     async def mark_delivered_many(self, delivery_ids: Sequence[int], owner: str) -> int:
         """Record several successes in one transaction (the delivery engine batches them)."""

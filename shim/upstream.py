@@ -7,6 +7,7 @@ a retry could send a duplicate SMS, so any later failure is answered 503 instead
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -93,8 +94,6 @@ class UpstreamClient:
     def _send_result(self, status: int, raw: bytes) -> V2Message:
         parsed: Any = None
         try:
-            import json
-
             parsed = json.loads(raw) if raw else None
         except ValueError:
             parsed = None

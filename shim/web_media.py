@@ -7,6 +7,7 @@ before anything is sent upstream.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from urllib.parse import quote
 
 from aiohttp import web
 
@@ -52,8 +53,6 @@ async def list_media(request: web.Request) -> web.StreamResponse:
         out.append(entry)
     headers = {}
     if token:
-        from urllib.parse import quote
-
         url = f"{cfg.server.public_url}/v1/users/{user.user_id}/media?continuationToken={quote(token, safe='')}"
         headers["Link"] = f'<{url}>; rel="next"'
     return json_response(out, headers=headers)

@@ -124,6 +124,8 @@ class Harness:
     session: aiohttp.ClientSession
     v2_requests: list[Any]
     v2_headers: list[CIMultiDict[str]] = field(default_factory=list)
+    # Most v2 sends the sandbox saw in flight at once.
+    v2_in_flight: dict[str, int] = field(default_factory=lambda: {"now": 0, "max": 0})
     auth: dict[str, str] = field(default_factory=lambda: auth(USER["api_token"], USER["api_secret"]))
 
     @property
@@ -170,7 +172,7 @@ async def make_harness(tmp_path: Path) -> AsyncIterator[HarnessFactory]:
     sessions: list[aiohttp.ClientSession] = []
     checks: list[list[Any]] = []
 
-    async def factory(store_url: str | None = None, **overrides: Any) -> Harness:
+    async def factory(store_url: str | None = None, upstream_delay_s: float = 0, **overrides: Any) -> Harness:
         receiver = Receiver()
         rapp = web.Application()
         rapp.router.add_route("*", "/{tail:.*}", receiver.handle)
@@ -202,6 +204,7 @@ async def make_harness(tmp_path: Path) -> AsyncIterator[HarnessFactory]:
 
         v2_requests: list[Any] = []
         v2_headers: list[CIMultiDict[str]] = []
+        in_flight = {"now": 0, "max": 0}
         checks.append(v2_requests)
         creds = {(u.v2_username, u.v2_password.get_secret_value()) for u in cfg.users}
         target = CallbackTarget(f"http://127.0.0.1:{port}{cfg.callbacks.path}", CB_USER, CB_PASS)
@@ -213,6 +216,13 @@ async def make_harness(tmp_path: Path) -> AsyncIterator[HarnessFactory]:
             if request.method == "POST" and request.path.endswith("/messages"):
                 v2_requests.append(json.loads(await request.read()))
                 v2_headers.append(CIMultiDict(request.headers))
+                in_flight["now"] += 1
+                in_flight["max"] = max(in_flight["max"], in_flight["now"])
+                try:
+                    await asyncio.sleep(upstream_delay_s)
+                    return await handler(request)
+                finally:
+                    in_flight["now"] -= 1
             return await handler(request)
 
         sapp.middlewares.append(capture)
@@ -227,7 +237,7 @@ async def make_harness(tmp_path: Path) -> AsyncIterator[HarnessFactory]:
         servers.append(server)
         session = aiohttp.ClientSession()
         sessions.append(session)
-        return Harness(f"http://127.0.0.1:{port}", cfg, app, sapp, receiver, session, v2_requests, v2_headers)
+        return Harness(f"http://127.0.0.1:{port}", cfg, app, sapp, receiver, session, v2_requests, v2_headers, in_flight)
 
     yield factory
     for s in sessions:

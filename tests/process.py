@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -12,6 +13,20 @@ from typing import Any
 
 import aiohttp
 import yaml
+
+
+async def send_with_receipts(base_url: str, n: int, prefix: str, callback_url: str, auth_headers: dict[str, str]) -> list[str]:
+    """Send n v1 messages with receiptRequested=all; returns their ids (asserting 201s)."""
+    ids: list[str] = []
+    async with aiohttp.ClientSession() as s:
+        for i in range(n):
+            body = {"from": "+15551230001", "to": f"{prefix}{i:04d}", "text": f"m{i}",
+                    "receiptRequested": "all", "callbackUrl": callback_url}
+            async with s.post(f"{base_url}/v1/users/u-test/messages", data=json.dumps(body), headers=auth_headers) as r:
+                assert r.status == 201, await r.text()
+                assert r.headers["Location"].startswith(base_url)
+                ids.append(r.headers["Location"].rsplit("/", 1)[1])
+    return ids
 
 
 class ShimProcess:

@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestServer
 from shim.sandbox import CallbackTarget, build_sandbox_app
 
 from .conftest import CB_PASS, CB_USER, USER, auth, free_port, wait_until
-from .process import ShimProcess
+from .process import ShimProcess, send_with_receipts
 
 
 class SlowReceiver:
@@ -61,16 +61,9 @@ async def test_kill_9_loses_no_callback(world: dict[str, Any]) -> None:
     shim = ShimProcess(world["config"], world["tmp"])
     await shim.start()
     receiver: SlowReceiver = world["receiver"]
-    ids: list[str] = []
     try:
-        async with aiohttp.ClientSession() as s:
-            for i in range(40):
-                body = {"from": "+15551230001", "to": f"+1555200{i:04d}", "text": f"c{i}",
-                        "receiptRequested": "all", "callbackUrl": f"{world['receiver_url']}/cb"}
-                async with s.post(f"{shim.url}/v1/users/u-test/messages", data=json.dumps(body),
-                                  headers=auth(USER["api_token"], USER["api_secret"])) as r:
-                    assert r.status == 201
-                    ids.append(r.headers["Location"].rsplit("/", 1)[1])
+        ids = await send_with_receipts(shim.url, 40, "+1555200", f"{world['receiver_url']}/cb",
+                                       auth(USER["api_token"], USER["api_secret"]))
         await wait_until(lambda: len(receiver.ids) >= 10, timeout=20)
         assert len(set(receiver.ids)) < 80  # some still in flight or pending
         shim.kill()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from shim.sandbox import CallbackTarget, build_sandbox_app
 
 from .conftest import CB_PASS, CB_USER, USER, auth, free_port, wait_until
 from .pg import fresh_database
-from .process import ShimProcess
+from .process import ShimProcess, send_with_receipts
 
 
 class Balancer:
@@ -89,16 +88,9 @@ async def test_two_replicas_one_killed(tmp_path: Path) -> None:
             for r in replicas:
                 await r.start()
             a, b = replicas
-            ids: list[str] = []
+            ids = await send_with_receipts(lb_url, 40, "+1555400", f"{receiver.make_url('/cb')}",
+                                           auth(USER["api_token"], USER["api_secret"]))
             async with aiohttp.ClientSession() as s:
-                for i in range(40):
-                    body = {"from": "+15551230001", "to": f"+1555400{i:04d}", "text": f"r{i}",
-                            "receiptRequested": "all", "callbackUrl": f"{receiver.make_url('/cb')}"}
-                    async with s.post(f"{lb_url}/v1/users/u-test/messages", data=json.dumps(body),
-                                      headers=auth(USER["api_token"], USER["api_secret"])) as resp:
-                        assert resp.status == 201, await resp.text()
-                        assert resp.headers["Location"].startswith(lb_url)
-                        ids.append(resp.headers["Location"].rsplit("/", 1)[1])
                 # Every message is readable through either replica.
                 for replica in replicas:
                     async with s.get(f"{replica.url}/v1/users/u-test/messages/{ids[0]}",
