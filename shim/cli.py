@@ -15,9 +15,9 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from .config import Config, ConfigError, demo_config, load_config, masked
-from .logs import setup_logging
-from .sandbox import CallbackTarget, build_sandbox_app
+from shim.config import Config, ConfigError, demo_config, load_config, masked
+from shim.ops import setup_logging
+from shim.sandbox.web_sandbox import CallbackTarget, build_sandbox_app
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -85,7 +85,7 @@ async def until_signalled() -> None:
 
 
 async def serve(cfg: Config) -> None:
-    from .web_app import build_app
+    from shim.web_app import build_app
 
     sandbox_runner = None
     sandbox_url = None
@@ -128,7 +128,7 @@ async def run_sandbox(args: argparse.Namespace) -> None:
 
 
 async def dead_letters(cfg: Config, action: str, ids: list[int]) -> Any:
-    from .store import open_store
+    from shim.store import open_store
 
     store = open_store(cfg.store.url)
     await store.open()

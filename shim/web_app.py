@@ -9,16 +9,16 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from . import web_callbacks, web_media, web_messages, web_ops
-from .config import Config
-from .delivery import DeliveryEngine
-from .errors import BodyTooLarge, MethodNotAllowed, NotFound, ShimError
-from .gateway import Gateway
-from .metrics import Metrics
-from .store import Store, open_store
-from .upstream import UpstreamClient
-from .web_keys import CONFIG, DELIVERY, METRICS, REQUEST_ID, STORE, UPSTREAM
-from .web_v1 import v1_error_response
+from shim.config import Config
+from shim.errors import BodyTooLarge, MethodNotAllowed, NotFound, ShimError
+from shim.facade import web_media, web_messages
+from shim.facade.web_v1 import v1_error_response
+from shim.gateway import Gateway, web_ingest
+from shim.keys import CONFIG, DELIVERY, METRICS, REQUEST_ID, STORE, UPSTREAM
+from shim.ops import Metrics, web_ops
+from shim.outbox import DeliveryEngine
+from shim.store import Store, open_store
+from shim.upstream.client_v2 import UpstreamClient
 
 log = logging.getLogger("shim.access")
 
@@ -86,7 +86,7 @@ def build_app(cfg: Config, *, store: Store | None = None, start_workers: bool = 
     web_ops.setup(app)
     web_messages.setup(app)
     web_media.setup(app)
-    web_callbacks.setup(app, gateway)
+    web_ingest.setup(app, gateway)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await app[STORE].open()

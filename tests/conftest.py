@@ -1,7 +1,7 @@
 """Shared fixtures: a real shim on loopback, the sandbox upstream, and a real callback receiver.
 
-Every v2 request the sandbox receives is validated against the official spec in
-``shared/reference/messaging-v2.yml``; a test fails if shim ever sends an invalid one.
+Every v2 request the sandbox receives is validated against the official spec shipped in the
+package (``shim/data/messaging-v2.yml``); a test fails if shim ever sends an invalid one.
 """
 
 from __future__ import annotations
@@ -22,14 +22,12 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from multidict import CIMultiDict
 
+from shim.basic_auth import basic_header
 from shim.config import Config, parse_config
-from shim.openapi import message_request_errors
-from shim.sandbox import SANDBOX, CallbackTarget, build_sandbox_app
+from shim.core import message_request_errors
+from shim.keys import SANDBOX
+from shim.sandbox import CallbackTarget, build_sandbox_app
 from shim.web_app import build_app
-from shim.web_auth import basic_header
-
-ROOT = Path(__file__).resolve().parents[1]
-SHARED_SPEC = ROOT.parent / "shared" / "reference" / "messaging-v2.yml"
 
 USER = {
     "user_id": "u-test",
@@ -247,7 +245,7 @@ async def make_harness(tmp_path: Path) -> AsyncIterator[HarnessFactory]:
         await srv.close()
     for requests in checks:
         for body in requests:
-            errors = message_request_errors(body, str(SHARED_SPEC))
+            errors = message_request_errors(body)
             assert not errors, f"shim sent an invalid v2 request {body}: {errors[0].message}"
 
 

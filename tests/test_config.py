@@ -85,7 +85,7 @@ def test_check_config_cli(tmp_path: Path) -> None:
 
 
 async def test_dead_letters_cli(tmp_path: Path) -> None:
-    from shim.deliveries import DeliverySpec
+    from shim.core import DeliverySpec
     from shim.store import open_store
 
     db = tmp_path / "dl.db"

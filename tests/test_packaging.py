@@ -19,7 +19,7 @@ def test_installed_package_has_its_data(tmp_path: Path) -> None:
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
                     "--target", str(target), str(ROOT)], check=True, timeout=300, capture_output=True)
-    code = ("import shim, shim.openapi as o, shim.delivery_codes as d; "
+    code = ("import shim, shim.core as o, shim.core as d; "
             f"assert str(shim.__file__).startswith({str(target)!r}), shim.__file__; "
             "assert o.load_spec()['components']['schemas']['messageRequest']; "
             "assert d.v2_names()[4432] == 'rejected-forbidden-country'; print('ok')")

@@ -132,7 +132,7 @@ async def test_two_replicas_one_killed(tmp_path: Path) -> None:
 
 
 async def test_replicas_starting_together_create_the_schema_once() -> None:
-    from shim.store_postgres import PostgresStore
+    from shim.store import PostgresStore
 
     async with fresh_database() as url:
         stores = [PostgresStore(url, min_size=1, max_size=2) for _ in range(4)]

@@ -11,12 +11,9 @@ from typing import Any
 import pytest
 
 from shim.config import parse_config
-from shim.deliveries import DeliverySpec
+from shim.core import DeliverySpec, ListQuery, MessageRecord, now_us
 from shim.gateway import Gateway
-from shim.listing import ListQuery
-from shim.message import MessageRecord
 from shim.store import Store, open_store
-from shim.timeutil import now_us
 
 from .conftest import USER
 from .pg import fresh_database

@@ -7,15 +7,15 @@ from typing import Any
 import pytest
 
 from shim.config import IncomingConfig, NativeEventsConfig, UserConfig
-from shim.delivery_codes import map_error_code
-from shim.message import MessageRecord
-from shim.translate_events import (
+from shim.core import (
+    MessageRecord,
+    V2Event,
     apply_status,
     inbound_deliveries,
     inbound_record,
+    map_error_code,
     native_deliveries,
 )
-from shim.v2 import V2Event
 
 from .conftest import USER
 

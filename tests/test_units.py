@@ -10,13 +10,11 @@ from urllib.parse import unquote
 import pytest
 from multidict import MultiDict
 
-from shim.delivery import next_delay, parse_retry_after, query_params, signature
+from shim.core import iso_from_us, match_enum, next_link, parse_list_query, parse_time_us
 from shim.errors import ShimError
-from shim.listing import match_enum, next_link, parse_list_query
-from shim.logs import scrub
+from shim.ops import scrub
+from shim.outbox import AddressPolicy, UnsafeUrl, next_delay, parse_retry_after, query_params, signature
 from shim.sandbox import message_id, segment_count, status_events
-from shim.timeutil import iso_from_us, parse_time_us
-from shim.url_safety import AddressPolicy, UnsafeUrl
 
 
 @pytest.mark.parametrize(

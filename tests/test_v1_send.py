@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
+from shim.core import parse_send_item
 from shim.errors import ShimError
-from shim.v1_send import parse_send_item
 
 BASE = {"from": "+15551230001", "to": "+15551230002", "text": "hi"}
 

@@ -8,8 +8,8 @@ import hmac
 import json
 from typing import Any
 
-from shim.timeutil import now_us
-from shim.web_keys import STORE
+from shim.core import now_us
+from shim.keys import STORE
 
 from .conftest import CB_PASS, CB_USER, USER, Harness, Received, auth, wait_until
 
@@ -192,7 +192,7 @@ async def test_dead_letter_then_replay(harness: Harness) -> None:
 
 async def test_duplicate_v2_deliveries_ingested_once(harness: Harness) -> None:
     mid = "m-dup-0000000000000000000000"
-    from shim.message import MessageRecord
+    from shim.core import MessageRecord
 
     await harness.app[STORE].insert_message(MessageRecord(
         id=mid, user_id="u-test", direction="out", from_="+15551230001", to="+15551230002", text="x",
@@ -205,7 +205,7 @@ async def test_duplicate_v2_deliveries_ingested_once(harness: Harness) -> None:
 
 
 async def test_callback_before_send_is_recorded(harness: Harness) -> None:
-    from shim.message import MessageRecord
+    from shim.core import MessageRecord
 
     mid = "m-early-000000000000000000000"
     assert (await post_events(harness, [v2_event(mid, "message-failed", errorCode=4775)])).status == 200

@@ -6,7 +6,7 @@ import asyncio
 import re
 from urllib.parse import parse_qs, urlsplit
 
-from shim.web_keys import UPSTREAM
+from shim.keys import UPSTREAM
 
 from .conftest import Harness, auth, free_port
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from shim.logs import JsonFormatter
-from shim.web_keys import UPSTREAM
+from shim.keys import UPSTREAM
+from shim.ops import JsonFormatter
 
 from .conftest import CB_PASS, USER, Harness, auth, free_port, wait_until
 
@@ -103,9 +103,8 @@ async def test_request_id_reaches_upstream_and_callbacks(harness: Harness) -> No
     assert harness.v2_headers[-1]["X-Request-Id"] == "send-req-7"
     mid = resp.headers["Location"].rsplit("/", 1)[1]
     # A status event whose ingest request carries an id: the v1 callback it causes carries it too.
-    from shim.message import MessageRecord
-    from shim.timeutil import now_us
-    from shim.web_keys import STORE
+    from shim.core import MessageRecord, now_us
+    from shim.keys import STORE
 
     other = "m-reqid-00000000000000000000000"
     await harness.app[STORE].insert_message(MessageRecord(

@@ -11,8 +11,9 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from .config import UserConfig
-from .errors import (
+from shim.config import UserConfig
+from shim.core import v1_media_url
+from shim.errors import (
     BadRequest,
     MediaNotFound,
     MediaSizeOverflow,
@@ -20,9 +21,9 @@ from .errors import (
     ShimError,
     Unavailable,
 )
-from .translate_send import v1_media_url
+from shim.keys import CONFIG, UPSTREAM
+
 from .web_auth import authenticate
-from .web_keys import CONFIG, UPSTREAM
 from .web_v1 import json_response
 
 CHUNK = 64 * 1024

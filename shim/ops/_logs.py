@@ -42,5 +42,3 @@ def setup_logging(level: str = "INFO") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-    # aiosqlite logs statements with their parameters at DEBUG: never let them through.
-    logging.getLogger("aiosqlite").setLevel(logging.INFO)

@@ -17,10 +17,7 @@ from typing import Any, Literal, TypeVar
 
 from yarl import URL
 
-from .deliveries import Delivery, DeliverySpec
-from .listing import ListQuery
-from .message import MessageRecord
-from .timeutil import now_us
+from shim.core import Delivery, DeliverySpec, ListQuery, MessageRecord, now_us
 
 T = TypeVar("T")
 
@@ -525,11 +522,11 @@ def _record(row: Sequence[Any]) -> MessageRecord:
 def open_store(url: str, pool_size: int = 40) -> Store:
     """Pick the backend from ``store.url``."""
     if url.startswith("sqlite:"):
-        from .store_sqlite import SqliteStore
+        from ._sqlite import SqliteStore
 
         return SqliteStore(url)
     if url.startswith(("postgresql:", "postgres:")):
-        from .store_postgres import PostgresStore
+        from ._postgres import PostgresStore
 
         return PostgresStore(url, max_size=pool_size)
     raise ValueError(f"store.url: unsupported scheme in {url.split(':', 1)[0]!r}")

@@ -5,17 +5,18 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from .config import UserConfig
-from .errors import (
+from shim.config import UserConfig
+from shim.errors import (
     InvalidProperty,
     MessageRateLimit,
     ShimError,
     Unavailable,
 )
-from .message import MessageRecord
-from .timeutil import iso_from_us, parse_time_us
-from .v1_send import SendRequest
-from .v2 import V2Message
+
+from ._message import MessageRecord
+from ._time import iso_from_us, parse_time_us
+from ._v1_send import SendRequest
+from ._v2 import V2Message
 
 LEGACY_V1_BASE = "https://api.catapult.inetwork.com"
 _MEDIA_PATH = re.compile(r"^/v1/users/(?P<user>[^/]+)/media/(?P<name>.+)$")

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from .store import SCHEMA_TEMPLATE, Exec, Op, Store, Tx
+from ._base import SCHEMA_TEMPLATE, Exec, Op, Store, Tx
 
 T = TypeVar("T")
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .errors import BadRequest, ShimError, error_body
+from shim.errors import BadRequest, ShimError, error_body
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:

@@ -7,8 +7,9 @@ from urllib.parse import quote, urlencode
 
 from multidict import MultiMapping
 
-from .errors import InvalidProperty
-from .timeutil import parse_time_us
+from shim.errors import InvalidProperty
+
+from ._time import parse_time_us
 
 DEFAULT_SIZE = 25
 MAX_SIZE = 1000

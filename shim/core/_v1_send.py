@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field
 
-from .errors import BlankProperty, CallbackInvalidUrl, InvalidProperty, MissingProperty
+from shim.errors import BlankProperty, CallbackInvalidUrl, InvalidProperty, MissingProperty
 
 MAX_TEXT = 2048
 MAX_TAG = 1024

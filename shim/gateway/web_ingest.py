@@ -11,15 +11,14 @@ import logging
 from aiohttp import web
 from pydantic import ValidationError
 
-from .errors import AccessDenied, BadRequest, StoreUnavailable
-from .gateway import Gateway
-from .store import IncomingEvent
-from .web_auth import basic_credentials, check_pair
-from .web_keys import CONFIG, DELIVERY, METRICS, REQUEST_ID, STORE
-from .web_v1 import read_json
+from shim.basic_auth import basic_credentials, check_pair
+from shim.errors import AccessDenied, BadRequest, StoreUnavailable
+from shim.facade.web_v1 import read_json
+from shim.gateway._routing import Gateway
+from shim.keys import CONFIG, DELIVERY, GATEWAY, METRICS, REQUEST_ID, STORE
+from shim.store import IncomingEvent
 
 log = logging.getLogger("shim.callbacks")
-GATEWAY: web.AppKey[Gateway] = web.AppKey("gateway")
 MAX_EVENTS = 1000
 
 

@@ -8,18 +8,18 @@ import json
 import logging
 from typing import Any
 
-from .config import Config, UserConfig
-from .deliveries import DeliverySpec
-from .message import MessageRecord
-from .store import IncomingEvent
-from .translate_events import (
+from shim.config import Config, UserConfig
+from shim.core import (
+    DeliverySpec,
+    MessageRecord,
+    V2Event,
     apply_status,
     inbound_deliveries,
     inbound_id,
     inbound_record,
     native_deliveries,
 )
-from .v2 import V2Event
+from shim.store import IncomingEvent
 
 log = logging.getLogger("shim.gateway")
 

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from .config import IncomingConfig, NativeEventsConfig, UserConfig
-from .deliveries import DeliverySpec
-from .delivery_codes import map_error_code
-from .message import STATE_RANK, MessageRecord
-from .timeutil import iso_from_us, now_us, parse_time_us
-from .translate_send import rewrite_inbound_media
-from .v2 import V2Event
+from shim.config import IncomingConfig, NativeEventsConfig, UserConfig
+
+from ._deliveries import DeliverySpec
+from ._delivery_codes import map_error_code
+from ._message import STATE_RANK, MessageRecord
+from ._time import iso_from_us, now_us, parse_time_us
+from ._translate_send import rewrite_inbound_media
+from ._v2 import V2Event
 
 DELIVERED_DESCRIPTION = "Message Delivered to Carrier"
 

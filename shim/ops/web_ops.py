@@ -6,10 +6,10 @@ import ipaddress
 
 from aiohttp import web
 
-from .errors import AccessDenied, BadRequest, NotFound, Unavailable
-from .web_auth import basic_credentials, check_pair
-from .web_keys import CONFIG, DELIVERY, METRICS, STORE, UPSTREAM
-from .web_v1 import json_response, read_json
+from shim.basic_auth import basic_credentials, check_pair
+from shim.errors import AccessDenied, BadRequest, NotFound, Unavailable
+from shim.facade.web_v1 import json_response, read_json
+from shim.keys import CONFIG, DELIVERY, METRICS, STORE, UPSTREAM
 
 
 async def healthz(request: web.Request) -> web.StreamResponse:

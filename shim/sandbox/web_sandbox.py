@@ -31,8 +31,9 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from .openapi import message_request_errors
-from .web_auth import basic_header
+from shim.basic_auth import basic_credentials, basic_header
+from shim.core import message_request_errors
+from shim.keys import SANDBOX, SANDBOX_SESSION, SANDBOX_TASKS
 
 log = logging.getLogger("shim.sandbox")
 E164 = re.compile(r"^\+[1-9]\d{6,14}$")
@@ -82,21 +83,12 @@ class SandboxState:
     callbacks_posted: int = 0
 
 
-SANDBOX: web.AppKey[SandboxState] = web.AppKey("sandbox")
-SESSION: web.AppKey[aiohttp.ClientSession] = web.AppKey("sandbox_session")
-TASKS: web.AppKey[set[asyncio.Task[None]]] = web.AppKey("sandbox_tasks")
 
 
 def _authorized(request: web.Request) -> bool:
     creds = request.app[SANDBOX].credentials
-    auth = request.headers.get("Authorization", "")
-    if not auth.lower().startswith("basic "):
-        return False
-    try:
-        user, _, pw = base64.b64decode(auth[6:]).decode().partition(":")
-    except (ValueError, UnicodeDecodeError):
-        return False
-    return creds is None or (user, pw) in creds
+    given = basic_credentials(request.headers.get("Authorization"))
+    return given is not None and (creds is None or given in creds)
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -195,8 +187,8 @@ def _failure_code(to: str) -> int | None:
 
 def _spawn(app: web.Application, coro: Awaitable[None]) -> None:
     task = asyncio.ensure_future(coro)
-    app[TASKS].add(task)
-    task.add_done_callback(app[TASKS].discard)
+    app[SANDBOX_TASKS].add(task)
+    task.add_done_callback(app[SANDBOX_TASKS].discard)
 
 
 async def _emit_status(app: web.Application, msg: dict[str, Any]) -> None:
@@ -216,11 +208,11 @@ async def post_callback(app: web.Application, events: list[dict[str, Any]]) -> b
     headers = {"Content-Type": "application/json; charset=utf-8", "User-Agent": "BandwidthAPI/v2"}
     for attempt in range(12):
         try:
-            async with app[SESSION].post(target.url, data=data, headers=headers) as resp:
+            async with app[SANDBOX_SESSION].post(target.url, data=data, headers=headers) as resp:
                 await resp.read()
                 if resp.status == 401 and "WWW-Authenticate" in resp.headers and target.username:
                     authed = headers | {"Authorization": basic_header(target.username, target.password or "")}
-                    async with app[SESSION].post(target.url, data=data, headers=authed) as r2:
+                    async with app[SANDBOX_SESSION].post(target.url, data=data, headers=authed) as r2:
                         await r2.read()
                         status = r2.status
                 else:
@@ -311,7 +303,7 @@ def build_sandbox_app(
 ) -> web.Application:
     app = web.Application(middlewares=[auth_middleware], client_max_size=8 * 1024 * 1024)
     app[SANDBOX] = SandboxState(credentials=credentials, target=target, delay_s=delay_s)
-    app[TASKS] = set()
+    app[SANDBOX_TASKS] = set()
     app.router.add_get("/", healthz)
     app.router.add_post("/users/{accountId}/messages", create_message)
     app.router.add_get("/users/{accountId}/media", list_media)
@@ -321,13 +313,13 @@ def build_sandbox_app(
     app.router.add_post("/sandbox/inbound", inject_inbound)
 
     async def session_ctx(app: web.Application) -> Any:
-        app[SESSION] = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15))
+        app[SANDBOX_SESSION] = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15))
         yield
-        tasks: set[asyncio.Task[None]] = app[TASKS]
+        tasks: set[asyncio.Task[None]] = app[SANDBOX_TASKS]
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await app[SESSION].close()
+        await app[SANDBOX_SESSION].close()
 
     app.cleanup_ctx.append(session_ctx)
     return app

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .store import SCHEMA_TEMPLATE, Op, Store, Tx
+from ._base import SCHEMA_TEMPLATE, Op, Store, Tx
 
 T = TypeVar("T")
 MAX_BATCH = 256

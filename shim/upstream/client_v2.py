@@ -17,11 +17,10 @@ from typing import Any
 import aiohttp
 from pydantic import ValidationError
 
-from .config import UpstreamConfig, UserConfig
-from .errors import MediaUnavailable, ShimError, Unavailable
-from .translate_send import v2_error_to_v1
-from .v2 import V2Message
-from .web_auth import basic_header
+from shim.basic_auth import basic_header
+from shim.config import UpstreamConfig, UserConfig
+from shim.core import V2Message, v2_error_to_v1
+from shim.errors import MediaUnavailable, ShimError, Unavailable
 
 log = logging.getLogger("shim.upstream")
 

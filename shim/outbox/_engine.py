@@ -26,16 +26,14 @@ from typing import Any
 
 import aiohttp
 
-from .config import Config
-from .deliveries import Delivery, DeliverySpec
-from .gateway import Gateway
-from .logs import scrub
-from .metrics import Metrics
-from .store import Store, host_key
-from .store_sqlite import SqliteStore
-from .timeutil import now_us
-from .url_safety import AddressPolicy, SafeResolver, UnsafeUrl
-from .web_auth import basic_header
+from shim.basic_auth import basic_header
+from shim.config import Config
+from shim.core import Delivery, DeliverySpec, now_us
+from shim.gateway import Gateway
+from shim.ops import Metrics, scrub
+from shim.store import SqliteStore, Store, host_key
+
+from ._url_safety import AddressPolicy, SafeResolver, UnsafeUrl
 
 log = logging.getLogger("shim.delivery")
 USER_AGENT = "BandwidthAPI/v1"

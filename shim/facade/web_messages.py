@@ -8,8 +8,9 @@ from typing import Any
 
 from aiohttp import web
 
-from .config import UserConfig
-from .errors import (
+from shim.config import UserConfig
+from shim.core import next_link, now_us, parse_list_query, parse_send_item, record_from_send, to_v2_request
+from shim.errors import (
     BadRequest,
     InvalidProperty,
     MessageNotFound,
@@ -18,12 +19,9 @@ from .errors import (
     StoreUnavailable,
     error_body,
 )
-from .listing import next_link, parse_list_query
-from .timeutil import now_us
-from .translate_send import record_from_send, to_v2_request
-from .v1_send import parse_send_item
+from shim.keys import CONFIG, DELIVERY, REQUEST_ID, STORE, UPSTREAM
+
 from .web_auth import authenticate
-from .web_keys import CONFIG, DELIVERY, REQUEST_ID, STORE, UPSTREAM
 from .web_v1 import json_response, read_json
 
 log = logging.getLogger("shim.messages")

@@ -1,0 +1,21 @@
+"""v1 Basic auth: the same 401 for an unknown user, wrong credentials or someone else's userId."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from shim.basic_auth import basic_credentials, check_pair
+from shim.config import Config, UserConfig
+from shim.errors import AccessDenied
+
+
+def authenticate(request: web.Request, cfg: Config) -> UserConfig:
+    user = cfg.user(request.match_info.get("userId", ""))
+    given = basic_credentials(request.headers.get("Authorization"))
+    if user is None:
+        # Do the same work as for a known user so timing does not reveal user ids.
+        check_pair(given, "\0" * 16, "\0" * 32)
+        raise AccessDenied()
+    if not check_pair(given, user.api_token, user.api_secret.get_secret_value()):
+        raise AccessDenied()
+    return user

@@ -1,0 +1,33 @@
+"""Every piece of typed application state (aiohttp ``web.AppKey``), shim's and the sandbox's, in one
+place so a reader sees what each app carries."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+import aiohttp
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from shim.config import Config
+    from shim.gateway import Gateway
+    from shim.ops import Metrics
+    from shim.outbox import DeliveryEngine
+    from shim.sandbox import SandboxState
+    from shim.store import Store
+    from shim.upstream import UpstreamClient
+
+# shim
+CONFIG: web.AppKey[Config] = web.AppKey("config")
+STORE: web.AppKey[Store] = web.AppKey("store")
+UPSTREAM: web.AppKey[UpstreamClient] = web.AppKey("upstream")
+DELIVERY: web.AppKey[DeliveryEngine] = web.AppKey("delivery")
+METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
+GATEWAY: web.AppKey[Gateway] = web.AppKey("gateway")
+REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id")
+
+# the sandbox (a separate app)
+SANDBOX: web.AppKey[SandboxState] = web.AppKey("sandbox")
+SANDBOX_SESSION: web.AppKey[aiohttp.ClientSession] = web.AppKey("sandbox_session")
+SANDBOX_TASKS: web.AppKey[set[asyncio.Task[None]]] = web.AppKey("sandbox_tasks")
