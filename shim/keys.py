@@ -11,6 +11,7 @@ from aiohttp import web
 
 if TYPE_CHECKING:
     from shim.config import Config
+    from shim.facade import Sender
     from shim.gateway import Gateway
     from shim.ops import Metrics
     from shim.outbox import DeliveryEngine
@@ -25,6 +26,7 @@ UPSTREAM: web.AppKey[UpstreamClient] = web.AppKey("upstream")
 DELIVERY: web.AppKey[DeliveryEngine] = web.AppKey("delivery")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 GATEWAY: web.AppKey[Gateway] = web.AppKey("gateway")
+SENDER: web.AppKey[Sender] = web.AppKey("sender")
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id")
 
 # the sandbox (a separate app)

@@ -9,16 +9,17 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
+from shim.clock import Clock, now_us
 from shim.config import Config
 from shim.errors import BodyTooLarge, MethodNotAllowed, NotFound, ShimError
-from shim.facade import web_media, web_messages
+from shim.facade import Sender, web_media, web_messages
 from shim.facade.web_v1 import v1_error_response
 from shim.gateway import Gateway, web_ingest
-from shim.keys import CONFIG, DELIVERY, METRICS, REQUEST_ID, STORE, UPSTREAM
+from shim.keys import CONFIG, DELIVERY, METRICS, REQUEST_ID, SENDER, STORE, UPSTREAM
 from shim.ops import Metrics, web_ops
 from shim.outbox import DeliveryEngine
 from shim.store import Store, open_store
-from shim.upstream.client_v2 import UpstreamClient
+from shim.upstream import Transport, UpstreamClient
 
 log = logging.getLogger("shim.access")
 
@@ -71,18 +72,23 @@ async def v1_middleware(request: web.Request, handler: Handler) -> web.StreamRes
     return resp
 
 
-def build_app(cfg: Config, *, store: Store | None = None, start_workers: bool = True) -> web.Application:
+def build_app(
+    cfg: Config, *, store: Store | None = None, start_workers: bool = True, transport: Transport | None = None,
+    clock: Clock = now_us,
+) -> web.Application:
+    """The whole service as one aiohttp app. ``store``, ``transport`` (the way to v2) and ``clock``
+    can be injected; by default they come from the config and the real clock."""
     app = web.Application(middlewares=[v1_middleware], client_max_size=cfg.server.max_body_bytes)
     app[CONFIG] = cfg
     app[METRICS] = Metrics()
     app[STORE] = store or open_store(cfg.store.url, cfg.store.pool_size)
     app[STORE].observer = lambda op, seconds: app[METRICS].store_latency.labels(op).observe(seconds)
-    upstream = UpstreamClient(cfg.upstream, cfg.upstream.base_url)
-    upstream.latency_observer = app[METRICS].observe_upstream
-    app[UPSTREAM] = upstream
+    app[UPSTREAM] = UpstreamClient(cfg.upstream, cfg.upstream.base_url, transport=transport,
+                                   observer=app[METRICS].observe_upstream)
     gateway = Gateway(cfg)
     app[STORE].apply_status = gateway.apply_status
-    app[DELIVERY] = DeliveryEngine(cfg, app[STORE], gateway, app[METRICS])
+    app[DELIVERY] = DeliveryEngine(cfg, app[STORE], gateway, app[METRICS], clock=clock)
+    app[SENDER] = Sender(cfg, app[UPSTREAM], app[STORE], clock, on_enqueued=app[DELIVERY].wake)
     web_ops.setup(app)
     web_messages.setup(app)
     web_media.setup(app)

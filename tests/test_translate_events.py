@@ -27,7 +27,7 @@ MID = "14762070468292kw2fuqty55yp2b2"
 def rec(**kw: Any) -> MessageRecord:
     base: dict[str, Any] = dict(
         id=MID, user_id="u-test", direction="out", from_="+15551230001", to="+15551230002",
-        text="hello", time="2026-01-01T00:00:00.000Z", time_us=0, callback_url="https://cb.example/x",
+        text="hello", time_us=1_767_225_600_000_000, callback_url="https://cb.example/x",
         fallback_url="https://fb.example/y", callback_timeout=2000, tag="t1",
     )
     return MessageRecord(**(base | kw))
@@ -167,7 +167,7 @@ def inbound_event(to: list[str], owner: str, media: list[str] | None = None) -> 
 
 def test_inbound_record_and_callback() -> None:
     v2_media = f"https://messaging.bandwidth.com/api/v2/users/9900001/media/{MID}/0/bw.png"
-    r = inbound_record(inbound_event(["+15551230001"], "+15551230001", [v2_media]), U, PUBLIC)
+    r = inbound_record(inbound_event(["+15551230001"], "+15551230001", [v2_media]), U, PUBLIC, 0)
     assert (r.id, r.direction, r.state, r.to, r.from_) == (MID, "in", "received", "+15551230001", "+15559990000")
     assert r.media == [f"{PUBLIC}/v1/users/u-test/media/{MID}/0/bw.png"]
     (spec,) = inbound_deliveries(r, IncomingConfig(url="https://app.example/in", method="GET", timeout_ms=500), PUBLIC)
@@ -182,14 +182,14 @@ def test_inbound_record_and_callback() -> None:
 
 
 def test_inbound_group_one_message_per_owned_recipient() -> None:
-    a = inbound_record(inbound_event(["+15551230001", "+15551230002"], "+15551230001"), U, PUBLIC)
-    b = inbound_record(inbound_event(["+15551230001", "+15551230002"], "+15551230002"), U, PUBLIC)
+    a = inbound_record(inbound_event(["+15551230001", "+15551230002"], "+15551230001"), U, PUBLIC, 0)
+    b = inbound_record(inbound_event(["+15551230001", "+15551230002"], "+15551230002"), U, PUBLIC, 0)
     assert a.id != b.id and {a.to, b.to} == {"+15551230001", "+15551230002"}
 
 
 def test_native_events_raw_and_translated() -> None:
     payload = event("message-failed", errorCode=4720)
-    (raw,) = native_deliveries(payload, U, NativeEventsConfig(format="v2", url="https://n.example/v2"), PUBLIC, "k" * 64)
+    (raw,) = native_deliveries(payload, U, NativeEventsConfig(format="v2", url="https://n.example/v2"), PUBLIC, "k" * 64, 0)
     assert raw.body == [payload] and raw.format == "v2"
-    (v1,) = native_deliveries(payload, U, NativeEventsConfig(format="v1", url="https://n.example/v1"), PUBLIC, "k" * 64)
+    (v1,) = native_deliveries(payload, U, NativeEventsConfig(format="v1", url="https://n.example/v1"), PUBLIC, "k" * 64, 0)
     assert v1.body["state"] == "error" and v1.body["deliveryCode"] == "720" and v1.format == "v1"

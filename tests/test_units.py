@@ -13,7 +13,7 @@ from multidict import MultiDict
 from shim.core import iso_from_us, match_enum, next_link, parse_list_query, parse_time_us
 from shim.errors import ShimError
 from shim.ops import scrub
-from shim.outbox import AddressPolicy, UnsafeUrl, next_delay, parse_retry_after, query_params, signature
+from shim.outbox import AddressPolicy, UnsafeUrl, query_params, signature
 from shim.sandbox import message_id, segment_count, status_events
 
 
@@ -61,17 +61,6 @@ def test_list_query_and_link() -> None:
     assert parse_list_query(MultiDict({"page": "3", "size": "10"})).offset == 30
     with pytest.raises(ShimError):
         parse_list_query(MultiDict({"size": "-1"}))
-
-
-def test_retry_helpers() -> None:
-    assert parse_retry_after("120") == 120
-    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0
-    assert parse_retry_after("soon") is None and parse_retry_after(None) is None
-    schedule = [10.0, 100.0]
-    assert 8 <= (next_delay(schedule, 1, None) or 0) <= 12
-    assert 80 <= (next_delay(schedule, 2, None) or 0) <= 120
-    assert next_delay(schedule, 3, None) is None
-    assert (next_delay(schedule, 1, 300) or 0) == 300
 
 
 def test_query_params_and_signature() -> None:

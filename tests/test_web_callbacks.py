@@ -8,7 +8,7 @@ import hmac
 import json
 from typing import Any
 
-from shim.core import now_us
+from shim.clock import now_us
 from shim.keys import STORE
 
 from .conftest import CB_PASS, CB_USER, USER, Harness, Received, auth, wait_until

@@ -103,7 +103,8 @@ async def test_request_id_reaches_upstream_and_callbacks(harness: Harness) -> No
     assert harness.v2_headers[-1]["X-Request-Id"] == "send-req-7"
     mid = resp.headers["Location"].rsplit("/", 1)[1]
     # A status event whose ingest request carries an id: the v1 callback it causes carries it too.
-    from shim.core import MessageRecord, now_us
+    from shim.clock import now_us
+    from shim.core import MessageRecord
     from shim.keys import STORE
 
     other = "m-reqid-00000000000000000000000"

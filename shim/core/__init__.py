@@ -1,12 +1,13 @@
 """The pure translation core: v1/v2 models and the mapping between them. No I/O, no clock, no randomness:
 time, ids and random draws are arguments."""
 
-from ._deliveries import Delivery, DeliverySpec
+from ._deliveries import Delivery, DeliverySpec, Route
 from ._delivery_codes import V1_DESCRIPTIONS, V2_TO_V1, map_error_code, v2_names
 from ._listing import CURSOR_KEYS, DEFAULT_SIZE, FILTER_KEYS, MAX_SIZE, ListQuery, match_enum, next_link, parse_list_query
 from ._message import STATE_RANK, MessageRecord, State
 from ._openapi import SPEC_URI, load_spec, message_request_errors, validator
-from ._time import iso_from_us, now_us, parse_time_us
+from ._retry import MAX_RETRY_AFTER_S, next_delay, parse_retry_after
+from ._time import iso_from_us, parse_time_us
 from ._translate_events import (
     DELIVERED_DESCRIPTION,
     apply_status,
@@ -37,6 +38,7 @@ __all__ = [
     'FILTER_KEYS',
     'LEGACY_V1_BASE',
     'MAX_MEDIA_URL',
+    'MAX_RETRY_AFTER_S',
     'MAX_SIZE',
     'MAX_TAG',
     'MAX_TEXT',
@@ -48,6 +50,7 @@ __all__ = [
     'DeliverySpec',
     'ListQuery',
     'MessageRecord',
+    'Route',
     'SendRequest',
     'State',
     'V2Event',
@@ -64,12 +67,14 @@ __all__ = [
     'message_request_errors',
     'message_uri',
     'native_deliveries',
+    'next_delay',
     'next_link',
-    'now_us',
     'parse_list_query',
+    'parse_retry_after',
     'parse_send_item',
     'parse_time_us',
     'record_from_send',
+    'record_from_v2',
     'rewrite_inbound_media',
     'rewrite_outbound_media',
     'to_v2_request',

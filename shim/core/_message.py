@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from ._time import iso_from_us
+
 State = Literal["received", "queued", "sending", "sent", "error"]
 
 # Order in which outbound state may advance; it never moves backwards.
@@ -13,6 +15,10 @@ STATE_RANK: dict[str, int] = {"received": 0, "queued": 0, "sending": 1, "sent": 
 
 
 class MessageRecord(BaseModel):
+    """Built in one place per source: ``record_from_send`` (a v1 send) and ``record_from_v2``
+    (an inbound or native v2 event). The v1 ``time`` is derived from ``time_us``, never stored
+    twice."""
+
     id: str
     user_id: str
     direction: Literal["in", "out"]
@@ -21,7 +27,6 @@ class MessageRecord(BaseModel):
     text: str = ""
     media: list[str] = Field(default_factory=list)
     state: State = "queued"
-    time: str
     time_us: int = 0
     segment_count: int = 1
     application_id: str | None = None
@@ -37,6 +42,10 @@ class MessageRecord(BaseModel):
     # Whether the v1 "sent" callback was already emitted (it fires once per message).
     sent_notified: bool = False
     seq: int | None = None
+
+    @property
+    def time(self) -> str:
+        return iso_from_us(self.time_us)
 
     @property
     def event_type(self) -> str:

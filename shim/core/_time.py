@@ -1,18 +1,14 @@
-"""Timestamps: v1 shows ISO-8601 UTC with millis; the store sorts by integer microseconds."""
+"""Timestamps: v1 shows ISO-8601 UTC; the store sorts by integer microseconds. Pure: the current time
+is always an argument (``shim.clock`` reads the real one)."""
 
 from __future__ import annotations
 
 import re
-import time
 from datetime import UTC, datetime
 
 _V1_QUERY = re.compile(
     r"^(\d{4})-(\d{2})-(\d{2})(?:[ T](\d{2}):(\d{2})(?::(\d{2})(?:\.(\d{1,6}))?)?)?$"
 )
-
-
-def now_us() -> int:
-    return time.time_ns() // 1000
 
 
 def iso_from_us(us: int) -> str:

@@ -1,4 +1,5 @@
-"""v2 callback events → stored v1 state and v1 callbacks. Pure: no I/O (SPEC §4 table).
+"""v2 callback events → stored v1 state and v1 callbacks. Pure: no I/O, no clock (SPEC §4 table);
+the time an event was received is an argument.
 
 Callback ids are derived from (message, kind) so that re-applying an event can never enqueue
 a second copy: the outbox ignores an ``event_id`` it already has.
@@ -10,10 +11,10 @@ from typing import Any
 
 from shim.config import IncomingConfig, NativeEventsConfig, UserConfig
 
-from ._deliveries import DeliverySpec
+from ._deliveries import DeliverySpec, Route
 from ._delivery_codes import map_error_code
 from ._message import STATE_RANK, MessageRecord
-from ._time import iso_from_us, now_us, parse_time_us
+from ._time import parse_time_us
 from ._translate_send import rewrite_inbound_media
 from ._v2 import V2Event
 
@@ -58,16 +59,10 @@ def v1_callback_body(
 
 def _outbound_spec(rec: MessageRecord, kind: str, body: dict[str, Any]) -> DeliverySpec:
     assert rec.callback_url is not None
-    return DeliverySpec(
-        event_id=f"evt_{rec.id}_{kind}",
-        order_key=rec.id,
-        user_id=rec.user_id,
-        url=rec.callback_url,
-        fallback_url=rec.fallback_url,
-        method=rec.callback_method,
-        timeout_ms=rec.callback_timeout or 10000,
-        body=body,
-    )
+    route = Route(url=rec.callback_url, fallback_url=rec.fallback_url, method=rec.callback_method,
+                  timeout_ms=rec.callback_timeout or 10000)
+    return DeliverySpec.to(route, event_id=f"evt_{rec.id}_{kind}", order_key=rec.id, user_id=rec.user_id,
+                           body=body)
 
 
 def apply_status(
@@ -128,22 +123,26 @@ def inbound_id(ev: V2Event) -> str:
     return ev.message.id
 
 
-def inbound_record(ev: V2Event, user: UserConfig, public_url: str) -> MessageRecord:
-    time_us = parse_time_us(ev.message.time or ev.time or "") or now_us()
-    to = ev.to or (ev.message.to[0] if ev.message.to else (ev.message.owner or ""))
-    return MessageRecord(
-        id=inbound_id(ev),
-        user_id=user.user_id,
-        direction="in",
-        from_=ev.message.from_ or "",
-        to=to,
-        text=ev.message.text or "",
+def record_from_v2(
+    ev: V2Event, user: UserConfig, received_us: int, *, id: str, direction: str, state: str,
+    media: list[str], tag: str | None = None,
+) -> MessageRecord:
+    """The one constructor of a record seen first as a v2 event (inbound, or native on v2). Its
+    time is v2's, or when v2 gave none the time shim received the event."""
+    return MessageRecord.model_validate({
+        "id": id, "user_id": user.user_id, "direction": direction,
+        "from_": ev.message.from_ or "", "to": ev.to or (ev.message.to[0] if ev.message.to else (ev.message.owner or "")),
+        "text": ev.message.text or "", "media": media, "state": state,
+        "time_us": parse_time_us(ev.message.time or ev.time or "") or received_us,
+        "segment_count": ev.message.segmentCount, "application_id": ev.message.applicationId or user.application_id,
+        "tag": tag,
+    })
+
+
+def inbound_record(ev: V2Event, user: UserConfig, public_url: str, received_us: int) -> MessageRecord:
+    return record_from_v2(
+        ev, user, received_us, id=inbound_id(ev), direction="in", state="received",
         media=[rewrite_inbound_media(u, public_url, user) for u in ev.message.media],
-        state="received",
-        time=iso_from_us(time_us),
-        time_us=time_us,
-        segment_count=ev.message.segmentCount,
-        application_id=ev.message.applicationId or user.application_id,
     )
 
 
@@ -152,18 +151,10 @@ def inbound_deliveries(
 ) -> list[DeliverySpec]:
     if incoming is None:
         return []
-    return [
-        DeliverySpec(
-            event_id=f"evt_{rec.id}_received",
-            order_key=rec.id,
-            user_id=rec.user_id,
-            url=incoming.url,
-            fallback_url=incoming.fallback_url,
-            method=incoming.method,
-            timeout_ms=incoming.timeout_ms,
-            body=v1_callback_body(rec, public_url),
-        )
-    ]
+    route = Route(url=incoming.url, fallback_url=incoming.fallback_url, method=incoming.method,
+                  timeout_ms=incoming.timeout_ms)
+    return [DeliverySpec.to(route, event_id=f"evt_{rec.id}_received", order_key=rec.id, user_id=rec.user_id,
+                            body=v1_callback_body(rec, public_url))]
 
 
 _NATIVE_STATE = {
@@ -177,35 +168,28 @@ _NATIVE_STATE = {
 
 def native_deliveries(
     payload: dict[str, Any], user: UserConfig, native: NativeEventsConfig, public_url: str,
-    dedupe_key: str,
+    dedupe_key: str, received_us: int,
 ) -> list[DeliverySpec]:
     """Events of messages sent natively on v2 (staged migration): raw v2 or translated v1."""
     ev = V2Event.model_validate(payload)
-    order_key = f"native_{ev.message.id}"
-    event_id = f"evt_native_{dedupe_key[:32]}"
+    route = Route(url=native.url)
+    event_id, order_key = f"evt_native_{dedupe_key[:32]}", f"native_{ev.message.id}"
     if native.format == "v2":
-        return [DeliverySpec(event_id=event_id, order_key=order_key, user_id=user.user_id,
-                             url=native.url, format="v2", body=[payload])]
+        return [DeliverySpec.to(route, event_id=event_id, order_key=order_key, user_id=user.user_id, body=[payload],
+                                format="v2")]
     state = _NATIVE_STATE.get(ev.type)
     if state is None:
         return []
     direction = "in" if ev.type == "message-received" else "out"
-    time_us = parse_time_us(ev.message.time or ev.time or "") or now_us()
-    rec = MessageRecord(
-        id=ev.message.id, user_id=user.user_id, direction=direction,
-        from_=ev.message.from_ or "", to=ev.to or "", text=ev.message.text or "",
-        media=[rewrite_inbound_media(u, public_url, user) for u in ev.message.media]
-        if direction == "in" else list(ev.message.media),
-        state=state,
-        time=iso_from_us(time_us), time_us=time_us, segment_count=ev.message.segmentCount,
-        application_id=ev.message.applicationId, tag=ev.message.tag,
-    )
+    media = ([rewrite_inbound_media(u, public_url, user) for u in ev.message.media]
+             if direction == "in" else list(ev.message.media))
+    rec = record_from_v2(ev, user, received_us, id=ev.message.id, direction=direction, state=state,
+                         media=media, tag=ev.message.tag)
     if ev.type == "message-delivered":
         rec.delivery_state, rec.delivery_code = "delivered", "0"
         rec.delivery_description = DELIVERED_DESCRIPTION
     elif ev.type == "message-failed":
         rec.delivery_state = "not-delivered"
         rec.delivery_code, rec.delivery_description = map_error_code(ev.errorCode, ev.description)
-    body = v1_callback_body(rec, public_url, delivery=True)
-    return [DeliverySpec(event_id=event_id, order_key=order_key, user_id=user.user_id,
-                         url=native.url, body=body)]
+    return [DeliverySpec.to(route, event_id=event_id, order_key=order_key, user_id=user.user_id,
+                            body=v1_callback_body(rec, public_url, delivery=True))]

@@ -7,14 +7,18 @@ from typing import Any
 
 from shim.config import UserConfig
 from shim.errors import (
+    BadRequest,
     InvalidProperty,
+    MediaNotFound,
+    MediaSizeOverflow,
+    MediaUnavailable,
     MessageRateLimit,
     ShimError,
     Unavailable,
 )
 
 from ._message import MessageRecord
-from ._time import iso_from_us, parse_time_us
+from ._time import parse_time_us
 from ._v1_send import SendRequest
 from ._v2 import V2Message
 
@@ -81,7 +85,6 @@ def record_from_send(
         text=req.text or "",
         media=list(req.media),
         state="queued",
-        time=iso_from_us(time_us),
         time_us=time_us,
         segment_count=v2.segmentCount,
         application_id=user.application_id,
@@ -94,11 +97,25 @@ def record_from_send(
     )
 
 
-def v2_error_to_v1(status: int, body: Any) -> ShimError:
-    """Map a non-202 v2 answer to the v1 error the legacy app sees (SPEC §3)."""
+def v2_error_to_v1(status: int, body: Any, *, media_name: str | None = None) -> ShimError:
+    """Map a non-2xx v2 answer to the v1 error the legacy app sees (SPEC §3): the one place for
+    both the messages and the media resources (``media_name`` set for the latter)."""
     description = ""
     if isinstance(body, dict):
         description = str(body.get("description") or body.get("message") or "")
+    if status in (401, 403):
+        service = "media service" if media_name is not None else "messaging gateway"
+        return Unavailable(
+            f"The {service} rejected shim's upstream credentials", details={"upstreamStatus": str(status)},
+        )
+    if media_name is not None:
+        if status == 404:
+            return MediaNotFound(media_name)
+        if status == 413:
+            return MediaSizeOverflow("The media file is larger than the limit", details={"mediaName": media_name})
+        if 400 <= status < 500:
+            return BadRequest(f"The media service rejected the request ({status})", details={"mediaName": media_name})
+        return MediaUnavailable("The media service is unavailable", details={"upstreamStatus": str(status)})
     if status == 400:
         details: dict[str, str] = {}
         field_errors = body.get("fieldErrors") if isinstance(body, dict) else None
@@ -116,11 +133,6 @@ def v2_error_to_v1(status: int, body: Any) -> ShimError:
         return InvalidProperty(msg, details=details)
     if status == 429:
         return MessageRateLimit(description or "Message rate limit exceeded")
-    if status in (401, 403):
-        return Unavailable(
-            "The messaging gateway rejected shim's upstream credentials",
-            details={"upstreamStatus": str(status)},
-        )
     return Unavailable(
         "The messaging gateway is unavailable", details={"upstreamStatus": str(status)}
     )

@@ -5,7 +5,9 @@ the v1 JSON/error wire helpers.
 """
 
 from . import web_media, web_messages
+from ._send import BATCH_LIMIT, Sender, message_path
 from .web_auth import authenticate
 from .web_v1 import json_response, read_json, v1_error_response
 
-__all__ = ["authenticate", "json_response", "read_json", "v1_error_response", "web_media", "web_messages"]
+__all__ = ["BATCH_LIMIT", "Sender", "authenticate", "json_response", "message_path", "read_json", "v1_error_response",
+           "web_media", "web_messages"]

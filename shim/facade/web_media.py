@@ -12,33 +12,14 @@ from urllib.parse import quote
 from aiohttp import web
 
 from shim.config import UserConfig
-from shim.core import v1_media_url
-from shim.errors import (
-    BadRequest,
-    MediaNotFound,
-    MediaSizeOverflow,
-    MediaUnavailable,
-    ShimError,
-    Unavailable,
-)
+from shim.core import v1_media_url, v2_error_to_v1
+from shim.errors import BadRequest, MediaSizeOverflow
 from shim.keys import CONFIG, UPSTREAM
 
 from .web_auth import authenticate
 from .web_v1 import json_response
 
 CHUNK = 64 * 1024
-
-
-def _media_error(status: int, name: str) -> ShimError:
-    if status == 404:
-        return MediaNotFound(name)
-    if status == 413:
-        return MediaSizeOverflow("The media file is larger than the limit")
-    if status in (401, 403):
-        return Unavailable("The media service rejected shim's upstream credentials")
-    if 400 <= status < 500:
-        return BadRequest(f"The media service rejected the request ({status})")
-    return MediaUnavailable("The media service is unavailable")
 
 
 async def list_media(request: web.Request) -> web.StreamResponse:
@@ -89,10 +70,10 @@ async def put_media(request: web.Request) -> web.StreamResponse:
         async for chunk in request.content.iter_chunked(CHUNK):
             yield chunk
 
-    async with request.app[UPSTREAM].media_request("PUT", user, name, data=body(), headers=headers) as resp:
+    async with request.app[UPSTREAM].media_request("PUT", user, name, body=body(), headers=headers) as resp:
         await resp.read()
         if resp.status >= 300:
-            raise _media_error(resp.status, name)
+            raise v2_error_to_v1(resp.status, None, media_name=name)
     return web.Response(status=200)
 
 
@@ -102,13 +83,13 @@ async def get_media(request: web.Request) -> web.StreamResponse:
     async with request.app[UPSTREAM].media_request("GET", user, name) as resp:
         if resp.status >= 300:
             await resp.read()
-            raise _media_error(resp.status, name)
+            raise v2_error_to_v1(resp.status, None, media_name=name)
         out = web.StreamResponse(status=200)
         out.content_type = resp.headers.get("Content-Type", "application/octet-stream")
         if resp.content_length is not None:
             out.content_length = resp.content_length
         await out.prepare(request)
-        async for chunk in resp.content.iter_chunked(CHUNK):
+        async for chunk in resp.iter_chunked(CHUNK):
             await out.write(chunk)
         await out.write_eof()
         return out
@@ -120,7 +101,7 @@ async def delete_media(request: web.Request) -> web.StreamResponse:
     async with request.app[UPSTREAM].media_request("DELETE", user, name) as resp:
         await resp.read()
         if resp.status >= 300 and resp.status != 404:
-            raise _media_error(resp.status, name)
+            raise v2_error_to_v1(resp.status, None, media_name=name)
     return web.Response(status=200)
 
 

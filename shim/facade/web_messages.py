@@ -2,89 +2,33 @@
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from typing import Any
 
 from aiohttp import web
 
-from shim.config import UserConfig
-from shim.core import next_link, now_us, parse_list_query, parse_send_item, record_from_send, to_v2_request
-from shim.errors import (
-    BadRequest,
-    InvalidProperty,
-    MessageNotFound,
-    MultiMessageLimit,
-    ShimError,
-    StoreUnavailable,
-    error_body,
-)
-from shim.keys import CONFIG, DELIVERY, REQUEST_ID, STORE, UPSTREAM
+from shim.core import next_link, parse_list_query
+from shim.errors import BadRequest, InvalidProperty, MessageNotFound
+from shim.keys import CONFIG, REQUEST_ID, SENDER, STORE
 
+from ._send import message_path
 from .web_auth import authenticate
 from .web_v1 import json_response, read_json
 
-log = logging.getLogger("shim.messages")
-BATCH_LIMIT = 50
-
-
-def message_path(user_id: str, message_id: str = "") -> str:
-    base = f"/v1/users/{user_id}/messages"
-    return f"{base}/{message_id}" if message_id else base
-
-
-async def send_one(request: web.Request, user: UserConfig, item: Any) -> str:
-    """Validate, send to v2, store; returns the absolute v1 Location."""
-    app = request.app
-    cfg = app[CONFIG]
-    req = parse_send_item(item)
-    body = to_v2_request(req, user, cfg.server.public_url, app[UPSTREAM].base_url)
-    received = now_us()
-    v2msg = await app[UPSTREAM].send_message(user, body, request.get(REQUEST_ID, ""))
-    record = record_from_send(req, v2msg, user, received)
-    try:
-        enqueued = await app[STORE].insert_message(record, request.get(REQUEST_ID))
-    except Exception:
-        log.exception(
-            "message sent on v2 but not stored", extra={"message_id": record.id, "user_id": user.user_id}
-        )
-        raise StoreUnavailable(
-            "The message was sent but could not be recorded", details={"messageId": record.id}
-        ) from None
-    if enqueued:
-        app[DELIVERY].wake()
-    return f"{cfg.server.public_url}{message_path(user.user_id, record.id)}"
-
 
 async def post_messages(request: web.Request) -> web.StreamResponse:
-    cfg = request.app[CONFIG]
-    user = authenticate(request, cfg)
+    user = authenticate(request, request.app[CONFIG])
     data = await read_json(request)
+    sender = request.app[SENDER]
     if isinstance(data, dict):
-        location = await send_one(request, user, data)
+        location = await sender.send(user, data, request.get(REQUEST_ID, ""))
         return web.Response(status=201, headers={"Location": location})
     if not isinstance(data, list):
         raise BadRequest(
             f"The request body must be a JSON object or an array of objects, not {_json_type(data)}"
         )
-    if len(data) > BATCH_LIMIT:
-        raise MultiMessageLimit(len(data), BATCH_LIMIT)
     if not data:
         raise BadRequest("The request body is an empty array; send 1 to 50 messages")
-    gate = asyncio.Semaphore(cfg.upstream.batch_concurrency)
-
-    async def one(item: Any) -> dict[str, Any]:
-        async with gate:
-            try:
-                return {"result": "accepted", "location": await send_one(request, user, item)}
-            except ShimError as err:
-                return {"result": "error", "error": error_body(err)}
-            except Exception:
-                log.exception("batch item failed")
-                return {"result": "error", "error": error_body(ShimError("An internal error occurred"))}
-
-    results = await asyncio.gather(*(one(item) for item in data))
-    return json_response(list(results), status=202)
+    return json_response(await sender.send_batch(user, data, request.get(REQUEST_ID, "")), status=202)
 
 
 def _json_type(value: Any) -> str:

@@ -8,6 +8,7 @@ import json
 import logging
 from typing import Any
 
+from shim.clock import Clock, now_us
 from shim.config import Config, UserConfig
 from shim.core import (
     DeliverySpec,
@@ -36,8 +37,12 @@ def dedupe_key(payload: dict[str, Any]) -> str:
 
 
 class Gateway:
-    def __init__(self, cfg: Config) -> None:
+    """The event rules the store applies (``apply_status``, ``route_native``) and the preparation
+    of each ingested event. The clock only dates events v2 sent without a time."""
+
+    def __init__(self, cfg: Config, clock: Clock = now_us) -> None:
         self.cfg = cfg
+        self.clock = clock
         self.public_url = cfg.server.public_url
         self.by_app: dict[str, UserConfig] = {}
         for u in cfg.users:
@@ -53,7 +58,7 @@ class Gateway:
         if ev.type == "message-received" and ev.message.direction != "out":
             user = self.user_for(ev)
             if user is not None:
-                rec = inbound_record(ev, user, self.public_url)
+                rec = inbound_record(ev, user, self.public_url, self.clock())
                 specs = inbound_deliveries(rec, user.incoming, self.public_url)
                 return IncomingEvent(key, rec.id, payload, payload_json, inbound=rec, inbound_deliveries=specs,
                                      request_id=request_id)
@@ -75,5 +80,5 @@ class Gateway:
             )
             return []
         return native_deliveries(
-            payload, user, user.native_events, self.public_url, dedupe_key(payload)
+            payload, user, user.native_events, self.public_url, dedupe_key(payload), self.clock()
         )

@@ -1,10 +1,13 @@
 """Outbox delivery: durable, leased, retried delivery of v1 callbacks to the apps' URLs.
 
-``DeliveryEngine`` claims and schedules work; the outbound URL policy lives in ``_url_safety``.
+``DeliveryEngine`` claims work and decides when to (re)try it (the policy itself is pure, in
+``shim.core``); ``client_callbacks`` makes one HTTP attempt; ``_url_safety`` decides which
+addresses a callback may reach.
 """
 
-from ._engine import AttemptResult, DeliveryEngine, next_delay, parse_retry_after, query_params, signature
+from ._engine import DeliveryEngine
 from ._url_safety import AddressPolicy, SafeResolver, UnsafeUrl
+from .client_callbacks import USER_AGENT, AttemptResult, CallbackClient, query_params, signature
 
-__all__ = ["AddressPolicy", "AttemptResult", "DeliveryEngine", "SafeResolver", "UnsafeUrl", "next_delay",
-           "parse_retry_after", "query_params", "signature"]
+__all__ = ["USER_AGENT", "AddressPolicy", "AttemptResult", "CallbackClient", "DeliveryEngine", "SafeResolver",
+           "UnsafeUrl", "query_params", "signature"]

@@ -9,91 +9,35 @@ own slots and never the work of healthy ones.
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
-import hmac
-import json
 import logging
 import os
-import random
 import socket
 import time
 import uuid
 from collections import Counter as Tally
 from collections import defaultdict, deque
-from email.utils import parsedate_to_datetime
-from typing import Any
 
-import aiohttp
-
-from shim.basic_auth import basic_header
+from shim.clock import Clock, Rng, now_us, system_rng
 from shim.config import Config
-from shim.core import Delivery, DeliverySpec, now_us
+from shim.core import Delivery, next_delay
 from shim.gateway import Gateway
 from shim.ops import Metrics, scrub
 from shim.store import SqliteStore, Store, host_key
 
-from ._url_safety import AddressPolicy, SafeResolver, UnsafeUrl
+from ._url_safety import AddressPolicy
+from .client_callbacks import AttemptResult, CallbackClient
 
 log = logging.getLogger("shim.delivery")
-USER_AGENT = "BandwidthAPI/v1"
-MAX_RETRY_AFTER_S = 24 * 3600
-
-
-class AttemptResult:
-    def __init__(self, ok: bool, error: str = "", retry_after_s: float | None = None) -> None:
-        self.ok = ok
-        self.error = error
-        self.retry_after_s = retry_after_s
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        dt = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, dt.timestamp() - time.time())
-
-
-def signature(secret: str, event_id: str, timestamp: int, body: bytes) -> str:
-    """Standard Webhooks ``v1,<base64 HMAC-SHA256(id.timestamp.body)>``."""
-    key = base64.b64decode(secret[6:]) if secret.startswith("whsec_") else secret.encode()
-    signed = f"{event_id}.{timestamp}.".encode() + body
-    return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
-
-
-def query_params(body: dict[str, Any]) -> list[tuple[str, str]]:
-    """A v1 callback as GET query parameters; ``media`` repeats once per URL."""
-    out: list[tuple[str, str]] = []
-    for key, value in body.items():
-        if isinstance(value, list):
-            out.extend((key, str(v)) for v in value)
-        elif isinstance(value, bool):
-            out.append((key, "true" if value else "false"))
-        elif value is not None:
-            out.append((key, str(value)))
-    return out
-
-
-def next_delay(schedule: list[float], attempts_done: int, retry_after: float | None) -> float | None:
-    """Seconds until the next attempt, or None when the schedule is exhausted."""
-    if attempts_done > len(schedule):
-        return None
-    base = schedule[attempts_done - 1]
-    delay = base * random.uniform(0.8, 1.2)
-    if retry_after is not None:
-        delay = max(delay, min(retry_after, MAX_RETRY_AFTER_S))
-    return delay
 
 
 class DeliveryEngine:
-    def __init__(self, cfg: Config, store: Store, gateway: Gateway, metrics: Metrics) -> None:
+    def __init__(
+        self, cfg: Config, store: Store, gateway: Gateway, metrics: Metrics, *, clock: Clock = now_us,
+        rng: Rng | None = None,
+    ) -> None:
         self.cfg = cfg
+        self.clock = clock
+        self.rng = rng or system_rng()
         self.store = store
         self.gateway = gateway
         self.metrics = metrics
@@ -101,13 +45,15 @@ class DeliveryEngine:
         self.policy = AddressPolicy(cfg.callbacks.allow_cidrs, cfg.callbacks.deny_cidrs)
         self.schedule = list(cfg.callbacks.retry_schedule_s)
         secret = cfg.callbacks.signing_secret
-        self.secret = secret.get_secret_value() if secret else None
+        self.client = CallbackClient(
+            self.policy, concurrency=cfg.callbacks.concurrency, per_host=cfg.callbacks.per_host_concurrency,
+            signing_secret=secret.get_secret_value() if secret else None,
+        )
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._in_flight: Tally[str] = Tally()
         self._waiting: dict[str, deque[Delivery]] = defaultdict(deque)
         self._loops: list[asyncio.Task[None]] = []
-        self._session: aiohttp.ClientSession | None = None
         self._stopping = False
         self._delivered: list[int] = []
         self._flush = asyncio.Event()
@@ -116,12 +62,7 @@ class DeliveryEngine:
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(
-            limit=self.cfg.callbacks.concurrency,
-            limit_per_host=self.cfg.callbacks.per_host_concurrency,
-            resolver=SafeResolver(self.policy),
-        )
-        self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
+        await self.client.start()
         if isinstance(self.store, SqliteStore):
             # SQLite is single-process: leases left by a crashed run are ours to take back.
             await self.store.release_all()
@@ -153,9 +94,7 @@ class DeliveryEngine:
             await self.store.release_all(self.owner)
         except Exception:
             log.exception("could not release delivery leases")
-        if self._session:
-            await self._session.close()
-            self._session = None
+        await self.client.close()
 
     def wake(self) -> None:
         self._wake.set()
@@ -200,12 +139,12 @@ class DeliveryEngine:
         analyzed_at = 0
         while not self._stopping:
             try:
-                routed = await self.store.route_unmatched(now_us() - grace_us, self.gateway.route_native)
+                routed = await self.store.route_unmatched(self.clock() - grace_us, self.gateway.route_native)
                 if routed or await self.store.expire_leases():
                     self.wake()
                 if time.monotonic() >= next_retention:
                     ret = self.cfg.retention
-                    now = now_us()
+                    now = self.clock()
                     await self.store.apply_retention(
                         now - int(ret.text_days * day_us), now - int(ret.purge_days * day_us)
                     )
@@ -238,9 +177,9 @@ class DeliveryEngine:
 
     async def _deliver(self, d: Delivery, host: str) -> None:
         try:
-            result = await self.attempt(d.spec, d.spec.url)
+            result = await self.client.attempt(d.spec, d.spec.url)
             if not result.ok and d.spec.fallback_url:
-                fallback = await self.attempt(d.spec, d.spec.fallback_url)
+                fallback = await self.client.attempt(d.spec, d.spec.fallback_url)
                 if fallback.ok:
                     result = fallback
                 else:
@@ -255,8 +194,8 @@ class DeliveryEngine:
                 self._flush.set()
                 self.metrics.deliveries.labels("delivered").inc()
                 return
-            delay = next_delay(self.schedule, d.attempts + 1, result.retry_after_s)
-            next_us = now_us() + int(delay * 1_000_000) if delay is not None else None
+            delay = next_delay(self.schedule, d.attempts + 1, result.retry_after_s, self.rng)
+            next_us = self.clock() + int(delay * 1_000_000) if delay is not None else None
             await self.store.mark_failed(d.id, self.owner, result.error, next_us)
             outcome = "retry" if next_us is not None else "dead"
             self.metrics.deliveries.labels(outcome).inc()
@@ -304,49 +243,3 @@ class DeliveryEngine:
                 raise
             except Exception:
                 log.exception("could not record deliveries; they will be retried when their leases expire")
-
-    # -- one HTTP attempt ------------------------------------------------------------------
-    async def attempt(self, spec: DeliverySpec, url: str) -> AttemptResult:
-        assert self._session is not None
-        try:
-            target = self.policy.check_url(url)
-        except (UnsafeUrl, ValueError) as e:
-            return AttemptResult(False, f"refused: {e}")
-        headers = {"User-Agent": USER_AGENT, "webhook-id": spec.event_id}
-        if spec.request_id:
-            headers["X-Request-Id"] = spec.request_id
-        if target.user is not None:
-            headers["Authorization"] = basic_header(target.user, target.password or "")
-            target = target.with_user(None)
-        ts = int(time.time())
-        headers["webhook-timestamp"] = str(ts)
-        body = b""
-        params: list[tuple[str, str]] | None = None
-        if spec.method == "GET" and spec.format == "v1":
-            params = query_params(spec.body)
-            target = target.update_query(params)
-        else:
-            body = json.dumps(spec.body, separators=(",", ":"), ensure_ascii=False).encode()
-            headers["Content-Type"] = "application/json; charset=utf-8"
-        if self.secret:
-            headers["webhook-signature"] = signature(self.secret, spec.event_id, ts, body)
-        timeout = aiohttp.ClientTimeout(total=spec.timeout_ms / 1000)
-        method = spec.method if spec.format == "v1" else "POST"
-        try:
-            async with self._session.request(
-                method, target, data=body if method == "POST" else None, headers=headers,
-                timeout=timeout, allow_redirects=False,
-            ) as resp:
-                await resp.read()
-                if 200 <= resp.status < 300:
-                    return AttemptResult(True)
-                return AttemptResult(
-                    False, f"HTTP {resp.status}", parse_retry_after(resp.headers.get("Retry-After"))
-                )
-        except TimeoutError:
-            return AttemptResult(False, f"timeout after {spec.timeout_ms} ms")
-        except aiohttp.ClientConnectorError as e:
-            detail = " ".join(str(a) for a in e.os_error.args if a is not None) or str(e)
-            return AttemptResult(False, f"{type(e).__name__}: {scrub(detail)[:200]}")
-        except (aiohttp.ClientError, OSError) as e:
-            return AttemptResult(False, f"{type(e).__name__}: {scrub(str(e))[:200]}")

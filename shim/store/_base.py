@@ -17,7 +17,8 @@ from typing import Any, Literal, TypeVar
 
 from yarl import URL
 
-from shim.core import Delivery, DeliverySpec, ListQuery, MessageRecord, now_us
+from shim.clock import now_us
+from shim.core import Delivery, DeliverySpec, ListQuery, MessageRecord
 
 T = TypeVar("T")
 

@@ -1,4 +1,4 @@
-"""The v2 client: one pooled aiohttp session for sends and the media API.
+"""The v2 client: sends and the media API, over an injectable ``Transport``.
 
 A send is retried only when the connection could not be made: once bytes may have reached v2
 a retry could send a duplicate SMS, so any later failure is answered 503 instead.
@@ -10,73 +10,73 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-import aiohttp
 from pydantic import ValidationError
 
 from shim.basic_auth import basic_header
 from shim.config import UpstreamConfig, UserConfig
 from shim.core import V2Message, v2_error_to_v1
-from shim.errors import MediaUnavailable, ShimError, Unavailable
+from shim.errors import MediaUnavailable, Unavailable
+
+from ._transport import AiohttpTransport, Body, ConnectFailed, RequestFailed, Response, Timeout, Transport
 
 log = logging.getLogger("shim.upstream")
 
+# (operation, seconds, HTTP status or an error word): read by the metrics.
+LatencyObserver = Callable[[str, float, int | str], None]
+
 
 class UpstreamClient:
-    def __init__(self, cfg: UpstreamConfig, base_url: str) -> None:
+    def __init__(
+        self, cfg: UpstreamConfig, base_url: str, *, transport: Transport | None = None,
+        observer: LatencyObserver | None = None,
+    ) -> None:
         self.cfg = cfg
         self.base_url = base_url.rstrip("/")
-        self._session: aiohttp.ClientSession | None = None
-        # Observed latencies (seconds), read by the metrics module.
-        self.latency_observer: Any = None
+        self._transport = transport
+        self._owns_transport = transport is None
+        self._observer = observer
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=self.cfg.max_connections, ttl_dns_cache=60)
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=aiohttp.ClientTimeout(total=self.cfg.timeout_s),
-            auto_decompress=False,
-        )
+        if self._transport is None:
+            self._transport = AiohttpTransport(self.cfg.max_connections, self.cfg.timeout_s)
 
     async def close(self) -> None:
-        if self._session:
-            await self._session.close()
-            self._session = None
+        if self._transport is not None and self._owns_transport:
+            await self._transport.close()
+            self._transport = None
 
     @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
+    def transport(self) -> Transport:
+        if self._transport is None:
             raise RuntimeError("upstream client is not started")
-        return self._session
+        return self._transport
 
     def _auth(self, user: UserConfig) -> dict[str, str]:
         return {"Authorization": basic_header(user.v2_username, user.v2_password.get_secret_value())}
 
     def _observe(self, op: str, started: float, status: int | str) -> None:
-        if self.latency_observer is not None:
-            self.latency_observer(op, time.perf_counter() - started, status)
+        if self._observer is not None:
+            self._observer(op, time.perf_counter() - started, status)
 
-    async def send_message(
-        self, user: UserConfig, body: dict[str, Any], request_id: str = ""
-    ) -> V2Message:
+    async def send_message(self, user: UserConfig, body: dict[str, Any], request_id: str = "") -> V2Message:
         url = f"{self.base_url}/users/{user.account_id}/messages"
-        headers = self._auth(user)
+        headers = self._auth(user) | {"Content-Type": "application/json"}
         if request_id:
             headers["X-Request-Id"] = request_id
+        data = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
         attempt = 0
         while True:
             started = time.perf_counter()
             try:
-                async with self.session.post(
-                    url, json=body, headers=headers
-                ) as resp:
+                async with self.transport.request("POST", url, headers=headers, body=data) as resp:
                     raw = await resp.read()
                     self._observe("send", started, resp.status)
                     return self._send_result(resp.status, raw)
-            except aiohttp.ClientConnectorError as e:
+            except ConnectFailed as e:
                 self._observe("send", started, "connect-error")
                 if attempt < self.cfg.connect_retries:
                     attempt += 1
@@ -84,10 +84,10 @@ class UpstreamClient:
                     continue
                 log.error("upstream connect failed", extra={"error": str(e)})
                 raise Unavailable("The messaging gateway is unavailable") from None
-            except (TimeoutError, aiohttp.ClientError) as e:
+            except RequestFailed as e:
                 # The request may have reached v2: never retried.
                 self._observe("send", started, "error")
-                log.error("upstream send failed", extra={"error": type(e).__name__})
+                log.error("upstream send failed", extra={"error": str(e)})
                 raise Unavailable("The messaging gateway is unavailable") from None
 
     def _send_result(self, status: int, raw: bytes) -> V2Message:
@@ -107,60 +107,52 @@ class UpstreamClient:
                 "upstream rejected shim's v2 credentials (HTTP %s): check users[].v2_username/"
                 "v2_password", status,
             )
-        return _raise(v2_error_to_v1(status, parsed))
+        raise v2_error_to_v1(status, parsed)
 
     # -- media -----------------------------------------------------------------------------
     def media_url(self, user: UserConfig, name: str = "") -> str:
         base = f"{self.base_url}/users/{user.account_id}/media"
         return f"{base}/{name}" if name else base
 
-    async def media_list(
-        self, user: UserConfig, continuation: str | None
-    ) -> tuple[list[dict[str, Any]], str | None]:
+    async def media_list(self, user: UserConfig, continuation: str | None) -> tuple[list[dict[str, Any]], str | None]:
         headers = {"Continuation-Token": continuation} if continuation else {}
-        async with self._media("GET", user, "", headers=headers) as resp:
-            data = await resp.json(content_type=None)
+        async with self.media_request("GET", user, "", headers=headers) as resp:
+            if resp.status == 404:  # an account that never stored media
+                await resp.read()
+                return [], None
+            if resp.status >= 300:
+                await resp.read()
+                raise v2_error_to_v1(resp.status, None, media_name="")
+            try:
+                data = json.loads(await resp.read())
+            except ValueError:
+                data = None
             return (data if isinstance(data, list) else []), resp.headers.get("Continuation-Token")
 
     @asynccontextmanager
     async def media_request(
-        self, method: str, user: UserConfig, name: str, **kwargs: Any
-    ) -> AsyncIterator[aiohttp.ClientResponse]:
-        """A streamed media call; the caller reads/streams the response."""
-        async with self._media(method, user, name, **kwargs) as resp:
-            yield resp
-
-    @asynccontextmanager
-    async def _media(
-        self, method: str, user: UserConfig, name: str, **kwargs: Any
-    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        self, method: str, user: UserConfig, name: str, *, headers: dict[str, str] | None = None, body: Body = None,
+    ) -> AsyncIterator[Response]:
+        """A streamed media call; the caller reads or streams the response."""
         started = time.perf_counter()
+        timeout = Timeout(total=None, connect=self.cfg.timeout_s, read=self.cfg.timeout_s)
         try:
-            headers = self._auth(user) | kwargs.pop("headers", {})
-            async with self.session.request(
-                method, self.media_url(user, name), headers=headers,
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.cfg.timeout_s,
-                                              sock_read=self.cfg.timeout_s),
-                **kwargs,
+            async with self.transport.request(
+                method, self.media_url(user, name), headers=self._auth(user) | (headers or {}), body=body,
+                timeouts=timeout,
             ) as resp:
                 self._observe("media", started, resp.status)
                 yield resp
-        except (TimeoutError, aiohttp.ClientError) as e:
+        except (ConnectFailed, RequestFailed) as e:
             self._observe("media", started, "error")
-            log.error("upstream media call failed", extra={"error": type(e).__name__})
+            log.error("upstream media call failed", extra={"error": str(e)})
             raise MediaUnavailable("The media service is unavailable") from None
 
     async def ping(self) -> bool:
-        """Reachability for /readyz: any HTTP answer counts."""
+        """Reachability: any HTTP answer counts."""
         try:
-            async with self.session.get(
-                self.base_url, timeout=aiohttp.ClientTimeout(total=3)
-            ) as resp:
+            async with self.transport.request("GET", self.base_url, headers={}, timeouts=Timeout(total=3)) as resp:
                 await resp.read()
                 return True
-        except (TimeoutError, aiohttp.ClientError):
+        except (ConnectFailed, RequestFailed):
             return False
-
-
-def _raise(err: ShimError) -> V2Message:
-    raise err
