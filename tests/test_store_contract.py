@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from shim.config import parse_config
 from shim.clock import now_us
+from shim.config import parse_config
 from shim.core import DeliverySpec, ListQuery, MessageRecord
 from shim.gateway import Gateway
 from shim.store import Store, open_store

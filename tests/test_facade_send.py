@@ -1,0 +1,181 @@
+"""The send use case with no sockets: ``Sender`` over a ``MockTransport`` (the v2 edge) and a real
+in-memory SQLite store. Each v2 request built is checked against the packaged official spec."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from shim.config import Config, parse_config
+from shim.core import ListQuery, message_request_errors
+from shim.errors import InvalidProperty, MessageRateLimit, MultiMessageLimit, ShimError, StoreUnavailable, Unavailable
+from shim.facade import Sender
+from shim.gateway import Gateway
+from shim.store import Store, open_store
+from shim.upstream import ConnectFailed, MockResponse, MockTransport, Request, RequestFailed, UpstreamClient
+
+from .conftest import USER
+
+NOW_US = 1_767_225_600_000_000  # 2026-01-01T00:00:00Z
+CFG: Config = parse_config({"server": {"public_url": "https://shim.example"}, "users": [USER],
+                            "upstream": {"mode": "bandwidth", "base_url": "https://v2.example/api/v2",
+                                         "connect_retries": 2, "batch_concurrency": 4}})
+U = CFG.users[0]
+ITEM = {"from": "+15551230001", "to": "+15551230002", "text": "hi"}
+
+
+def v2_accepts(req: Request, mid: str = "m" * 29, time: str | None = None) -> MockResponse:
+    body = req.json()
+    assert message_request_errors(body) == []
+    msg = {"id": mid, "owner": body["from"], "applicationId": body["applicationId"], "segmentCount": 1,
+           "direction": "out", "to": body["to"], "from": body["from"], "text": body.get("text", "")}
+    if time:
+        msg["time"] = time
+    return MockResponse.of_json(202, msg)
+
+
+@pytest.fixture
+async def store() -> AsyncIterator[Store]:
+    s = open_store("sqlite:///:memory:")
+    s.apply_status = Gateway(CFG).apply_status
+    await s.open()
+    yield s
+    await s.close()
+
+
+async def make_sender(store: Store, handler: Any) -> tuple[Sender, MockTransport]:
+    transport = MockTransport(handler)
+    upstream = UpstreamClient(CFG.upstream, CFG.upstream.base_url, transport=transport)
+    await upstream.start()
+    return Sender(CFG, upstream, store, lambda: NOW_US), transport
+
+
+async def test_single_send_builds_the_v2_request_and_stores_before_answering(store: Store) -> None:
+    async def handler(req: Request) -> MockResponse:
+        return v2_accepts(req, "a" * 29)
+
+    sender, transport = await make_sender(store, handler)
+    location = await sender.send(U, ITEM | {"tag": "t1", "callbackUrl": "https://app.example/cb"}, "rid-1")
+    assert location == f"https://shim.example/v1/users/{U.user_id}/messages/{'a' * 29}"
+    (req,) = transport.requests
+    assert (req.method, req.url) == ("POST", f"https://v2.example/api/v2/users/{U.account_id}/messages")
+    assert req.json() == {"applicationId": U.application_id, "to": ["+15551230002"], "from": "+15551230001",
+                          "text": "hi", "tag": "t1"}
+    assert req.headers["X-Request-Id"] == "rid-1" and req.headers["Content-Type"] == "application/json"
+    rec = await store.get_message(U.user_id, "a" * 29)
+    assert rec is not None and rec.callback_url == "https://app.example/cb"
+    # v2 gave no time: the record is dated by the injected clock.
+    assert rec.time_us == NOW_US and rec.time == "2026-01-01T00:00:00.000Z"
+
+
+async def test_v2_time_wins_over_the_clock(store: Store) -> None:
+    async def handler(req: Request) -> MockResponse:
+        return v2_accepts(req, "b" * 29, time="2025-06-01T12:00:00.250Z")
+
+    sender, _ = await make_sender(store, handler)
+    await sender.send(U, ITEM)
+    rec = await store.get_message(U.user_id, "b" * 29)
+    assert rec is not None and rec.time == "2025-06-01T12:00:00.250Z"
+
+
+async def test_invalid_item_is_rejected_before_v2(store: Store) -> None:
+    async def handler(req: Request) -> MockResponse:
+        raise AssertionError("nothing may be sent")
+
+    sender, transport = await make_sender(store, handler)
+    with pytest.raises(ShimError) as err:
+        await sender.send(U, {"from": "+15551230001", "text": "no to"})
+    assert err.value.code == "missing-property" and transport.requests == []
+
+
+@pytest.mark.parametrize(
+    ("answer", "error", "code"),
+    [
+        (MockResponse.of_json(400, {"type": "request-validation", "description": "bad",
+                                    "fieldErrors": [{"fieldName": "to", "description": "not E164"}]}),
+         InvalidProperty, "validation-error"),
+        (MockResponse.of_json(429, {"description": "slow down"}), MessageRateLimit, "message-rate-limit"),
+        (MockResponse.of_json(401, {}), Unavailable, "message-gateway-unavailable"),
+        (MockResponse.of_json(500, {}), Unavailable, "message-gateway-unavailable"),
+        (MockResponse(202, b"not json"), Unavailable, "message-gateway-unavailable"),
+    ],
+)
+async def test_v2_answers_map_to_v1_errors_and_store_nothing(
+    store: Store, answer: MockResponse, error: type[ShimError], code: str,
+) -> None:
+    async def handler(req: Request) -> MockResponse:
+        return answer
+
+    sender, transport = await make_sender(store, handler)
+    with pytest.raises(error) as err:
+        await sender.send(U, ITEM)
+    assert err.value.code == code and len(transport.requests) == 1
+    assert await store.list_messages(U.user_id, ListQuery(size=100)) == []
+
+
+async def test_connect_failures_are_retried_but_a_send_that_may_have_arrived_is_not(store: Store) -> None:
+    calls: list[str] = []
+
+    async def flaky_connect(req: Request) -> MockResponse:
+        calls.append("c")
+        if len(calls) <= 2:
+            raise ConnectFailed("refused")
+        return v2_accepts(req, "c" * 29)
+
+    sender, transport = await make_sender(store, flaky_connect)
+    await sender.send(U, ITEM)
+    assert len(transport.requests) == 3  # connect_retries = 2
+
+    async def reset_after_sending(req: Request) -> MockResponse:
+        raise RequestFailed("ServerDisconnectedError")
+
+    sender, transport = await make_sender(store, reset_after_sending)
+    with pytest.raises(Unavailable):
+        await sender.send(U, ITEM)
+    assert len(transport.requests) == 1
+
+
+async def test_store_failure_after_v2_accepted_is_503_naming_the_message(store: Store) -> None:
+    async def handler(req: Request) -> MockResponse:
+        return v2_accepts(req, "d" * 29)
+
+    sender, _ = await make_sender(store, handler)
+    await store.close()  # the store goes away between v2's 202 and the insert
+    with pytest.raises(StoreUnavailable) as err:
+        await sender.send(U, ITEM)
+    assert err.value.details == {"messageId": "d" * 29}
+    await store.open()
+
+
+async def test_batch_results_in_order_bounded_concurrency(store: Store) -> None:
+    in_flight = {"now": 0, "max": 0}
+    n = iter(range(100))
+
+    async def handler(req: Request) -> MockResponse:
+        in_flight["now"] += 1
+        in_flight["max"] = max(in_flight["max"], in_flight["now"])
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        in_flight["now"] -= 1
+        if req.json()["to"] == ["+15550000429"]:
+            return MockResponse.of_json(429, {})
+        return v2_accepts(req, f"{next(n):029d}")
+
+    sender, _ = await make_sender(store, handler)
+    items: list[Any] = [ITEM | {"to": f"+1555123{i:04d}"} for i in range(10)]
+    items[3] = {"from": "+15551230001"}
+    items[5] = ITEM | {"to": "+15550000429"}
+    items[7] = "not an object"
+    results = await sender.send_batch(U, items)
+    assert [r["result"] for r in results] == ["accepted"] * 3 + ["error", "accepted", "error", "accepted", "error"] \
+        + ["accepted"] * 2
+    assert results[3]["error"]["code"] == "missing-property"
+    assert results[5]["error"]["code"] == "message-rate-limit"
+    assert all(set(r["error"]) == {"category", "code", "message", "details"} for r in results if "error" in r)
+    assert 1 < in_flight["max"] <= CFG.upstream.batch_concurrency
+    with pytest.raises(MultiMessageLimit):
+        await sender.send_batch(U, [ITEM] * 51)
+
