@@ -21,6 +21,8 @@ from shim.ops import scrub
 from ._url_safety import AddressPolicy, SafeResolver, UnsafeUrl
 
 USER_AGENT = "BandwidthAPI/v1"
+# What is read of a receiver's answer: enough for a diagnosis, never enough to exhaust memory.
+MAX_RESPONSE_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -106,7 +108,10 @@ class CallbackClient:
                 method, target, data=body if method == "POST" else None, headers=headers,
                 timeout=timeout, allow_redirects=False,
             ) as resp:
-                await resp.read()
+                await resp.content.read(MAX_RESPONSE_BYTES)
+                if not resp.content.at_eof():
+                    # More than we read: drop the connection instead of draining it into the pool.
+                    resp.close()
                 if 200 <= resp.status < 300:
                     return AttemptResult(True)
                 return AttemptResult(
