@@ -11,6 +11,7 @@ from typing import Any
 
 import aiohttp
 import asyncpg
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
@@ -19,6 +20,8 @@ from shim.sandbox import CallbackTarget, build_sandbox_app
 from .conftest import CB_PASS, CB_USER, USER, auth, free_port, wait_until
 from .pg import fresh_database
 from .process import ShimProcess, send_with_receipts
+
+pytestmark = pytest.mark.usefixtures("postgres_server")
 
 
 class Balancer:

@@ -31,6 +31,7 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         yield s
         await s.close()
         return
+    request.getfixturevalue("postgres_server")
     async with fresh_database() as url:
         s = open_store(url)
         s.apply_status = GW.apply_status
