@@ -75,13 +75,12 @@ def build_app(cfg: Config, *, store: Store | None = None, start_workers: bool = 
     app = web.Application(middlewares=[v1_middleware], client_max_size=cfg.server.max_body_bytes)
     app[CONFIG] = cfg
     app[METRICS] = Metrics()
-    app[STORE] = store or open_store(cfg.store.url, cfg.store.pool_size)
+    gateway = Gateway(cfg)
+    app[STORE] = store or open_store(cfg.store.url, gateway, pool_size=cfg.store.pool_size)
     app[STORE].observer = lambda op, seconds: app[METRICS].store_latency.labels(op).observe(seconds)
     upstream = UpstreamClient(cfg.upstream, cfg.upstream.base_url)
     upstream.latency_observer = app[METRICS].observe_upstream
     app[UPSTREAM] = upstream
-    gateway = Gateway(cfg)
-    app[STORE].apply_status = gateway.apply_status
     app[DELIVERY] = DeliveryEngine(cfg, app[STORE], gateway, app[METRICS])
     web_ops.setup(app)
     web_messages.setup(app)

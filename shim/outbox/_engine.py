@@ -31,7 +31,7 @@ from shim.config import Config
 from shim.core import Delivery, DeliverySpec, now_us
 from shim.gateway import Gateway
 from shim.ops import Metrics, scrub
-from shim.store import SqliteStore, Store, host_key
+from shim.store import Store, host_key
 
 from ._url_safety import AddressPolicy, SafeResolver, UnsafeUrl
 
@@ -122,9 +122,7 @@ class DeliveryEngine:
             resolver=SafeResolver(self.policy),
         )
         self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
-        if isinstance(self.store, SqliteStore):
-            # SQLite is single-process: leases left by a crashed run are ours to take back.
-            await self.store.release_all()
+        await self.store.take_back_orphaned_leases()
         self._stopping = False
         self._loops = [
             asyncio.create_task(self._run(), name="delivery-loop"),
@@ -200,7 +198,7 @@ class DeliveryEngine:
         analyzed_at = 0
         while not self._stopping:
             try:
-                routed = await self.store.route_unmatched(now_us() - grace_us, self.gateway.route_native)
+                routed = await self.store.route_unmatched(now_us() - grace_us)
                 if routed or await self.store.expire_leases():
                     self.wake()
                 if time.monotonic() >= next_retention:
