@@ -128,9 +128,10 @@ async def run_sandbox(args: argparse.Namespace) -> None:
 
 
 async def dead_letters(cfg: Config, action: str, ids: list[int]) -> Any:
+    from shim.gateway import Gateway
     from shim.store import open_store
 
-    store = open_store(cfg.store.url)
+    store = open_store(cfg.store.url, Gateway(cfg))
     await store.open()
     try:
         if action == "list":

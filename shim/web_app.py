@@ -81,12 +81,11 @@ def build_app(
     app = web.Application(middlewares=[v1_middleware], client_max_size=cfg.server.max_body_bytes)
     app[CONFIG] = cfg
     app[METRICS] = Metrics()
-    app[STORE] = store or open_store(cfg.store.url, cfg.store.pool_size)
+    gateway = Gateway(cfg, clock)
+    app[STORE] = store or open_store(cfg.store.url, gateway, pool_size=cfg.store.pool_size, clock=clock)
     app[STORE].observer = lambda op, seconds: app[METRICS].store_latency.labels(op).observe(seconds)
     app[UPSTREAM] = UpstreamClient(cfg.upstream, cfg.upstream.base_url, transport=transport,
                                    observer=app[METRICS].observe_upstream)
-    gateway = Gateway(cfg)
-    app[STORE].apply_status = gateway.apply_status
     app[DELIVERY] = DeliveryEngine(cfg, app[STORE], gateway, app[METRICS], clock=clock)
     app[SENDER] = Sender(cfg, app[UPSTREAM], app[STORE], clock, on_enqueued=app[DELIVERY].wake)
     web_ops.setup(app)

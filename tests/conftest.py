@@ -29,6 +29,8 @@ from shim.keys import SANDBOX
 from shim.sandbox import CallbackTarget, build_sandbox_app
 from shim.web_app import build_app
 
+from .pg import postgres_server  # noqa: F401 - the session's PostgreSQL, for the tests that ask
+
 USER = {
     "user_id": "u-test",
     "api_token": "t-test-token",

@@ -86,10 +86,11 @@ def test_check_config_cli(tmp_path: Path) -> None:
 
 async def test_dead_letters_cli(tmp_path: Path) -> None:
     from shim.core import DeliverySpec
+    from shim.gateway import Gateway
     from shim.store import open_store
 
     db = tmp_path / "dl.db"
-    store = open_store(f"sqlite:///{db}")
+    store = open_store(f"sqlite:///{db}", Gateway(parse_config({})))
     await store.open()
     await store.enqueue([DeliverySpec(event_id="evt_dead_1", order_key="k", url="http://127.0.0.1:9/x", body={})])
     (d,) = await store.claim("w", 10, 5_000_000)

@@ -39,8 +39,7 @@ def v2_accepts(req: Request, mid: str = "m" * 29, time: str | None = None) -> Mo
 
 @pytest.fixture
 async def store() -> AsyncIterator[Store]:
-    s = open_store("sqlite:///:memory:")
-    s.apply_status = Gateway(CFG).apply_status
+    s = open_store("sqlite:///:memory:", Gateway(CFG))
     await s.open()
     yield s
     await s.close()

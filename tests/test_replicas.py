@@ -11,6 +11,7 @@ from typing import Any
 
 import aiohttp
 import asyncpg
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
@@ -19,6 +20,8 @@ from shim.sandbox import CallbackTarget, build_sandbox_app
 from .conftest import CB_PASS, CB_USER, USER, auth, free_port, wait_until
 from .pg import fresh_database
 from .process import ShimProcess, send_with_receipts
+
+pytestmark = pytest.mark.usefixtures("postgres_server")
 
 
 class Balancer:
@@ -132,13 +135,17 @@ async def test_two_replicas_one_killed(tmp_path: Path) -> None:
 
 
 async def test_replicas_starting_together_create_the_schema_once() -> None:
+    from shim.config import parse_config
+    from shim.gateway import Gateway
     from shim.store import PostgresStore
 
     async with fresh_database() as url:
-        stores = [PostgresStore(url, min_size=1, max_size=2) for _ in range(4)]
+        rules = Gateway(parse_config({"users": [USER]}))
+        stores = [PostgresStore(url, rules, min_size=1, max_size=2) for _ in range(4)]
         await asyncio.gather(*(s.open() for s in stores))
         try:
             await asyncio.gather(*(s.ping() for s in stores))
             assert (await stores[0].outbox_counts())["pending"] == 0
+            assert [a[0] for a in await stores[0].applied_migrations()] == [1]
         finally:
             await asyncio.gather(*(s.close() for s in stores))

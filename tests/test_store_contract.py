@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 
 from shim.clock import now_us
 from shim.config import parse_config
 from shim.core import DeliverySpec, ListQuery, MessageRecord
 from shim.gateway import Gateway
-from shim.store import Store, open_store
+from shim.store import EventRules, PostgresStore, SqliteStore, Store, open_store
+from shim.store.migrations import MIGRATIONS
 
 from .conftest import USER
 from .pg import fresh_database
@@ -24,20 +28,29 @@ GW = Gateway(CFG)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
     if request.param == "sqlite":
-        s = open_store(f"sqlite:///{tmp_path}/contract.db")
-        s.apply_status = GW.apply_status
-        await s.open()
-        yield s
-        await s.close()
+        yield f"sqlite:///{tmp_path}/contract.db"
         return
+    request.getfixturevalue("postgres_server")
     async with fresh_database() as url:
-        s = open_store(url)
-        s.apply_status = GW.apply_status
-        await s.open()
+        yield url
+
+
+@asynccontextmanager
+async def opened(url: str, rules: EventRules = GW, **kw: Any) -> AsyncIterator[Store]:
+    s = open_store(url, rules, **kw)
+    await s.open()
+    try:
         yield s
+    finally:
         await s.close()
+
+
+@pytest.fixture
+async def store(store_url: str) -> AsyncIterator[Store]:
+    async with opened(store_url) as s:
+        yield s
 
 
 def msg(i: int, **kw: Any) -> MessageRecord:
@@ -204,34 +217,63 @@ async def test_claim_per_host_cap_and_skipped_hosts(store: Store) -> None:
     assert [d.spec.url for d in got] == ["http://b.example/y"] * 3
 
 
-async def test_failed_transaction_changes_nothing(store: Store) -> None:
-    await store.insert_message(msg(1))
-    await store.ingest([GW.prepare(status("m0002", "message-sent"))])  # pending until m0002 exists
-
-    def boom(rec: MessageRecord, payload: dict[str, Any]) -> Any:
+class Boom:
+    def apply_status(self, rec: MessageRecord, payload: dict[str, Any]) -> Any:
         raise RuntimeError("boom")
 
-    store.apply_status = boom
-    with pytest.raises(RuntimeError):
-        await store.insert_message(msg(2))
-    store.apply_status = GW.apply_status
+    def route_native(self, payload: dict[str, Any]) -> list[DeliverySpec]:
+        raise RuntimeError("boom")
+
+
+async def test_failed_transaction_changes_nothing(store: Store, store_url: str) -> None:
+    await store.insert_message(msg(1))
+    await store.ingest([GW.prepare(status("m0002", "message-sent"))])  # pending until m0002 exists
+    async with opened(store_url, Boom()) as failing:
+        with pytest.raises(RuntimeError):
+            await failing.insert_message(msg(2))
     assert await store.get_message("u-test", "m0002") is None  # rolled back whole
     assert await store.pending_event_count() == 1
     assert await store.get_message("u-test", "m0001") is not None
 
 
-async def test_unmatched_events_routed_as_native(store: Store) -> None:
-    native = []
+class NativeRouter:
+    def __init__(self) -> None:
+        self.native: list[str] = []
 
-    def router(payload: dict[str, Any]) -> list[DeliverySpec]:
-        native.append(payload["message"]["id"])
+    def apply_status(self, rec: MessageRecord, payload: dict[str, Any]) -> tuple[MessageRecord, list[DeliverySpec]]:
+        return GW.apply_status(rec, payload)
+
+    def route_native(self, payload: dict[str, Any]) -> list[DeliverySpec]:
+        self.native.append(payload["message"]["id"])
         return [spec(99, "native")]
 
-    await store.ingest([GW.prepare(status("ghost", "message-delivered"))])
-    assert await store.route_unmatched(now_us() - 60_000_000, router) == 0  # still in grace
-    assert await store.route_unmatched(now_us() + 1, router) == 1
-    assert native == ["ghost"]
-    assert await store.pending_event_count() == 0
+
+async def test_unmatched_events_routed_as_native(store_url: str) -> None:
+    rules = NativeRouter()
+    async with opened(store_url, rules) as store:
+        await store.ingest([GW.prepare(status("ghost", "message-delivered"))])
+        assert await store.route_unmatched(now_us() - 60_000_000) == 0  # still in grace
+        assert await store.route_unmatched(now_us() + 1) == 1
+        assert rules.native == ["ghost"]
+        assert await store.pending_event_count() == 0
+
+
+async def test_injected_clock_stamps_and_schedules(store_url: str) -> None:
+    t = [1_000_000_000]
+    async with opened(store_url, clock=lambda: t[0]) as store:
+        assert [a[2] for a in await store.applied_migrations()] == [t[0]] * len(MIGRATIONS)
+        await store.enqueue([spec(1)])
+        (d,) = await store.claim("w", 10, 5_000_000)
+        assert await store.mark_failed(d.id, "w", "HTTP 500", t[0] + 60_000_000)
+        assert await store.claim("w", 10, 5_000_000) == []  # not due by the store's clock
+        t[0] += 60_000_000
+        (d,) = await store.claim("w", 10, 1)
+        t[0] += 2
+        assert await store.expire_leases() == 1  # its 1 µs lease ran out on the store's clock
+        (d,) = await store.claim("w", 10, 5_000_000)
+        assert await store.mark_failed(d.id, "w", "HTTP 500", None)
+        (dead,) = await store.dead_letters()
+        assert dead.updated_us == t[0]
 
 
 async def test_parallel_claims_never_share_a_row(store: Store) -> None:
@@ -271,3 +313,57 @@ async def test_mark_delivered_many(store: Store) -> None:
     assert await store.mark_delivered_many(ids[:3], "w") == 3
     assert await store.mark_delivered_many([], "w") == 0
     assert (await store.outbox_counts())["delivered"] == 3
+
+
+# -- schema migrations -------------------------------------------------------------------------
+async def test_migrations_applied_once_and_recorded(store: Store, store_url: str) -> None:
+    applied = await store.applied_migrations()
+    assert [(v, name) for v, name, _ in applied] == [(m.version, m.name) for m in MIGRATIONS]
+    assert await store.migrate() == []
+    async with opened(store_url) as again:  # opening again applies nothing
+        assert await again.migrate() == []
+        assert await again.applied_migrations() == applied
+
+
+async def test_concurrent_opens_migrate_once(store_url: str) -> None:
+    stores = [open_store(store_url, GW, pool_size=2) for _ in range(4)]
+    try:
+        await asyncio.gather(*(s.open() for s in stores))
+        await asyncio.gather(*(s.ping() for s in stores))
+        for s in stores:
+            assert [a[0] for a in await s.applied_migrations()] == [m.version for m in MIGRATIONS]
+    finally:
+        await asyncio.gather(*(s.close() for s in stores))
+
+
+async def raw_sql(url: str, statements: list[str]) -> None:
+    """Run statements on the database behind ``url`` without the store."""
+    if url.startswith("sqlite:"):
+        conn = sqlite3.connect(url.removeprefix("sqlite:///"))
+        try:
+            for sql in statements:
+                conn.execute(sql)
+            conn.commit()
+        finally:
+            conn.close()
+        return
+    pg = await asyncpg.connect(url)
+    try:
+        for sql in statements:
+            await pg.execute(sql)
+    finally:
+        await pg.close()
+
+
+async def test_pre_migration_database_is_adopted(store_url: str) -> None:
+    # What shim created at every open before migrations (migration 1 is that DDL, unchanged),
+    # with a row in it, and no schema_migrations.
+    types = SqliteStore.column_types if store_url.startswith("sqlite:") else PostgresStore.column_types
+    await raw_sql(store_url, [*MIGRATIONS[0].statements(types),
+                              "INSERT INTO events (dedupe_key, message_id, payload, status, received_us)"
+                              " VALUES ('k1', 'm0001', '{}', 'pending', 1)"])
+    async with opened(store_url) as store:
+        assert [a[0] for a in await store.applied_migrations()] == [m.version for m in MIGRATIONS]
+        assert await store.pending_event_count() == 1
+        await store.insert_message(msg(2))
+        assert await store.get_message("u-test", "m0002") is not None

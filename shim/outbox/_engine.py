@@ -22,7 +22,7 @@ from shim.config import Config
 from shim.core import Delivery, next_delay
 from shim.gateway import Gateway
 from shim.ops import Metrics, scrub
-from shim.store import SqliteStore, Store, host_key
+from shim.store import Store, host_key
 
 from ._url_safety import AddressPolicy
 from .client_callbacks import AttemptResult, CallbackClient
@@ -63,9 +63,7 @@ class DeliveryEngine:
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
         await self.client.start()
-        if isinstance(self.store, SqliteStore):
-            # SQLite is single-process: leases left by a crashed run are ours to take back.
-            await self.store.release_all()
+        await self.store.take_back_orphaned_leases()
         self._stopping = False
         self._loops = [
             asyncio.create_task(self._run(), name="delivery-loop"),
@@ -139,7 +137,7 @@ class DeliveryEngine:
         analyzed_at = 0
         while not self._stopping:
             try:
-                routed = await self.store.route_unmatched(self.clock() - grace_us, self.gateway.route_native)
+                routed = await self.store.route_unmatched(self.clock() - grace_us)
                 if routed or await self.store.expire_leases():
                     self.wake()
                 if time.monotonic() >= next_retention:

@@ -3,8 +3,23 @@
 ``open_store`` picks the backend from ``store.url``; everything above the store sees only ``Store``.
 """
 
-from ._base import DeadLetter, IncomingEvent, Store, host_key, open_store
+from shim.clock import Clock, now_us
+
+from ._base import Store
 from ._postgres import PostgresStore
 from ._sqlite import SqliteStore
+from ._types import DeadLetter, EventRules, IncomingEvent, host_key
 
-__all__ = ["DeadLetter", "IncomingEvent", "PostgresStore", "SqliteStore", "Store", "host_key", "open_store"]
+__all__ = [
+    "Clock", "DeadLetter", "EventRules", "IncomingEvent", "PostgresStore", "SqliteStore", "Store", "host_key", "open_store",
+]
+
+
+def open_store(url: str, rules: EventRules, *, pool_size: int = 40, clock: Clock = now_us) -> Store:
+    """Pick the backend from ``store.url``. ``rules`` is the event core applied inside the
+    store's transactions (``shim.gateway.Gateway``); ``clock`` gives epoch microseconds."""
+    if url.startswith("sqlite:"):
+        return SqliteStore(url, rules, clock=clock)
+    if url.startswith(("postgresql:", "postgres:")):
+        return PostgresStore(url, rules, max_size=pool_size, clock=clock)
+    raise ValueError(f"store.url: unsupported scheme in {url.split(':', 1)[0]!r}")

@@ -2,7 +2,7 @@
 
 Work on one message id is serialized with a transaction-scoped advisory lock (so a callback and
 the send record it belongs to can never miss each other), outbox rows are leased with
-``FOR UPDATE SKIP LOCKED``, and the schema is created under a session advisory lock so
+``FOR UPDATE SKIP LOCKED``, and migrations run under a transaction-scoped advisory lock so
 replicas starting together do not race.
 """
 
@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import functools
 import re
-from typing import Any, TypeVar
+from collections.abc import Mapping
+from typing import Any, ClassVar, TypeVar
 
 import asyncpg
 
-from ._base import SCHEMA_TEMPLATE, Exec, Op, Store, Tx
+from shim.clock import Clock, now_us
+
+from ._base import Store
+from ._ops import Exec, Op, Tx, step
+from ._types import EventRules
 
 T = TypeVar("T")
 
 SCHEMA_LOCK = 7_240_311_001
-
-SCHEMA = SCHEMA_TEMPLATE.format(serial="BIGSERIAL PRIMARY KEY", bigint="BIGINT")
 
 _PLACEHOLDER = re.compile(r"\?")
 
@@ -34,28 +37,30 @@ def to_pg(sql: str) -> str:
 
 async def drive(conn: asyncpg.Connection, tx: Tx[T]) -> T:
     """Run a sans-io transaction generator on an asyncpg connection."""
-    result: Any = None
-    while True:
-        try:
-            op: Op = tx.send(result)
-        except StopIteration as stop:
-            return stop.value  # type: ignore[no-any-return]
-        sql = to_pg(op.sql)
-        if op.kind == "exec":
-            await conn.execute(sql, *op.args)
-            result = None
-        elif op.kind == "one":
-            row = await conn.fetchrow(sql, *op.args)
-            result = tuple(row) if row is not None else None
-        else:
-            result = [tuple(r) for r in await conn.fetch(sql, *op.args)]
+    out = step(tx)
+    while isinstance(out, Op):
+        out = step(tx, await run(conn, out))
+    return out.value
+
+
+async def run(conn: asyncpg.Connection, op: Op) -> Any:
+    sql = to_pg(op.sql)
+    if op.kind == "exec":
+        await conn.execute(sql, *op.args)
+        return None
+    if op.kind == "one":
+        row = await conn.fetchrow(sql, *op.args)
+        return tuple(row) if row is not None else None
+    return [tuple(r) for r in await conn.fetch(sql, *op.args)]
 
 
 class PostgresStore(Store):
     skip_locked = " FOR UPDATE SKIP LOCKED"
+    column_types: ClassVar[Mapping[str, str]] = {"serial": "BIGSERIAL PRIMARY KEY", "bigint": "BIGINT"}
 
-    def __init__(self, url: str, min_size: int = 2, max_size: int = 20) -> None:
-        super().__init__()
+    def __init__(self, url: str, rules: EventRules, min_size: int = 2, max_size: int = 20,
+                 clock: Clock = now_us) -> None:
+        super().__init__(rules, clock)
         self.url = url.replace("postgres://", "postgresql://", 1)
         self.min_size = min_size
         self.max_size = max_size
@@ -63,12 +68,7 @@ class PostgresStore(Store):
 
     async def open(self) -> None:
         self._pool = await asyncpg.create_pool(self.url, min_size=self.min_size, max_size=self.max_size)
-        async with self._pool.acquire() as conn:
-            await conn.execute("SELECT pg_advisory_lock($1)", SCHEMA_LOCK)
-            try:
-                await conn.execute(SCHEMA)
-            finally:
-                await conn.execute("SELECT pg_advisory_unlock($1)", SCHEMA_LOCK)
+        await self.migrate()
 
     async def close(self) -> None:
         if self._pool is not None:
@@ -95,5 +95,11 @@ class PostgresStore(Store):
         async with self._pool.acquire() as conn:
             await conn.execute("ANALYZE outbox")
 
+    async def take_back_orphaned_leases(self) -> None:
+        """Nothing to do: other replicas may hold live leases; a dead one's leases expire."""
+
     def _lock_message(self, message_id: str) -> Tx[None]:
         yield Exec("SELECT pg_advisory_xact_lock(hashtext(?))", message_id)
+
+    def _lock_schema(self) -> Tx[None]:
+        yield Exec("SELECT pg_advisory_xact_lock(?)", SCHEMA_LOCK)

@@ -14,16 +14,19 @@ import asyncio
 import queue
 import sqlite3
 import threading
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
-from ._base import SCHEMA_TEMPLATE, Op, Store, Tx
+from shim.clock import Clock, now_us
+
+from ._base import Store
+from ._ops import Op, Tx, step
+from ._types import EventRules
 
 T = TypeVar("T")
 MAX_BATCH = 256
-
-SCHEMA = SCHEMA_TEMPLATE.format(serial="INTEGER PRIMARY KEY AUTOINCREMENT", bigint="INTEGER")
 
 
 def sqlite_path(url: str) -> str:
@@ -35,26 +38,29 @@ def sqlite_path(url: str) -> str:
 
 def drive(conn: sqlite3.Connection, tx: Tx[T]) -> T:
     """Run a sans-io transaction generator to completion on a sqlite3 connection."""
-    result: Any = None
-    while True:
-        try:
-            op: Op = tx.send(result)
-        except StopIteration as stop:
-            return stop.value  # type: ignore[no-any-return]
-        cur = conn.execute(op.sql, op.args)
-        if op.kind == "exec":
-            cur.fetchall()
-            result = None
-        elif op.kind == "one":
-            result = cur.fetchone()
-            cur.fetchall()
-        else:
-            result = cur.fetchall()
+    out = step(tx)
+    while isinstance(out, Op):
+        out = step(tx, run(conn, out))
+    return out.value
+
+
+def run(conn: sqlite3.Connection, op: Op) -> Any:
+    cur = conn.execute(op.sql, op.args)
+    if op.kind == "exec":
+        cur.fetchall()
+        return None
+    if op.kind == "one":
+        row = cur.fetchone()
+        cur.fetchall()
+        return row
+    return cur.fetchall()
 
 
 class SqliteStore(Store):
-    def __init__(self, url: str) -> None:
-        super().__init__()
+    column_types: ClassVar[Mapping[str, str]] = {"serial": "INTEGER PRIMARY KEY AUTOINCREMENT", "bigint": "INTEGER"}
+
+    def __init__(self, url: str, rules: EventRules, clock: Clock = now_us) -> None:
+        super().__init__(rules, clock)
         self.path = sqlite_path(url)
         self.memory = self.path == ":memory:"
         self._queue: queue.SimpleQueue[tuple[Tx[Any], asyncio.Future[Any], asyncio.AbstractEventLoop] | None] = (
@@ -79,7 +85,6 @@ class SqliteStore(Store):
         if not self.memory:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._write_conn = self._connect()
-        self._write_conn.executescript(SCHEMA)
         if not self.memory:
             self._write_conn.execute("PRAGMA wal_autocheckpoint=0")
             self._closing.clear()
@@ -90,6 +95,9 @@ class SqliteStore(Store):
         self._writer.start()
         if not self.memory:
             self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="shim-sqlite-reader")
+        # Migrations run on the writer like any write: BEGIN IMMEDIATE holds the database's write
+        # lock, so another process opening the same file waits (busy_timeout) and finds them done.
+        await self.migrate()
 
     async def close(self) -> None:
         self._closing.set()
@@ -110,6 +118,10 @@ class SqliteStore(Store):
         if self._write_conn is not None:
             self._write_conn.close()
             self._write_conn = None
+
+    async def take_back_orphaned_leases(self) -> None:
+        # Single-process: leases left by a crashed run are ours to take back.
+        await self.release_all()
 
     async def _write(self, tx: Tx[T]) -> T:
         if self._writer is None:

@@ -1,0 +1,88 @@
+"""Messages: the stored v1 records."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from shim.clock import Clock
+from shim.core import ListQuery, MessageRecord
+
+from ._core import StoreCore
+from ._ops import Exec, One, Tx, all_tx, one_tx
+
+
+def doc(rec: MessageRecord) -> str:
+    return rec.model_dump_json(exclude={"seq"})
+
+
+def record(row: Sequence[Any]) -> MessageRecord:
+    rec = MessageRecord.model_validate_json(row[1])
+    rec.seq = int(row[0])
+    return rec
+
+
+def insert_row(rec: MessageRecord, clock: Clock) -> Tx[None]:
+    yield Exec(
+        "INSERT INTO messages (id, user_id, direction, from_number, to_number, state,"
+        " delivery_state, time_us, created_us, text_cleared, doc)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?) ON CONFLICT (id) DO NOTHING",
+        rec.id, rec.user_id, rec.direction, rec.from_, rec.to, rec.state,
+        rec.delivery_state, rec.time_us, clock(), doc(rec),
+    )
+
+
+def update_row(rec: MessageRecord, text_cleared: bool = False) -> Tx[None]:
+    extra = ", text_cleared = 1" if text_cleared else ""
+    yield Exec(
+        f"UPDATE messages SET state = ?, delivery_state = ?, doc = ?{extra} WHERE id = ?",
+        rec.state, rec.delivery_state, doc(rec), rec.id,
+    )
+
+
+class MessageTxs(StoreCore):
+    """Reading, listing and redacting messages (recording one is in ``_events``: it applies the
+    events that arrived before it)."""
+
+    async def get_message(self, user_id: str, message_id: str) -> MessageRecord | None:
+        row = await self._timed_read(one_tx("SELECT seq, doc FROM messages WHERE id = ? AND user_id = ?", message_id, user_id))
+        return record(row) if row else None
+
+    async def list_messages(self, user_id: str, q: ListQuery) -> list[MessageRecord]:
+        where, args = ["user_id = ?"], [user_id]
+        for col, value in (
+            ("from_number", q.from_),
+            ("to_number", q.to),
+            ("direction", q.direction),
+            ("state", q.state),
+            ("delivery_state", q.delivery_state),
+        ):
+            if value is not None:
+                where.append(f"{col} = ?")
+                args.append(value)
+        extra: list[Any] = []
+        if q.from_us is not None:
+            where.append("time_us >= ?")
+            extra.append(q.from_us)
+        if q.to_us is not None:
+            where.append("time_us <= ?")
+            extra.append(q.to_us)
+        if q.after_seq is not None:
+            where.append("seq < ?" if q.descending else "seq > ?")
+            extra.append(q.after_seq)
+        order = "DESC" if q.descending else "ASC"
+        sql = f"SELECT seq, doc FROM messages WHERE {' AND '.join(where)} ORDER BY seq {order} LIMIT ? OFFSET ?"
+        rows = await self._timed_read(all_tx(sql, *args, *extra, q.size + 1, q.offset))
+        return [record(r) for r in rows]
+
+    async def redact_text(self, user_id: str, message_id: str) -> bool:
+        return await self._timed_write(self._tx_redact(user_id, message_id))
+
+    def _tx_redact(self, user_id: str, message_id: str) -> Tx[bool]:
+        row = yield One("SELECT seq, doc FROM messages WHERE id = ? AND user_id = ?", message_id, user_id)
+        if not row:
+            return False
+        rec = record(row)
+        rec.text = ""
+        yield from update_row(rec)
+        return True

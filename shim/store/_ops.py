@@ -1,0 +1,76 @@
+"""Sans-io SQL: what a transaction yields, and the one place a transaction is stepped.
+
+A transaction is a generator that yields ``Op``s and receives their results (``None`` for
+``Exec``, a row tuple or ``None`` for ``One``, a list of row tuples for ``All``). Backends run
+each ``Op`` their own way (sqlite3 in a thread, asyncpg awaited) around ``step``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from dataclasses import dataclass
+from typing import Any, Generic, Literal, TypeVar
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Op:
+    """One SQL statement (``?`` placeholders) and what the transaction wants back."""
+
+    kind: Literal["exec", "one", "all"]
+    sql: str
+    args: tuple[Any, ...]
+
+
+def Exec(sql: str, *args: Any) -> Op:
+    return Op("exec", sql, args)
+
+
+def One(sql: str, *args: Any) -> Op:
+    return Op("one", sql, args)
+
+
+def All(sql: str, *args: Any) -> Op:
+    return Op("all", sql, args)
+
+
+# A transaction: yields Ops, receives None / a row tuple or None / a list of row tuples.
+Tx = Generator[Op, Any, T]
+
+
+@dataclass(frozen=True)
+class Done(Generic[T]):
+    """A transaction's return value."""
+
+    value: T
+
+
+def step(tx: Tx[T], result: Any = None) -> Op | Done[T]:
+    """Hand ``result`` (of the previous Op; ``None`` to start) to ``tx``: its next Op, or Done.
+
+    Every backend drives transactions with this loop, differing only in how it runs an Op::
+
+        out = step(tx)
+        while isinstance(out, Op):
+            out = step(tx, run(out))
+        return out.value
+    """
+    try:
+        return tx.send(result)
+    except StopIteration as stop:
+        return Done(stop.value)
+
+
+# Single-statement transactions.
+def exec_tx(sql: str, *args: Any) -> Tx[None]:
+    yield Exec(sql, *args)
+
+
+def one_tx(sql: str, *args: Any) -> Tx[Any]:
+    return (yield One(sql, *args))
+
+
+def all_tx(sql: str, *args: Any) -> Tx[list[Any]]:
+    rows: list[Any] = yield All(sql, *args)
+    return rows

@@ -1,0 +1,167 @@
+"""The callback outbox: enqueueing deliveries, leasing them (claims), outcomes, dead letters."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from typing import Any
+
+from shim.clock import Clock
+from shim.core import Delivery, DeliverySpec
+
+from ._core import StoreCore
+from ._ops import All, Exec, One, Tx, all_tx, exec_tx, one_tx
+from ._types import DeadLetter, host_key
+
+
+def enqueue_rows(specs: Sequence[DeliverySpec], clock: Clock, request_id: str | None = None) -> Tx[int]:
+    now = clock()
+    for spec in specs:
+        if request_id and spec.request_id is None:
+            spec = spec.model_copy(update={"request_id": request_id})
+        yield Exec(
+            "INSERT INTO outbox (event_id, order_key, user_id, host, status, spec, attempts,"
+            " next_attempt_us, created_us, updated_us)"
+            " VALUES (?, ?, ?, ?, 'pending', ?, 0, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING",
+            spec.event_id, spec.order_key, spec.user_id, host_key(spec.url), spec.model_dump_json(),
+            now, now, now,
+        )
+    return len(specs)
+
+
+class OutboxTxs(StoreCore):
+    async def enqueue(self, specs: Sequence[DeliverySpec]) -> int:
+        return await self._timed_write(enqueue_rows(specs, self.clock))
+
+    async def claim(self, owner: str, limit: int, lease_us: int, per_host: int = 1_000_000,
+                    skip_hosts: Sequence[str] = ()) -> list[Delivery]:
+        """Lease up to ``limit`` due deliveries (at most ``per_host`` per host, none for
+        ``skip_hosts``) whose earlier siblings of the same message are all done."""
+        rows = await self._timed_write(self._tx_claim(owner, limit, lease_us, per_host, skip_hosts))
+        out = [Delivery(id=r[0], spec=DeliverySpec.model_validate_json(r[1]), attempts=r[2]) for r in rows]
+        out.sort(key=lambda d: d.id)
+        return out
+
+    def _tx_claim(self, owner: str, limit: int, lease_us: int, per_host: int,
+                  skip_hosts: Sequence[str]) -> Tx[list[Any]]:
+        now = self.clock()
+        skip = f" AND o.host NOT IN ({', '.join('?' for _ in skip_hosts)})" if skip_hosts else ""
+        # Lock a few more candidates than needed (other replicas skip them), keep per_host each.
+        candidates = yield All(
+            "SELECT o.id, o.host FROM outbox o WHERE o.status = 'pending' AND o.next_attempt_us <= ?"
+            " AND o.lease_owner IS NULL"
+            " AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.order_key = o.order_key"
+            f"  AND p.status = 'pending' AND p.id < o.id){skip}"
+            f" ORDER BY o.next_attempt_us, o.id LIMIT ?{self.skip_locked}",
+            now, *skip_hosts, min(limit * 2, limit + 500),
+        )
+        taken: dict[str, int] = {}
+        chosen: list[int] = []
+        for row_id, host in candidates:
+            if taken.get(host, 0) < per_host and len(chosen) < limit:
+                taken[host] = taken.get(host, 0) + 1
+                chosen.append(row_id)
+        if not chosen:
+            return []
+        marks = ", ".join("?" for _ in chosen)
+        rows: list[Any] = yield All(
+            f"UPDATE outbox SET lease_owner = ?, lease_until_us = ? WHERE id IN ({marks})"
+            " RETURNING id, spec, attempts",
+            owner, now + lease_us, *chosen,
+        )
+        return rows
+
+    async def expire_leases(self) -> int:
+        """Free the work of replicas that died holding it (their leases ran out); claims only
+        look at unleased rows, which keeps them cheap however much is in flight."""
+        rows = await self._timed_write(all_tx(
+            "UPDATE outbox SET lease_owner = NULL, lease_until_us = NULL"
+            " WHERE status = 'pending' AND lease_owner IS NOT NULL AND lease_until_us < ? RETURNING id",
+            self.clock(),
+        ))
+        return len(rows)
+
+    @abc.abstractmethod
+    async def take_back_orphaned_leases(self) -> None:
+        """At delivery start: take back leases that no live process can hold any more (SQLite is
+        single-process, so all of them; where replicas share the store, leases expire instead)."""
+
+    async def release(self, delivery_id: int, owner: str) -> None:
+        await self._timed_write(exec_tx(
+            "UPDATE outbox SET lease_owner = NULL, lease_until_us = NULL WHERE id = ? AND lease_owner = ?",
+            delivery_id, owner,
+        ))
+
+    async def release_all(self, owner: str | None = None) -> None:
+        if owner is None:
+            await self._timed_write(exec_tx(
+                "UPDATE outbox SET lease_owner = NULL, lease_until_us = NULL WHERE status = 'pending'"))
+        else:
+            await self._timed_write(exec_tx(
+                "UPDATE outbox SET lease_owner = NULL, lease_until_us = NULL"
+                " WHERE lease_owner = ? AND status = 'pending'", owner,
+            ))
+
+    async def mark_delivered(self, delivery_id: int, owner: str) -> bool:
+        return await self.mark_delivered_many([delivery_id], owner) == 1
+
+    async def mark_delivered_many(self, delivery_ids: Sequence[int], owner: str) -> int:
+        """Record several successes in one transaction (the delivery engine batches them)."""
+        if not delivery_ids:
+            return 0
+        marks = ", ".join("?" for _ in delivery_ids)
+        rows = await self._timed_write(all_tx(
+            "UPDATE outbox SET status = 'delivered', lease_owner = NULL, lease_until_us = NULL,"
+            f" attempts = attempts + 1, updated_us = ? WHERE id IN ({marks}) AND lease_owner = ? RETURNING id",
+            self.clock(), *delivery_ids, owner,
+        ))
+        return len(rows)
+
+    async def mark_failed(self, delivery_id: int, owner: str, error: str, next_attempt_us: int | None) -> bool:
+        """Schedule a retry, or dead-letter when ``next_attempt_us`` is None."""
+        status = "pending" if next_attempt_us is not None else "dead"
+        row = await self._timed_write(one_tx(
+            "UPDATE outbox SET status = ?, lease_owner = NULL, lease_until_us = NULL,"
+            " attempts = attempts + 1, next_attempt_us = ?, last_error = ?, updated_us = ?"
+            " WHERE id = ? AND lease_owner = ? RETURNING id",
+            status, next_attempt_us or 0, error[:1000], self.clock(), delivery_id, owner,
+        ))
+        return row is not None
+
+    async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        rows = await self._timed_read(all_tx(
+            "SELECT id, event_id, spec, attempts, last_error, updated_us FROM outbox"
+            " WHERE status = 'dead' ORDER BY id LIMIT ?", limit,
+        ))
+        return [
+            DeadLetter(id=r[0], event_id=r[1], url=DeliverySpec.model_validate_json(r[2]).url,
+                       attempts=r[3], last_error=r[4], updated_us=r[5])
+            for r in rows
+        ]
+
+    async def replay(self, ids: Sequence[int] | None = None) -> int:
+        """Put dead letters (all, or the given ids) back in the queue for a fresh schedule."""
+        return await self._timed_write(self._tx_replay(ids))
+
+    def _tx_replay(self, ids: Sequence[int] | None) -> Tx[int]:
+        now = self.clock()
+        if ids is None:
+            rows = yield All(
+                "UPDATE outbox SET status = 'pending', attempts = 0, next_attempt_us = ?, updated_us = ?"
+                " WHERE status = 'dead' RETURNING id", now, now,
+            )
+            return len(rows)
+        count = 0
+        for i in ids:
+            row = yield One(
+                "UPDATE outbox SET status = 'pending', attempts = 0, next_attempt_us = ?, updated_us = ?"
+                " WHERE status = 'dead' AND id = ? RETURNING id", now, now, i,
+            )
+            count += row is not None
+        return count
+
+    async def outbox_counts(self) -> dict[str, int]:
+        rows = await self._timed_read(all_tx("SELECT status, COUNT(*) FROM outbox GROUP BY status"))
+        counts = {"pending": 0, "delivered": 0, "dead": 0}
+        counts.update({r[0]: int(r[1]) for r in rows})
+        return counts

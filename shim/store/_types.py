@@ -1,0 +1,57 @@
+"""What the store exchanges with the layers above it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from yarl import URL
+
+from shim.core import DeliverySpec, MessageRecord
+
+
+class EventRules(Protocol):
+    """The event core the store applies inside its transactions (``shim.gateway.Gateway``)."""
+
+    def apply_status(self, rec: MessageRecord, payload: dict[str, Any]) -> tuple[MessageRecord, list[DeliverySpec]]:
+        """A status event applied to a stored message: the updated record and the v1 callbacks."""
+        ...
+
+    def route_native(self, payload: dict[str, Any]) -> list[DeliverySpec]:
+        """An event whose message shim never recorded (sent natively on v2): the deliveries it causes."""
+        ...
+
+
+@dataclass
+class IncomingEvent:
+    """One v2 callback event, prepared by the gateway for ingestion."""
+
+    dedupe_key: str
+    message_id: str
+    payload: dict[str, Any]
+    payload_json: str
+    # For ``message-received``: the new inbound record and its callbacks (no stored state needed).
+    inbound: MessageRecord | None = None
+    inbound_deliveries: Sequence[DeliverySpec] = ()
+    # The ingest request's id, carried to the v1 callbacks it causes (X-Request-Id).
+    request_id: str | None = None
+
+
+@dataclass
+class DeadLetter:
+    id: int
+    event_id: str
+    url: str
+    attempts: int
+    last_error: str | None
+    updated_us: int
+
+
+def host_key(url: str) -> str:
+    """What per-host fairness counts by: ``host:port`` of a callback URL."""
+    try:
+        u = URL(url)
+        return f"{u.host}:{u.port}"
+    except (ValueError, TypeError):
+        return "invalid"

@@ -1,0 +1,108 @@
+"""The schema, as numbered migrations applied once each, on SQLite and PostgreSQL.
+
+``MIGRATIONS`` is append-only: a migration that may have run anywhere is never edited; a change
+is a new migration with the next version. ``schema_migrations`` records what a database has.
+At open, each missing migration runs in its own write transaction together with its record,
+under the schema lock (PostgreSQL: ``pg_advisory_xact_lock``; SQLite: the ``BEGIN IMMEDIATE`` write
+lock), so replicas starting together apply it once and the others find it recorded. Migration 1
+is the schema that earlier versions created at every open, kept with ``IF NOT EXISTS`` so a
+database they created (tables, no ``schema_migrations``) is adopted as is.
+
+A small runner rather than a migration tool: Alembic and yoyo-migrations bring their own database
+layers (SQLAlchemy; DB-API drivers) and run synchronously beside shim's asyncpg pool and sqlite3
+writer thread, while the runner here is one sans-io transaction driven by the same code as every
+other store transaction, with the locking shim needs. Templates use ``{serial}`` and ``{bigint}``
+for the backends' column types; statements are separated by ``;`` (no ``;`` inside them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from shim.clock import Clock
+
+from ._ops import All, Exec, Tx
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+    def statements(self, types: Mapping[str, str]) -> list[str]:
+        return [s.strip() for s in self.sql.format(**types).split(";") if s.strip()]
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "messages, events and outbox", """
+CREATE TABLE IF NOT EXISTS messages (
+    seq {serial},
+    id TEXT NOT NULL UNIQUE,
+    user_id TEXT NOT NULL,
+    direction TEXT NOT NULL,
+    from_number TEXT NOT NULL,
+    to_number TEXT NOT NULL,
+    state TEXT NOT NULL,
+    delivery_state TEXT,
+    time_us {bigint} NOT NULL,
+    created_us {bigint} NOT NULL,
+    text_cleared INTEGER NOT NULL DEFAULT 0,
+    doc TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS messages_user_seq ON messages (user_id, seq);
+CREATE INDEX IF NOT EXISTS messages_time ON messages (time_us);
+CREATE TABLE IF NOT EXISTS events (
+    dedupe_key TEXT PRIMARY KEY,
+    message_id TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    status TEXT NOT NULL,
+    received_us {bigint} NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_pending ON events (message_id) WHERE status = 'pending';
+CREATE INDEX IF NOT EXISTS events_received ON events (received_us);
+CREATE TABLE IF NOT EXISTS outbox (
+    id {serial},
+    event_id TEXT NOT NULL UNIQUE,
+    order_key TEXT NOT NULL,
+    user_id TEXT,
+    host TEXT NOT NULL DEFAULT '',
+    status TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_us {bigint} NOT NULL,
+    lease_owner TEXT,
+    lease_until_us {bigint},
+    last_error TEXT,
+    created_us {bigint} NOT NULL,
+    updated_us {bigint} NOT NULL
+);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox (next_attempt_us, id) WHERE status = 'pending' AND lease_owner IS NULL;
+CREATE INDEX IF NOT EXISTS outbox_order ON outbox (order_key, id);
+"""),
+)
+
+LEDGER = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    applied_us {bigint} NOT NULL
+)"""
+
+
+def apply_next(types: Mapping[str, str], clock: Clock) -> Tx[Migration | None]:
+    """Apply the first migration the database lacks and record it; None when it has them all.
+    Runs inside the caller's write transaction, which holds the schema lock."""
+    yield Exec(LEDGER.format(**types))
+    rows = yield All("SELECT version FROM schema_migrations")
+    applied = {int(r[0]) for r in rows}
+    for m in MIGRATIONS:
+        if m.version in applied:
+            continue
+        for statement in m.statements(types):
+            yield Exec(statement)
+        yield Exec("INSERT INTO schema_migrations (version, name, applied_us) VALUES (?, ?, ?)",
+                   m.version, m.name, clock())
+        return m
+    return None
