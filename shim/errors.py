@@ -14,6 +14,7 @@ Tree::
     ├── NotFound                    404 not-found/...
     ├── MethodNotAllowed            405 bad-request/method-not-allowed
     └── Unavailable                 503 unavailable/...
+        └── OutcomeUnknown          503 unavailable/message-gateway-unavailable (sent, no answer)
 
 v1 SDKs read ``message`` (node, Ruby), ``code`` (Python) or ``message ?? code`` (C#), so every
 error carries all four keys ``category``, ``code``, ``message``, ``details``.
@@ -164,6 +165,20 @@ class Unavailable(ShimError):
     status = 503
     category = "unavailable"
     code = "message-gateway-unavailable"
+
+
+class OutcomeUnknown(Unavailable):
+    """The send went out and no answer came back: v2 may or may not have accepted it. Resending
+    may send the SMS twice, so the body says so."""
+
+    def __init__(self, send_key: str = "") -> None:
+        details = {"outcome": "unknown", "reason": "the messaging gateway did not answer after the request was sent"}
+        if send_key:
+            details["correlationKey"] = send_key
+        super().__init__(
+            "The messaging gateway did not answer; the message may have been sent. Check before resending",
+            details=details,
+        )
 
 
 class MediaUnavailable(Unavailable):

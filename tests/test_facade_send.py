@@ -4,6 +4,7 @@ in-memory SQLite store. Each v2 request built is checked against the packaged of
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -11,10 +12,19 @@ import pytest
 
 from shim.config import Config, parse_config
 from shim.core import ListQuery, message_request_errors
-from shim.errors import InvalidProperty, MessageRateLimit, MultiMessageLimit, ShimError, StoreUnavailable, Unavailable
+from shim.errors import (
+    InvalidProperty,
+    MessageRateLimit,
+    MultiMessageLimit,
+    OutcomeUnknown,
+    ShimError,
+    StoreUnavailable,
+    Unavailable,
+)
 from shim.facade import Sender
 from shim.gateway import Gateway
 from shim.store import Store, open_store
+from shim.store._ops import one_tx
 from shim.upstream import ConnectFailed, MockResponse, MockTransport, Request, RequestFailed, UpstreamClient
 
 from .conftest import USER
@@ -45,11 +55,21 @@ async def store() -> AsyncIterator[Store]:
     await s.close()
 
 
-async def make_sender(store: Store, handler: Any) -> tuple[Sender, MockTransport]:
+def keys(start: int = 0) -> Any:
+    n = itertools.count(start)
+    return lambda: f"key{next(n):019d}"
+
+
+async def make_sender(store: Store, handler: Any, first_key: int = 0) -> tuple[Sender, MockTransport]:
     transport = MockTransport(handler)
     upstream = UpstreamClient(CFG.upstream, CFG.upstream.base_url, transport=transport)
     await upstream.start()
-    return Sender(CFG, upstream, store, lambda: NOW_US), transport
+    return Sender(CFG, upstream, store, lambda: NOW_US, new_key=keys(first_key)), transport
+
+
+async def rows(store: Store, sql: str) -> int:
+    row = await store._timed_read(one_tx(sql))
+    return int(row[0])
 
 
 async def test_single_send_builds_the_v2_request_and_stores_before_answering(store: Store) -> None:
@@ -61,11 +81,12 @@ async def test_single_send_builds_the_v2_request_and_stores_before_answering(sto
     assert location == f"https://shim.example/v1/users/{U.user_id}/messages/{'a' * 29}"
     (req,) = transport.requests
     assert (req.method, req.url) == ("POST", f"https://v2.example/api/v2/users/{U.account_id}/messages")
+    # The app's tag goes to v2 behind the send's correlation key; GET and callbacks show it alone.
     assert req.json() == {"applicationId": U.application_id, "to": ["+15551230002"], "from": "+15551230001",
-                          "text": "hi", "tag": "t1"}
+                          "text": "hi", "tag": f"shim1:key{0:019d}:t1"}
     assert req.headers["X-Request-Id"] == "rid-1" and req.headers["Content-Type"] == "application/json"
     rec = await store.get_message(U.user_id, "a" * 29)
-    assert rec is not None and rec.callback_url == "https://app.example/cb"
+    assert rec is not None and rec.callback_url == "https://app.example/cb" and rec.tag == "t1"
     # v2 gave no time: the record is dated by the injected clock.
     assert rec.time_us == NOW_US and rec.time == "2026-01-01T00:00:00.000Z"
 
@@ -99,7 +120,6 @@ async def test_invalid_item_is_rejected_before_v2(store: Store) -> None:
         (MockResponse.of_json(429, {"description": "slow down"}), MessageRateLimit, "message-rate-limit"),
         (MockResponse.of_json(401, {}), Unavailable, "message-gateway-unavailable"),
         (MockResponse.of_json(500, {}), Unavailable, "message-gateway-unavailable"),
-        (MockResponse(202, b"not json"), Unavailable, "message-gateway-unavailable"),
     ],
 )
 async def test_v2_answers_map_to_v1_errors_and_store_nothing(
@@ -113,6 +133,8 @@ async def test_v2_answers_map_to_v1_errors_and_store_nothing(
         await sender.send(U, ITEM)
     assert err.value.code == code and len(transport.requests) == 1
     assert await store.list_messages(U.user_id, ListQuery(size=100)) == []
+    # The intent recorded before the call is gone: v2 said no, nothing was sent.
+    assert await rows(store, "SELECT COUNT(*) FROM messages") == 0
 
 
 async def test_connect_failures_are_retried_but_a_send_that_may_have_arrived_is_not(store: Store) -> None:
@@ -131,10 +153,23 @@ async def test_connect_failures_are_retried_but_a_send_that_may_have_arrived_is_
     async def reset_after_sending(req: Request) -> MockResponse:
         raise RequestFailed("ServerDisconnectedError")
 
-    sender, transport = await make_sender(store, reset_after_sending)
-    with pytest.raises(Unavailable):
+    sender, transport = await make_sender(store, reset_after_sending, first_key=100)
+    with pytest.raises(OutcomeUnknown) as err:
         await sender.send(U, ITEM)
     assert len(transport.requests) == 1
+    # The 503 says the outcome is unknown, and the intent is kept for the events that may come.
+    assert err.value.status == 503 and err.value.details["outcome"] == "unknown"
+    assert await rows(store, "SELECT COUNT(*) FROM messages WHERE bound = 0") == 1
+
+
+async def test_an_accepted_send_without_a_readable_id_keeps_its_intent(store: Store) -> None:
+    async def handler(req: Request) -> MockResponse:
+        return MockResponse(202, b"not json")
+
+    sender, _ = await make_sender(store, handler)
+    with pytest.raises(OutcomeUnknown):
+        await sender.send(U, ITEM)
+    assert await rows(store, "SELECT COUNT(*) FROM messages WHERE bound = 0") == 1
 
 
 async def test_store_failure_after_v2_accepted_is_503_naming_the_message(store: Store) -> None:
@@ -142,11 +177,26 @@ async def test_store_failure_after_v2_accepted_is_503_naming_the_message(store: 
         return v2_accepts(req, "d" * 29)
 
     sender, _ = await make_sender(store, handler)
-    await store.close()  # the store goes away between v2's 202 and the insert
+    bind = store.bind_send
+
+    async def failing_bind(*args: Any, **kw: Any) -> int:
+        raise OSError("disk gone")
+
+    store.bind_send = failing_bind  # type: ignore[method-assign]
     with pytest.raises(StoreUnavailable) as err:
-        await sender.send(U, ITEM)
+        await sender.send(U, ITEM | {"callbackUrl": "https://app.example/cb"})
     assert err.value.details == {"messageId": "d" * 29}
-    await store.open()
+    store.bind_send = bind  # type: ignore[method-assign]
+    # The intent was recorded before the call: the first v2 event (it echoes the tag) binds it.
+    assert await store.get_message(U.user_id, "d" * 29) is None
+    event = {"type": "message-delivered", "time": "2026-01-01T00:00:02Z", "to": "+15551230002",
+             "description": "ok", "message": {"id": "d" * 29, "applicationId": U.application_id,
+                                              "direction": "out", "to": ["+15551230002"], "from": "+15551230001",
+                                              "text": "", "segmentCount": 1, "tag": f"shim1:key{0:019d}"}}
+    enqueued = await store.ingest([Gateway(CFG).prepare(event)])
+    rec = await store.get_message(U.user_id, "d" * 29)
+    assert rec is not None and rec.state == "sent" and rec.delivery_state == "delivered"
+    assert enqueued == 1  # the v1 "sent" callback owed to the app
 
 
 async def test_batch_results_in_order_bounded_concurrency(store: Store) -> None:

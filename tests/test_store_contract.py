@@ -15,7 +15,7 @@ import pytest
 
 from shim.clock import now_us
 from shim.config import parse_config
-from shim.core import DeliverySpec, ListQuery, MessageRecord
+from shim.core import DeliverySpec, ListQuery, MessageRecord, bind_v2, pending_id, v2_tag
 from shim.gateway import Gateway
 from shim.store import EventRules, PostgresStore, SqliteStore, Store, open_store
 from shim.store.migrations import MIGRATIONS
@@ -62,11 +62,24 @@ def msg(i: int, **kw: Any) -> MessageRecord:
     return MessageRecord(**(base | kw))
 
 
-def status(mid: str, type_: str, **kw: Any) -> dict[str, Any]:
+def status(mid: str, type_: str, key: str | None = None, **kw: Any) -> dict[str, Any]:
+    """A v2 status event; ``key``: of a send shim made (its correlation key in the tag)."""
+    message = {"id": mid, "owner": "+15551230001", "applicationId": USER["application_id"],
+               "time": "2026-01-01T00:00:00Z", "segmentCount": 1, "direction": "out",
+               "to": ["+15550000000"], "from": "+15551230001", "text": ""}
+    if key is not None:
+        message["tag"] = v2_tag(key, "app-tag")
     return {"type": type_, "time": "2026-01-01T00:00:01Z", "to": "+15550000000", "description": "ok",
-            "message": {"id": mid, "owner": "+15551230001", "applicationId": USER["application_id"],
-                        "time": "2026-01-01T00:00:00Z", "segmentCount": 1, "direction": "out",
-                        "to": ["+15550000000"], "from": "+15551230001", "text": ""}} | kw
+            "message": message} | kw
+
+
+def key(i: int) -> str:
+    return f"key-{i:018d}"
+
+
+def intent(i: int, **kw: Any) -> MessageRecord:
+    """A send's record as written before v2 is called."""
+    return msg(i, id=pending_id(key(i)), send_key=key(i), **kw)
 
 
 async def test_insert_get_and_isolation(store: Store) -> None:
@@ -122,20 +135,74 @@ async def test_ingest_applies_and_dedupes(store: Store) -> None:
 
 
 async def test_event_before_send_is_kept_then_applied(store: Store) -> None:
-    assert await store.ingest([GW.prepare(status("m0002", "message-failed", errorCode=4720))]) == 0
+    event = status("m0002", "message-failed", key(2), errorCode=4720)
+    assert await store.ingest([GW.prepare(event)]) == 0
     assert await store.pending_event_count() == 1
-    assert await store.insert_message(msg(2)) == 1
+    assert await store.insert_message(msg(2, send_key=key(2))) == 1
     got = await store.get_message("u-test", "m0002")
     assert got is not None and (got.state, got.delivery_code) == ("error", "720")
     assert await store.pending_event_count() == 0
 
 
+async def test_intent_is_invisible_until_bound_then_bound_once(store: Store) -> None:
+    await store.record_intent(intent(3))
+    assert await store.list_messages("u-test", ListQuery(size=100)) == []
+    bound = bind_v2(intent(3), "v2-m0003", "2026-01-01T00:00:05.000Z", 2)
+    assert await store.bind_send(bound) == 0
+    got = await store.get_message("u-test", "v2-m0003")
+    assert got is not None and (got.send_key, got.segment_count, got.time) == (key(3), 2, "2026-01-01T00:00:05.000Z")
+    assert [m.id for m in await store.list_messages("u-test", ListQuery(size=100))] == ["v2-m0003"]
+    assert await store.bind_send(bound) == 0  # again: nothing changes
+    assert not await store.drop_intent(key(3))  # a bound message is never dropped
+
+
+async def test_refused_send_drops_its_intent(store: Store) -> None:
+    await store.record_intent(intent(4))
+    assert await store.drop_intent(key(4))
+    await store.record_intent(intent(4))  # the key is free again
+    assert await store.drop_intent(key(4))
+
+
+async def test_first_event_binds_an_unbound_intent(store: Store) -> None:
+    """A crash or store failure after v2's 202 left the intent unbound: its first event (v2 echoes
+    the key in the tag) binds it to the v2 id and applies itself; the late 202 changes nothing."""
+    await store.record_intent(intent(5))
+    assert await store.ingest([GW.prepare(status("v2-m0005", "message-delivered", key(5)))]) == 2  # sent + receipt
+    got = await store.get_message("u-test", "v2-m0005")
+    assert got is not None and (got.state, got.delivery_state, got.text) == ("sent", "delivered", "t5")
+    assert await store.bind_send(bind_v2(intent(5), "v2-m0005")) == 0
+    got = await store.get_message("u-test", "v2-m0005")
+    assert got is not None and got.delivery_state == "delivered"
+
+
+async def test_event_without_key_is_native_at_once(store_url: str) -> None:
+    rules = NativeRouter()
+    async with opened(store_url, rules) as store:
+        assert await store.ingest([GW.prepare(status("ghost", "message-delivered"))]) == 1
+        assert rules.native == ["ghost"]
+        assert await store.pending_event_count() == 0
+
+
 async def test_concurrent_event_and_send_never_miss(store: Store) -> None:
     for i in range(20):
-        await asyncio.gather(store.ingest([GW.prepare(status(f"r{i}", "message-sent"))]),
-                             store.insert_message(msg(i, id=f"r{i}")))
+        await store.record_intent(intent(i))
+        await asyncio.gather(store.ingest([GW.prepare(status(f"r{i}", "message-sent", key(i)))]),
+                             store.bind_send(bind_v2(intent(i), f"r{i}")))
         got = await store.get_message("u-test", f"r{i}")
-        assert got is not None and got.state == "sent", i
+        assert got is not None and got.state == "sent" and got.sent_notified, i
+    counts = await store.outbox_counts()
+    assert counts["pending"] == 20  # one "sent" callback per message, never two
+
+
+async def test_arrays_touching_the_same_messages_in_any_order_never_deadlock(store: Store) -> None:
+    """Two concurrent arrays over the same messages in opposite order (PostgreSQL locks per message)."""
+    ids = [f"d{i}" for i in range(6)]
+    for i, mid in enumerate(ids):
+        await store.insert_message(msg(100 + i, id=mid))
+    for round_ in range(40):
+        forward = [GW.prepare(status(mid, "message-sending", description=f"f{round_}")) for mid in ids]
+        backward = [GW.prepare(status(mid, "message-sending", description=f"b{round_}")) for mid in reversed(ids)]
+        await asyncio.wait_for(asyncio.gather(store.ingest(forward), store.ingest(backward)), 10)
 
 
 async def test_inbound_ingest(store: Store) -> None:
@@ -227,7 +294,7 @@ class Boom:
 
 async def test_failed_transaction_changes_nothing(store: Store, store_url: str) -> None:
     await store.insert_message(msg(1))
-    await store.ingest([GW.prepare(status("m0002", "message-sent"))])  # pending until m0002 exists
+    await store.ingest([GW.prepare(status("m0002", "message-sent", key(2)))])  # pending until m0002 exists
     async with opened(store_url, Boom()) as failing:
         with pytest.raises(RuntimeError):
             await failing.insert_message(msg(2))
@@ -248,10 +315,13 @@ class NativeRouter:
         return [spec(99, "native")]
 
 
-async def test_unmatched_events_routed_as_native(store_url: str) -> None:
+async def test_legacy_unmatched_events_routed_as_native(store_url: str) -> None:
+    """Events stored pending (no key) by a version before correlation keys: routed after the grace."""
     rules = NativeRouter()
     async with opened(store_url, rules) as store:
-        await store.ingest([GW.prepare(status("ghost", "message-delivered"))])
+        payload = json.dumps(status("ghost", "message-delivered"))
+        await store.run_sql("INSERT INTO events (dedupe_key, message_id, payload, status, received_us)"
+                            " VALUES ('legacy-1', 'ghost', ?, 'pending', ?)", payload, now_us())
         assert await store.route_unmatched(now_us() - 60_000_000) == 0  # still in grace
         assert await store.route_unmatched(now_us() + 1) == 1
         assert rules.native == ["ghost"]

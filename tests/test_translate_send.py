@@ -10,13 +10,17 @@ import pytest
 from shim.config import UserConfig
 from shim.core import (
     V2Message,
+    bind_v2,
     message_request_errors,
     parse_send_item,
+    pending_id,
     record_from_send,
     rewrite_inbound_media,
     rewrite_outbound_media,
+    send_key_of,
     to_v2_request,
     v2_error_to_v1,
+    v2_tag,
 )
 from shim.errors import ShimError
 
@@ -26,31 +30,33 @@ PUBLIC = "https://shim.example.com"
 V2 = "https://messaging.bandwidth.com/api/v2"
 U = UserConfig.model_validate(USER)
 APP = USER["application_id"]
+KEY = "k1Jx9Zq_-0aB2cD3eF4gH5"
+TAG = f"shim1:{KEY}"
 
 
 @pytest.mark.parametrize(
     ("v1", "v2"),
     [
         ({"from": "+15551230001", "to": "+15551230002", "text": "hi"},
-         {"applicationId": APP, "to": ["+15551230002"], "from": "+15551230001", "text": "hi"}),
+         {"applicationId": APP, "to": ["+15551230002"], "from": "+15551230001", "text": "hi", "tag": TAG}),
         ({"from": "+15551230001", "to": "+15551230002", "text": "hi", "tag": "t", "callbackUrl": "https://a.b/c",
           "receiptRequested": "all", "callbackTimeout": "100", "fallbackUrl": "https://a.b/d"},
-         {"applicationId": APP, "to": ["+15551230002"], "from": "+15551230001", "text": "hi", "tag": "t"}),
+         {"applicationId": APP, "to": ["+15551230002"], "from": "+15551230001", "text": "hi", "tag": f"shim1:{KEY}:t"}),
         ({"from": "+15551230001", "to": "+15551230002", "media": "https://x.io/a.png"},
-         {"applicationId": APP, "to": ["+15551230002"], "from": "+15551230001", "media": ["https://x.io/a.png"]}),
+         {"applicationId": APP, "to": ["+15551230002"], "from": "+15551230001", "media": ["https://x.io/a.png"], "tag": TAG}),
         ({"from": "+15551230001", "to": "+15551230002", "text": "", "media": [f"{PUBLIC}/v1/users/u-test/media/p.png"]},
          {"applicationId": APP, "to": ["+15551230002"], "from": "+15551230001",
-          "media": [f"{V2}/users/9900001/media/p.png"]}),
+          "media": [f"{V2}/users/9900001/media/p.png"], "tag": TAG}),
         ({"from": "+15551230001", "to": "+15551230002", "text": "x",
           "media": ["https://api.catapult.inetwork.com/v1/users/u-test/media/old.gif",
                     "https://api.catapult.inetwork.com/v1/users/u-other/media/theirs.gif"]},
          {"applicationId": APP, "to": ["+15551230002"], "from": "+15551230001", "text": "x",
           "media": [f"{V2}/users/9900001/media/old.gif",
-                    "https://api.catapult.inetwork.com/v1/users/u-other/media/theirs.gif"]}),
+                    "https://api.catapult.inetwork.com/v1/users/u-other/media/theirs.gif"], "tag": TAG}),
     ],
 )
 def test_v1_to_v2(v1: dict[str, Any], v2: dict[str, Any]) -> None:
-    body = to_v2_request(parse_send_item(v1), U, PUBLIC, V2)
+    body = to_v2_request(parse_send_item(v1), U, PUBLIC, V2, KEY)
     assert body == v2
     assert message_request_errors(body) == []
 
@@ -69,7 +75,9 @@ def test_record_from_send() -> None:
                            "callbackUrl": "https://cb.example/x", "callbackHttpMethod": "GET"})
     v2 = V2Message.model_validate({"id": "14762070468292kw2fuqty55yp2b2", "time": "2021-07-21T21:00:45.179Z",
                                    "segmentCount": 2, "to": ["+15551230002"], "from": "+15551230001"})
-    rec = record_from_send(req, v2, U, 0)
+    intent = record_from_send(req, U, KEY, 0)
+    assert (intent.id, intent.send_key, intent.time_us, intent.tag) == (pending_id(KEY), KEY, 0, None)
+    rec = bind_v2(intent, v2.id, v2.time, v2.segmentCount)
     assert rec.to_v1() == {
         "id": "14762070468292kw2fuqty55yp2b2", "messageId": "14762070468292kw2fuqty55yp2b2",
         "from": "+15551230001", "to": "+15551230002", "direction": "out", "text": "hi", "media": [],
@@ -77,6 +85,29 @@ def test_record_from_send() -> None:
         "callbackUrl": "https://cb.example/x", "receiptRequested": "all",
     }
     assert rec.callback_method == "GET"
+    # Without a v2 time the intent's (shim's clock at the send) stays.
+    assert bind_v2(intent, "x" * 29).time == "1970-01-01T00:00:00.000Z"
+
+
+@pytest.mark.parametrize(
+    ("key", "app_tag", "tag", "back"),
+    [
+        (KEY, None, f"shim1:{KEY}", KEY),
+        (KEY, "order-7", f"shim1:{KEY}:order-7", KEY),
+        (KEY, "a:b", f"shim1:{KEY}:a:b", KEY),
+        (KEY, "x" * 1000, f"shim1:{KEY}", KEY),  # too long to carry both: the key alone
+        (KEY, "x" * (1024 - 29), f"shim1:{KEY}:" + "x" * 995, KEY),  # exactly 1024
+    ],
+)
+def test_v2_tag_carries_the_key(key: str, app_tag: str | None, tag: str, back: str) -> None:
+    assert v2_tag(key, app_tag) == tag and len(tag) <= 1024
+    assert send_key_of(tag) == back
+
+
+@pytest.mark.parametrize("tag", [None, "", "order-7", "shim1:", "shim1:short", "shim1:bad key with spaces!!",
+                                 "shim2:k1Jx9Zq_-0aB2cD3eF4gH5", "SHIM1:k1Jx9Zq_-0aB2cD3eF4gH5"])
+def test_tags_without_a_key_are_native(tag: str | None) -> None:
+    assert send_key_of(tag) is None
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ STATE_RANK: dict[str, int] = {"received": 0, "queued": 0, "sending": 1, "sent": 
 
 
 class MessageRecord(BaseModel):
-    """Built in one place per source: ``record_from_send`` (a v1 send) and ``record_from_v2``
+    """Built in one place per source: ``record_from_send`` (a v1 send, then ``bind_v2``) and ``record_from_v2``
     (an inbound or native v2 event). The v1 ``time`` is derived from ``time_us``, never stored
     twice."""
 
@@ -41,6 +41,8 @@ class MessageRecord(BaseModel):
     delivery_description: str | None = None
     # Whether the v1 "sent" callback was already emitted (it fires once per message).
     sent_notified: bool = False
+    # The correlation key shim put in the v2 tag of its send (None for inbound/legacy records).
+    send_key: str | None = None
     seq: int | None = None
 
     @property

@@ -20,7 +20,6 @@ from shim.errors import (
 from ._message import MessageRecord
 from ._time import parse_time_us
 from ._v1_send import SendRequest
-from ._v2 import V2Message
 
 LEGACY_V1_BASE = "https://api.catapult.inetwork.com"
 _MEDIA_PATH = re.compile(r"^/v1/users/(?P<user>[^/]+)/media/(?P<name>.+)$")
@@ -53,8 +52,42 @@ def rewrite_inbound_media(url: str, public_url: str, user: UserConfig) -> str:
     return v1_media_url(public_url, user.user_id, url[idx + len(marker):])
 
 
+# The v2 ``tag`` of every send shim makes starts with this, then the send's correlation key: it
+# is how an event finds its message when the send was never bound to its v2 id (a crash or a
+# store failure after v2's 202, a timeout after v2 accepted), and how shim tells its own sends
+# from messages sent natively on v2. The app's own tag stays in the store and is what callbacks
+# and GET show.
+SEND_KEY_PREFIX = "shim1:"
+V2_MAX_TAG = 1024
+_SEND_KEY = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
+
+
+def v2_tag(send_key: str, app_tag: str | None) -> str:
+    """The key, then the app's tag when both fit in v2's 1024 characters (for people reading
+    Bandwidth's own records; shim never reads the app's part back)."""
+    tag = f"{SEND_KEY_PREFIX}{send_key}"
+    if app_tag:
+        wrapped = f"{tag}:{app_tag}"
+        if len(wrapped) <= V2_MAX_TAG:
+            return wrapped
+    return tag
+
+
+def send_key_of(tag: str | None) -> str | None:
+    """The correlation key in a v2 tag, or None for a message shim did not send."""
+    if not tag or not tag.startswith(SEND_KEY_PREFIX):
+        return None
+    key = tag[len(SEND_KEY_PREFIX):].split(":", 1)[0]
+    return key if _SEND_KEY.match(key) else None
+
+
+def pending_id(send_key: str) -> str:
+    """The id a send is recorded under until its v2 id is known (never handed out)."""
+    return f"pending-{send_key}"
+
+
 def to_v2_request(
-    req: SendRequest, user: UserConfig, public_url: str, v2_base: str
+    req: SendRequest, user: UserConfig, public_url: str, v2_base: str, send_key: str
 ) -> dict[str, Any]:
     body: dict[str, Any] = {
         "applicationId": user.application_id,
@@ -65,19 +98,14 @@ def to_v2_request(
         body["text"] = req.text
     if req.media:
         body["media"] = [rewrite_outbound_media(u, public_url, user, v2_base) for u in req.media]
-    if req.tag is not None:
-        body["tag"] = req.tag
+    body["tag"] = v2_tag(send_key, req.tag)
     return body
 
 
-def record_from_send(
-    req: SendRequest, v2: V2Message, user: UserConfig, received_us: int
-) -> MessageRecord:
-    time_us = parse_time_us(v2.time) if v2.time else None
-    if time_us is None:
-        time_us = received_us
+def record_from_send(req: SendRequest, user: UserConfig, send_key: str, received_us: int) -> MessageRecord:
+    """The send's record as written *before* v2 is called (its intent), under ``pending_id``."""
     return MessageRecord(
-        id=v2.id,
+        id=pending_id(send_key),
         user_id=user.user_id,
         direction="out",
         from_=req.from_,
@@ -85,8 +113,7 @@ def record_from_send(
         text=req.text or "",
         media=list(req.media),
         state="queued",
-        time_us=time_us,
-        segment_count=v2.segmentCount,
+        time_us=received_us,
         application_id=user.application_id,
         callback_url=req.callback_url,
         callback_method=req.callback_method,
@@ -94,7 +121,18 @@ def record_from_send(
         fallback_url=req.fallback_url,
         tag=req.tag,
         receipt_requested=req.receipt_requested,
+        send_key=send_key,
     )
+
+
+def bind_v2(rec: MessageRecord, v2_id: str, v2_time: str | None = None, segment_count: int | None = None) -> MessageRecord:
+    """The intent bound to its v2 message: v2's id (the v1 id too), v2's time when it gave one."""
+    time_us = parse_time_us(v2_time) if v2_time else None
+    return rec.model_copy(update={
+        "id": v2_id,
+        "time_us": rec.time_us if time_us is None else time_us,
+        "segment_count": rec.segment_count if segment_count is None else segment_count,
+    })
 
 
 def v2_error_to_v1(status: int, body: Any, *, media_name: str | None = None) -> ShimError:

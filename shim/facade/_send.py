@@ -1,23 +1,34 @@
-"""The send use case, apart from HTTP: one v1 item → validated → v2 → stored → Location. A single
-send and every item of a batch go through ``Sender.send``; the batch adds only concurrency and
-per-item results."""
+"""The send use case, apart from HTTP: one v1 item → validated → intent recorded → v2 → bound to its
+v2 id → Location. A single send and every item of a batch go through ``Sender.send``; the batch
+adds only concurrency and per-item results.
+
+No send is ever lost track of (SPEC §3): the intent is durable before v2 is called and carries a
+correlation key that v2 echoes in every event (its ``tag``). Whatever happens after the request
+leaves — a crash, a store failure, a timeout — the first event binds the message to its v2 id.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from collections.abc import Callable
 from typing import Any
 
 from shim.clock import Clock
 from shim.config import Config, UserConfig
-from shim.core import parse_send_item, record_from_send, to_v2_request
-from shim.errors import MultiMessageLimit, ShimError, StoreUnavailable, error_body
+from shim.core import bind_v2, parse_send_item, record_from_send, to_v2_request
+from shim.errors import MultiMessageLimit, OutcomeUnknown, ShimError, StoreUnavailable, error_body
 from shim.store import Store
 from shim.upstream import UpstreamClient
 
 log = logging.getLogger("shim.messages")
 BATCH_LIMIT = 50
+
+
+def new_send_key() -> str:
+    """22 URL-safe random characters (132 bits): the correlation key of one send."""
+    return secrets.token_urlsafe(16)[:22]
 
 
 def message_path(user_id: str, message_id: str = "") -> str:
@@ -28,32 +39,55 @@ def message_path(user_id: str, message_id: str = "") -> str:
 class Sender:
     def __init__(
         self, cfg: Config, upstream: UpstreamClient, store: Store, clock: Clock,
-        on_enqueued: Callable[[], None] = lambda: None,
+        on_enqueued: Callable[[], None] = lambda: None, new_key: Callable[[], str] = new_send_key,
     ) -> None:
         self.cfg = cfg
         self.upstream = upstream
         self.store = store
         self.clock = clock
+        self.new_key = new_key
         # Called when storing a send enqueued callbacks (events that arrived before the record).
         self.on_enqueued = on_enqueued
 
     async def send(self, user: UserConfig, item: Any, request_id: str = "") -> str:
-        """Validate, send to v2, store; returns the absolute v1 Location."""
+        """Validate, record the intent, send to v2, bind; returns the absolute v1 Location."""
         req = parse_send_item(item)
-        body = to_v2_request(req, user, self.cfg.server.public_url, self.upstream.base_url)
-        received = self.clock()
-        v2msg = await self.upstream.send_message(user, body, request_id)
-        record = record_from_send(req, v2msg, user, received)
+        key = self.new_key()
+        body = to_v2_request(req, user, self.cfg.server.public_url, self.upstream.base_url, key)
+        intent = record_from_send(req, user, key, self.clock())
         try:
-            enqueued = await self.store.insert_message(record, request_id or None)
+            await self.store.record_intent(intent)
         except Exception:
-            log.exception("message sent on v2 but not stored", extra={"message_id": record.id, "user_id": user.user_id})
+            log.exception("could not record a send before calling v2", extra={"user_id": user.user_id})
+            raise StoreUnavailable("The message could not be recorded; it was not sent") from None
+        try:
+            v2msg = await self.upstream.send_message(user, body, request_id)
+        except OutcomeUnknown:
+            # It may have been accepted: the intent stays, so its events (if any) still find it.
+            raise OutcomeUnknown(key) from None
+        except ShimError:
+            # v2 answered no, or was never reached: nothing was sent, nothing to keep. (Anything
+            # else, a cancellation included, leaves the intent: the send may be on its way.)
+            await self._drop(key)
+            raise
+        record = bind_v2(intent, v2msg.id, v2msg.time, v2msg.segmentCount)
+        try:
+            enqueued = await self.store.bind_send(record, request_id or None)
+        except Exception:
+            log.exception("message sent on v2 but not bound", extra={"message_id": record.id, "user_id": user.user_id})
             raise StoreUnavailable(
-                "The message was sent but could not be recorded", details={"messageId": record.id}
+                "The message was sent but could not be recorded; its callbacks will follow",
+                details={"messageId": record.id},
             ) from None
         if enqueued:
             self.on_enqueued()
         return f"{self.cfg.server.public_url}{message_path(user.user_id, record.id)}"
+
+    async def _drop(self, key: str) -> None:
+        try:
+            await self.store.drop_intent(key)
+        except Exception:  # an unbound intent left behind is purged by retention
+            log.exception("could not drop the intent of a send v2 refused", extra={"send_key": key})
 
     async def send_batch(self, user: UserConfig, items: list[Any], request_id: str = "") -> list[dict[str, Any]]:
         """Each item sent concurrently (bounded); results in request order, a bad item never

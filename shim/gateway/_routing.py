@@ -19,6 +19,7 @@ from shim.core import (
     inbound_id,
     inbound_record,
     native_deliveries,
+    send_key_of,
 )
 from shim.store import IncomingEvent
 
@@ -63,7 +64,8 @@ class Gateway:
                 return IncomingEvent(key, rec.id, payload, payload_json, inbound=rec, inbound_deliveries=specs,
                                      request_id=request_id)
             return IncomingEvent(key, inbound_id(ev), payload, payload_json, request_id=request_id)
-        return IncomingEvent(key, ev.message.id, payload, payload_json, request_id=request_id)
+        return IncomingEvent(key, ev.message.id, payload, payload_json, request_id=request_id,
+                             send_key=send_key_of(ev.message.tag))
 
     def apply_status(
         self, rec: MessageRecord, payload: dict[str, Any]

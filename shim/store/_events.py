@@ -10,37 +10,74 @@ from typing import Any
 from shim.core import MessageRecord
 
 from ._core import StoreCore
-from ._messages import insert_row, record, update_row
+from ._messages import bind_row, insert_row, record, update_row
 from ._ops import All, Exec, One, Tx, one_tx
 from ._outbox import enqueue_rows
 from ._types import IncomingEvent
 
 
 class EventTxs(StoreCore):
+    # -- sends: intent, bind, drop ----------------------------------------------------------
+    async def record_intent(self, rec: MessageRecord) -> None:
+        """Durably record a send before v2 is called, under its pending id and correlation key."""
+        await self._timed_write(self._tx_record_intent(rec))
+
+    def _tx_record_intent(self, rec: MessageRecord) -> Tx[None]:
+        assert rec.send_key is not None
+        yield from insert_row(rec, self.clock, bound=False)
+
+    async def bind_send(self, rec: MessageRecord, request_id: str | None = None) -> int:
+        """v2 accepted the send ``rec.send_key`` as ``rec.id``: bind the intent to that id (unless an
+        event did first) and apply the events that arrived before. Returns deliveries enqueued."""
+        return await self._timed_write(self._tx_bind_send(rec, request_id))
+
+    def _tx_bind_send(self, rec: MessageRecord, request_id: str | None) -> Tx[int]:
+        assert rec.send_key is not None
+        yield from self._lock_message(rec.id)
+        row = yield One("SELECT bound FROM messages WHERE send_key = ?", rec.send_key)
+        if row is None:  # the intent is gone (purged): record the message as it is now
+            yield from insert_row(rec, self.clock)
+        elif int(row[0]) == 0:
+            yield from bind_row(rec)
+        else:  # an event bound it already, and applied itself
+            return 0
+        return (yield from self._apply_pending(rec.id, rec.send_key, request_id))
+
+    async def drop_intent(self, send_key: str) -> bool:
+        """v2 refused the send (or was never reached): forget its intent."""
+        return bool(await self._timed_write(
+            one_tx("DELETE FROM messages WHERE send_key = ? AND bound = 0 RETURNING 1", send_key)))
+
     async def insert_message(self, rec: MessageRecord, request_id: str | None = None) -> int:
-        """Store a sent message and apply any callback that arrived before it. Returns the
-        number of deliveries enqueued."""
+        """Store a message known by its id and apply any callback that arrived before it.
+        Returns the number of deliveries enqueued."""
         return await self._timed_write(self._tx_insert_message(rec, request_id))
 
     def _tx_insert_message(self, rec: MessageRecord, request_id: str | None) -> Tx[int]:
         yield from self._lock_message(rec.id)
         yield from insert_row(rec, self.clock)
-        return (yield from self._apply_pending(rec.id, request_id))
+        return (yield from self._apply_pending(rec.id, rec.send_key, request_id))
 
+    # -- v2 events ----------------------------------------------------------------------------
     async def ingest(self, events: Sequence[IncomingEvent]) -> int:
         """Durably record v2 events (duplicates once) and apply them. Returns deliveries
-        enqueued. Events whose message is not recorded yet stay pending."""
+        enqueued. An event of shim's send finds its message by id, or by the send's correlation
+        key (binding it); an event without a key belongs to a message sent natively on v2 and is
+        routed at once."""
         return await self._timed_write(self._tx_ingest(events))
 
     def _tx_ingest(self, events: Sequence[IncomingEvent]) -> Tx[int]:
+        # Every lock up front, in one order: arrays touching the same messages in any order
+        # cannot deadlock.
+        for message_id in sorted({ev.message_id for ev in events}):
+            yield from self._lock_message(message_id)
         count = 0
         for ev in events:
-            yield from self._lock_message(ev.message_id)
             # Recording the event is also the duplicate check: a known key inserts nothing.
             fresh = yield One(
-                "INSERT INTO events (dedupe_key, message_id, payload, status, received_us)"
-                " VALUES (?, ?, ?, 'applied', ?) ON CONFLICT (dedupe_key) DO NOTHING RETURNING 1",
-                ev.dedupe_key, ev.message_id, ev.payload_json, self.clock(),
+                "INSERT INTO events (dedupe_key, message_id, payload, status, received_us, send_key)"
+                " VALUES (?, ?, ?, 'applied', ?, ?) ON CONFLICT (dedupe_key) DO NOTHING RETURNING 1",
+                ev.dedupe_key, ev.message_id, ev.payload_json, self.clock(), ev.send_key,
             )
             if not fresh:
                 continue
@@ -51,18 +88,29 @@ class EventTxs(StoreCore):
             row = yield One("SELECT seq, doc FROM messages WHERE id = ?", ev.message_id)
             if row:
                 count += yield from self._apply(record(row), ev.payload, ev.request_id)
-            else:
+                continue
+            if ev.send_key is None:
+                count += yield from enqueue_rows(self.rules.route_native(ev.payload), self.clock, ev.request_id)
+                yield Exec("UPDATE events SET status = 'native' WHERE dedupe_key = ?", ev.dedupe_key)
+                continue
+            row = yield One("SELECT seq, doc FROM messages WHERE send_key = ? AND bound = 0", ev.send_key)
+            if row:
+                rec = record(row).model_copy(update={"id": ev.message_id})
+                yield from bind_row(rec)
+                count += yield from self._apply(rec, ev.payload, ev.request_id)
+            else:  # its send is not recorded (yet): kept, applied when it is
                 yield Exec("UPDATE events SET status = 'pending' WHERE dedupe_key = ?", ev.dedupe_key)
         return count
 
     async def route_unmatched(self, older_than_us: int, limit: int = 500) -> int:
-        """Events that waited longer than the grace period for a send record belong to messages
-        sent natively on v2: hand them to the rules' native-events router."""
+        """Events stored pending by versions of shim before correlation keys (no key, no record)
+        belong to messages sent natively on v2: hand them to the native route once their grace
+        period is over. New events without a key are routed at ingest."""
         return await self._timed_write(self._tx_route_unmatched(older_than_us, limit))
 
     def _tx_route_unmatched(self, older_than_us: int, limit: int) -> Tx[int]:
         rows = yield All(
-            "SELECT dedupe_key, payload FROM events WHERE status = 'pending' AND received_us < ? "
+            "SELECT dedupe_key, payload FROM events WHERE status = 'pending' AND send_key IS NULL AND received_us < ? "
             f"ORDER BY received_us LIMIT ?{self.skip_locked}",
             older_than_us, limit,
         )
@@ -82,11 +130,18 @@ class EventTxs(StoreCore):
             yield from update_row(new)
         return (yield from enqueue_rows(specs, self.clock, request_id))
 
-    def _apply_pending(self, message_id: str, request_id: str | None) -> Tx[int]:
-        rows = yield All(
-            "SELECT dedupe_key, payload FROM events WHERE message_id = ? AND status = 'pending' ORDER BY received_us",
-            message_id,
-        )
+    def _apply_pending(self, message_id: str, send_key: str | None, request_id: str | None) -> Tx[int]:
+        """Events that arrived before their message was recorded (found by id or by key)."""
+        if send_key is None:
+            rows = yield All(
+                "SELECT dedupe_key, payload FROM events WHERE message_id = ? AND status = 'pending' ORDER BY received_us",
+                message_id,
+            )
+        else:
+            rows = yield All(
+                "SELECT dedupe_key, payload FROM events WHERE status = 'pending' AND (message_id = ? OR send_key = ?)"
+                " ORDER BY received_us", message_id, send_key,
+            )
         count = 0
         for key, payload in rows:
             row = yield One("SELECT seq, doc FROM messages WHERE id = ?", message_id)

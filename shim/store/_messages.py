@@ -22,13 +22,24 @@ def record(row: Sequence[Any]) -> MessageRecord:
     return rec
 
 
-def insert_row(rec: MessageRecord, clock: Clock) -> Tx[None]:
+def insert_row(rec: MessageRecord, clock: Clock, bound: bool = True) -> Tx[None]:
+    """``bound=False``: a send's intent, under its pending id until its v2 id is known."""
     yield Exec(
         "INSERT INTO messages (id, user_id, direction, from_number, to_number, state,"
-        " delivery_state, time_us, created_us, text_cleared, doc)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?) ON CONFLICT (id) DO NOTHING",
+        " delivery_state, time_us, created_us, text_cleared, doc, send_key, bound)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
         rec.id, rec.user_id, rec.direction, rec.from_, rec.to, rec.state,
-        rec.delivery_state, rec.time_us, clock(), doc(rec),
+        rec.delivery_state, rec.time_us, clock(), doc(rec), rec.send_key, 1 if bound else 0,
+    )
+
+
+def bind_row(rec: MessageRecord) -> Tx[None]:
+    """An intent becomes the message ``rec.id`` (its v2 id)."""
+    assert rec.send_key is not None
+    yield Exec(
+        "UPDATE messages SET id = ?, bound = 1, state = ?, delivery_state = ?, time_us = ?, doc = ?"
+        " WHERE send_key = ? AND bound = 0",
+        rec.id, rec.state, rec.delivery_state, rec.time_us, doc(rec), rec.send_key,
     )
 
 
@@ -49,7 +60,8 @@ class MessageTxs(StoreCore):
         return record(row) if row else None
 
     async def list_messages(self, user_id: str, q: ListQuery) -> list[MessageRecord]:
-        where, args = ["user_id = ?"], [user_id]
+        # Unbound intents (a send whose v2 id is not known yet) are not messages the app can see.
+        where, args = ["user_id = ?", "bound = 1"], [user_id]
         for col, value in (
             ("from_number", q.from_),
             ("to_number", q.to),

@@ -36,6 +36,8 @@ class IncomingEvent:
     inbound_deliveries: Sequence[DeliverySpec] = ()
     # The ingest request's id, carried to the v1 callbacks it causes (X-Request-Id).
     request_id: str | None = None
+    # The correlation key of shim's send, from the v2 tag (None: a message sent natively on v2).
+    send_key: str | None = None
 
 
 @dataclass

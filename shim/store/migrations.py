@@ -81,6 +81,13 @@ CREATE TABLE IF NOT EXISTS outbox (
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox (next_attempt_us, id) WHERE status = 'pending' AND lease_owner IS NULL;
 CREATE INDEX IF NOT EXISTS outbox_order ON outbox (order_key, id);
 """),
+    Migration(2, "send intents and correlation keys", """
+ALTER TABLE messages ADD COLUMN send_key TEXT;
+ALTER TABLE messages ADD COLUMN bound INTEGER NOT NULL DEFAULT 1;
+CREATE UNIQUE INDEX IF NOT EXISTS messages_send_key ON messages (send_key) WHERE send_key IS NOT NULL;
+ALTER TABLE events ADD COLUMN send_key TEXT;
+CREATE INDEX IF NOT EXISTS events_pending_key ON events (send_key) WHERE status = 'pending' AND send_key IS NOT NULL
+"""),
 )
 
 LEDGER = """

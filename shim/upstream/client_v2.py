@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from shim.basic_auth import basic_header
 from shim.config import UpstreamConfig, UserConfig
 from shim.core import V2Message, v2_error_to_v1
-from shim.errors import MediaUnavailable, Unavailable
+from shim.errors import MediaUnavailable, OutcomeUnknown, Unavailable
 
 from ._transport import AiohttpTransport, Body, ConnectFailed, RequestFailed, Response, Timeout, Transport
 
@@ -85,10 +85,10 @@ class UpstreamClient:
                 log.error("upstream connect failed", extra={"error": str(e)})
                 raise Unavailable("The messaging gateway is unavailable") from None
             except RequestFailed as e:
-                # The request may have reached v2: never retried.
+                # The request may have reached v2: never retried, and the app is told so.
                 self._observe("send", started, "error")
-                log.error("upstream send failed", extra={"error": str(e)})
-                raise Unavailable("The messaging gateway is unavailable") from None
+                log.error("upstream send failed after sending", extra={"error": str(e), "request_id": request_id})
+                raise OutcomeUnknown() from None
 
     def _send_result(self, status: int, raw: bytes) -> V2Message:
         parsed: Any = None
@@ -100,8 +100,9 @@ class UpstreamClient:
             try:
                 return V2Message.model_validate(parsed)
             except ValidationError:
+                # Accepted, but we cannot tell which message it became: its events will say.
                 log.error("upstream 202 body without a message id")
-                raise Unavailable("The messaging gateway returned an unreadable answer") from None
+                raise OutcomeUnknown() from None
         if status in (401, 403):
             log.critical(
                 "upstream rejected shim's v2 credentials (HTTP %s): check users[].v2_username/"
