@@ -16,6 +16,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from shim.sandbox import CallbackTarget, build_sandbox_app
+from shim.store.migrations import MIGRATIONS
 
 from .conftest import CB_PASS, CB_USER, USER, auth, free_port, wait_until
 from .pg import fresh_database
