@@ -93,6 +93,7 @@ async def test_batch_of_50_with_bad_items(harness: Harness) -> None:
     assert resp.headers["Content-Type"] == "application/json"
     results = await resp.json()
     assert len(results) == 50
+    errors = []
     for i, r in enumerate(results):
         if i % 10 == 3:
             assert r["result"] == "error" and r["error"]["code"] == "missing-property"
@@ -102,11 +103,22 @@ async def test_batch_of_50_with_bad_items(harness: Harness) -> None:
         elif i == 49:
             assert r["result"] == "error" and r["error"]["category"] == "bad-request"
         else:
-            assert r["result"] == "accepted"
+            assert set(r) == {"result", "location"} and r["result"] == "accepted"
             stored = await harness.stored(r["location"].rsplit("/", 1)[1])
             assert stored["text"] == f"m{i}"  # request order kept
-    assert set(results[0]["error"].keys() if "error" in results[0] else []) <= {
-        "category", "code", "message", "details"}
+            continue
+        assert set(r) == {"result", "error"}
+        errors.append(r["error"])
+    # Every bad item carries a complete v1 error body (details is always a list of name/value pairs).
+    assert len(errors) == 11
+    for err in errors:
+        assert set(err) == {"category", "code", "message", "details"}, err
+        assert all(isinstance(err[k], str) and err[k] for k in ("category", "code", "message")), err
+        assert isinstance(err["details"], list), err
+        assert all(set(d) == {"name", "value"} for d in err["details"]), err
+    # Items shim can judge itself never reach v2; the rest are sent once each.
+    assert sorted(b["text"] for b in harness.v2_requests) == sorted(
+        [f"m{i}" for i in range(49) if i % 10 not in (3, 7)] + ["v2 rejects"] * 5)
 
 
 async def test_batch_over_50_is_refused_and_nothing_sent(harness: Harness) -> None:
