@@ -7,6 +7,7 @@ package (``shim/data/messaging-v2.yml``); a test fails if shim ever sends an inv
 from __future__ import annotations
 
 import asyncio
+import inspect
 import io
 import json
 import socket
@@ -60,16 +61,39 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def wait_until(cond: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> None:
+async def wait_until(cond: Callable[[], bool | Awaitable[bool]], timeout: float = 10.0, interval: float = 0.02) -> None:
+    """Poll ``cond`` (a plain or async predicate) until it returns True.
+
+    The predicate must return a real ``bool``: anything else (a list, a dict, an un-awaited
+    coroutine's result) is a TypeError, because "truthy" waits are how a wait ends up meaning
+    nothing (``outbox_counts()`` is a non-empty dict at once)."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while True:
         result = cond()
-        if asyncio.iscoroutine(result):
+        if inspect.isawaitable(result):
             result = await result
+        if not isinstance(result, bool):
+            raise TypeError(f"wait_until: the condition returned {type(result).__name__}, not bool")
         if result:
             return
+        if time.monotonic() >= deadline:
+            raise AssertionError("condition not met in time")
         await asyncio.sleep(interval)
-    raise AssertionError("condition not met in time")
+
+
+def outbox_is(store: Any, **expected: int) -> Callable[[], Awaitable[bool]]:
+    """A wait_until predicate: the store's outbox counts match ``expected`` (e.g. pending=0, delivered=1)."""
+    async def check() -> bool:
+        counts = await store.outbox_counts()
+        return all(counts[k] == v for k, v in expected.items())
+    return check
+
+
+async def sql_rows(store: Any, sql: str, *args: Any) -> list[Any]:
+    """Read-only SQL against a harness store (``?`` placeholders, any backend), for assertions."""
+    from shim.store._base import _all
+
+    return list(await store._read(_all(sql, *args)))
 
 
 @dataclass

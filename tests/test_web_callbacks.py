@@ -11,7 +11,7 @@ from typing import Any
 from shim.core import now_us
 from shim.keys import STORE
 
-from .conftest import CB_PASS, CB_USER, USER, Harness, Received, auth, wait_until
+from .conftest import CB_PASS, CB_USER, USER, Harness, Received, auth, outbox_is, sql_rows, wait_until
 
 SECRET = "sign-me"
 
@@ -54,7 +54,7 @@ async def test_ingest_rejects_garbage(harness: Harness) -> None:
 
 async def test_sms_receipt_none_gets_one_sent_callback(harness: Harness) -> None:
     mid = await harness.send(callbackUrl=f"{harness.receiver.url}/cb", tag="order-1")
-    await wait_until(lambda: harness.receiver.at("/cb"))
+    await wait_until(lambda: len(harness.receiver.at("/cb")) == 1)
     await wait_until(lambda: harness.sandbox_state.callbacks_posted >= 1)
     (r,) = harness.receiver.at("/cb")
     assert r.method == "POST"
@@ -84,7 +84,7 @@ async def test_receipt_all_gets_sent_then_receipt(harness: Harness) -> None:
 
 async def test_failure_with_receipt_error(harness: Harness) -> None:
     mid = await harness.send(to="+15550004720", callbackUrl=f"{harness.receiver.url}/cb", receiptRequested="error")
-    await wait_until(lambda: harness.receiver.at("/cb"))
+    await wait_until(lambda: len(harness.receiver.at("/cb")) == 1)
     (r,) = harness.receiver.at("/cb")
     assert r.json["state"] == "error"
     assert (r.json["deliveryState"], r.json["deliveryCode"], r.json["deliveryDescription"]) == (
@@ -95,7 +95,7 @@ async def test_failure_with_receipt_error(harness: Harness) -> None:
 
 async def test_failure_without_receipt_has_no_delivery_fields(harness: Harness) -> None:
     await harness.send(to="+15550004432", callbackUrl=f"{harness.receiver.url}/cb")
-    await wait_until(lambda: harness.receiver.at("/cb"))
+    await wait_until(lambda: len(harness.receiver.at("/cb")) == 1)
     (r,) = harness.receiver.at("/cb")
     assert r.json["state"] == "error" and "deliveryCode" not in r.json
 
@@ -103,7 +103,7 @@ async def test_failure_without_receipt_has_no_delivery_fields(harness: Harness) 
 async def test_mms_sending_then_delivered(harness: Harness) -> None:
     mid = await harness.send(text=None, media="https://example.com/a.png", callbackUrl=f"{harness.receiver.url}/cb")
     await wait_until(lambda: harness.sandbox_state.callbacks_posted >= 2)
-    await wait_until(lambda: harness.receiver.at("/cb"))
+    await wait_until(lambda: len(harness.receiver.at("/cb")) == 1)
     (r,) = harness.receiver.at("/cb")
     assert r.json["eventType"] == "mms" and r.json["media"] == ["https://example.com/a.png"]
     assert r.json["text"] == ""
@@ -113,7 +113,7 @@ async def test_mms_sending_then_delivered(harness: Harness) -> None:
 async def test_get_callback_with_query_params_and_userinfo(harness: Harness) -> None:
     url = harness.receiver.url.replace("http://", "http://app%20user:p%40ss@") + "/bxml"
     mid = await harness.send(callbackUrl=url, callbackHttpMethod="GET")
-    await wait_until(lambda: harness.receiver.at("/bxml"))
+    await wait_until(lambda: len(harness.receiver.at("/bxml")) == 1)
     (r,) = harness.receiver.at("/bxml")
     assert r.method == "GET" and r.body == b""
     assert r.query["messageId"] == [mid] and r.query["state"] == ["sent"]
@@ -126,7 +126,7 @@ async def test_get_callback_with_query_params_and_userinfo(harness: Harness) -> 
 async def test_fallback_on_primary_failure(harness: Harness) -> None:
     harness.receiver.script["/primary"] = [500]
     await harness.send(callbackUrl=f"{harness.receiver.url}/primary", fallbackUrl=f"{harness.receiver.url}/fallback")
-    await wait_until(lambda: harness.receiver.at("/fallback"))
+    await wait_until(lambda: len(harness.receiver.at("/fallback")) == 1)
     assert len(harness.receiver.at("/primary")) == 1
     assert harness.receiver.at("/fallback")[0].json["state"] == "sent"
 
@@ -137,14 +137,11 @@ async def test_retries_until_success_same_event_id(harness: Harness) -> None:
     await wait_until(lambda: len(harness.receiver.at("/flaky")) == 3)
     ids = {r.headers["webhook-id"] for r in harness.receiver.at("/flaky")}
     assert ids == {f"evt_{mid}_sent"}
-    await wait_until(lambda: harness.app[STORE].outbox_counts())
-    await wait_until(async_pending_zero(harness))
-
-
-def async_pending_zero(h: Harness) -> Any:
-    async def check() -> bool:
-        return (await h.app[STORE].outbox_counts())["pending"] == 0
-    return check
+    # The third attempt's 200 is recorded: one row, delivered on its third attempt after two failures.
+    await wait_until(outbox_is(harness.app[STORE], pending=0, delivered=1, dead=0))
+    rows = await sql_rows(harness.app[STORE], "SELECT event_id, status, attempts, last_error FROM outbox")
+    assert [tuple(r) for r in rows] == [(f"evt_{mid}_sent", "delivered", 3, "HTTP 503")]
+    assert len(harness.receiver.at("/flaky")) == 3
 
 
 async def test_retry_after_is_honoured(harness: Harness) -> None:
@@ -170,10 +167,9 @@ async def test_dead_letter_then_replay(harness: Harness) -> None:
     # 1 attempt + 3 retries (schedule of 3), then dead.
     await wait_until(lambda: len(harness.receiver.at("/down")) == 4)
 
-    async def listed() -> Any:
+    async def listed() -> bool:
         resp = await harness.session.get(f"{harness.url}/admin/dead-letters")
-        body = await resp.json()
-        return body if body else None
+        return len(await resp.json()) == 1
 
     await wait_until(listed)
     resp = await harness.session.get(f"{harness.url}/admin/dead-letters")
@@ -185,7 +181,7 @@ async def test_dead_letter_then_replay(harness: Harness) -> None:
     resp = await harness.session.post(f"{harness.url}/admin/dead-letters/replay", json={"ids": [dead["id"]]})
     assert (await resp.json()) == {"replayed": 1}
     await wait_until(lambda: len(harness.receiver.at("/down")) == 5)
-    await wait_until(async_pending_zero(harness))
+    await wait_until(outbox_is(harness.app[STORE], pending=0))
     resp = await harness.session.get(f"{harness.url}/admin/dead-letters")
     assert await resp.json() == []
 
@@ -200,7 +196,7 @@ async def test_duplicate_v2_deliveries_ingested_once(harness: Harness) -> None:
     for _ in range(3):
         assert (await post_events(harness, [v2_event(mid)])).status == 200
     await wait_until(lambda: len(harness.receiver.at("/dup")) == 2)
-    await wait_until(async_pending_zero(harness))
+    await wait_until(outbox_is(harness.app[STORE], pending=0))
     assert len(harness.receiver.at("/dup")) == 2  # sent + receipt, once each
 
 
@@ -213,7 +209,7 @@ async def test_callback_before_send_is_recorded(harness: Harness) -> None:
     await harness.app[STORE].insert_message(MessageRecord(
         id=mid, user_id="u-test", direction="out", from_="+15551230001", to="+15551230002", text="x",
         time="2026-01-01T00:00:00.000Z", time_us=now_us(), callback_url=f"{harness.receiver.url}/early", receipt_requested="error"))
-    await wait_until(lambda: harness.receiver.at("/early"))
+    await wait_until(lambda: len(harness.receiver.at("/early")) == 1)
     (r,) = harness.receiver.at("/early")
     assert (r.json["state"], r.json["deliveryCode"]) == ("error", "775")
 
@@ -227,7 +223,7 @@ async def test_inbound_sms_and_mms_with_media(harness: Harness) -> None:
               "media": [{"name": "cat.png", "contentType": "image/png", "base64": base64.b64encode(png).decode()}]})
     info = await resp.json()
     assert info["delivered"]
-    await wait_until(lambda: harness.receiver.at("/incoming"))
+    await wait_until(lambda: len(harness.receiver.at("/incoming")) == 1)
     (r,) = harness.receiver.at("/incoming")
     body = r.json
     mid = info["id"]
@@ -263,7 +259,7 @@ async def test_native_v2_events_forwarded_raw_and_translated(make_harness: Any) 
     ])
     ev = v2_event("native-msg-1", errorCode=4720, type="message-failed")
     assert (await post_events(h, [ev])).status == 200
-    await wait_until(lambda: h.receiver.at("/native-v2"), timeout=10)
+    await wait_until(lambda: len(h.receiver.at("/native-v2")) == 1, timeout=10)
     (r,) = h.receiver.at("/native-v2")
     assert r.json == [ev]
 
@@ -273,7 +269,7 @@ async def test_native_v1_translation(make_harness: Any) -> None:
         USER | {"native_events": {"format": "v1", "url": "{receiver}/native-v1"}},
     ])
     assert (await post_events(h, [v2_event("native-msg-2")])).status == 200
-    await wait_until(lambda: h.receiver.at("/native-v1"), timeout=10)
+    await wait_until(lambda: len(h.receiver.at("/native-v1")) == 1, timeout=10)
     (r,) = h.receiver.at("/native-v1")
     assert (r.json["messageId"], r.json["state"], r.json["deliveryState"]) == ("native-msg-2", "sent", "delivered")
 

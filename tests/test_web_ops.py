@@ -43,7 +43,7 @@ async def test_metrics_move_with_traffic(harness: Harness) -> None:
     before = await scrape()
     await harness.send(callbackUrl=f"{harness.receiver.url}/cb")
     await harness.post(None, raw=b"{bad")
-    await wait_until(lambda: harness.receiver.at("/cb"))
+    await wait_until(lambda: len(harness.receiver.at("/cb")) == 1)
     await wait_until(lambda: harness.sandbox_state.callbacks_posted >= 1)
 
     async def delivered() -> bool:
@@ -117,7 +117,7 @@ async def test_request_id_reaches_upstream_and_callbacks(harness: Harness) -> No
     r = await harness.session.post(f"{harness.url}/callbacks/v2", json=[event],
                                    headers=auth("bandwidth", CB_PASS) | {"X-Request-Id": "ingest-req-9"})
     assert r.status == 200
-    await wait_until(lambda: harness.receiver.at("/rid"))
+    await wait_until(lambda: len(harness.receiver.at("/rid")) == 1)
     assert harness.receiver.at("/rid")[0].headers["X-Request-Id"] == "ingest-req-9"
     assert mid
 
