@@ -8,8 +8,10 @@ import hmac
 import json
 from typing import Any
 
+import pytest
+
 from shim.core import now_us
-from shim.keys import STORE
+from shim.keys import DELIVERY, STORE
 
 from .conftest import CB_PASS, CB_USER, USER, Harness, Received, auth, outbox_is, sql_rows, wait_until
 
@@ -144,13 +146,42 @@ async def test_retries_until_success_same_event_id(harness: Harness) -> None:
     assert len(harness.receiver.at("/flaky")) == 3
 
 
-async def test_retry_after_is_honoured(harness: Harness) -> None:
+async def test_retry_after_is_honoured(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Retry-After far beyond the 0.2 s (±20%) schedule: the retry is booked an hour out, in the store.
+    store = harness.app[STORE]
+    claims: list[tuple[int, list[int]]] = []  # each finished claim round: when it started, what it took
+    real_claim = store.claim
+
+    async def counting_claim(*args: Any, **kwargs: Any) -> Any:
+        started = now_us()
+        taken = await real_claim(*args, **kwargs)
+        claims.append((started, [d.id for d in taken]))
+        return taken
+
+    monkeypatch.setattr(store, "claim", counting_claim)
     harness.receiver.script["/busy"] = [429, 200]
-    harness.receiver.headers["/busy"] = {"Retry-After": "1"}
+    harness.receiver.headers["/busy"] = {"Retry-After": "3600"}
+    before = now_us()
     await harness.send(callbackUrl=f"{harness.receiver.url}/busy")
-    await wait_until(lambda: len(harness.receiver.at("/busy")) == 2, timeout=10)
+
+    async def failed_once() -> bool:
+        return [r[0] for r in await sql_rows(store, "SELECT attempts FROM outbox")] == [1]
+
+    await wait_until(failed_once)
+    ((row_id, status, next_us, failed_us, error),) = await sql_rows(
+        store, "SELECT id, status, next_attempt_us, updated_us, last_error FROM outbox")
+    assert (status, error) == ("pending", "HTTP 429")
+    assert before + 3600 * 10**6 <= next_us <= now_us() + 3600 * 10**6
+    # Claim rounds that ran after the schedule's retry would have been due (0.24 s) did not take it.
+    await wait_until(lambda: any(t >= failed_us + 300_000 for t, _ in claims))
+    assert sum(ids.count(row_id) for _, ids in claims) == 1
+    assert len(harness.receiver.at("/busy")) == 1
+    # Bring the retry forward: it is delivered, as the same event.
+    await store.run_sql("UPDATE outbox SET next_attempt_us = ? WHERE id = ?", now_us(), row_id)
+    harness.app[DELIVERY].wake()
+    await wait_until(outbox_is(store, pending=0, delivered=1))
     first, second = harness.receiver.at("/busy")
-    assert int(second.headers["webhook-timestamp"]) - int(first.headers["webhook-timestamp"]) >= 1
+    assert first.headers["webhook-id"] == second.headers["webhook-id"]
 
 
 async def test_ordering_under_retries(harness: Harness) -> None:
