@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -11,7 +12,7 @@ from typing import Any
 import pytest
 
 from shim.core import now_us
-from shim.keys import DELIVERY, STORE
+from shim.keys import DELIVERY, METRICS, STORE
 
 from .conftest import CB_PASS, CB_USER, USER, Harness, Received, auth, outbox_is, sql_rows, wait_until
 
@@ -52,6 +53,45 @@ async def test_ingest_rejects_garbage(harness: Harness) -> None:
         assert resp.status == 400
     resp = await harness.session.post(f"{harness.url}/callbacks/v2", data=b"{oops", headers=auth(CB_USER, CB_PASS))
     assert resp.status == 400
+
+
+async def test_ingest_answers_only_after_the_events_are_committed(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    from shim.core import MessageRecord
+
+    store, registry = harness.app[STORE], harness.app[METRICS].registry
+    mid = "m-gate-000000000000000000000"
+    await store.insert_message(MessageRecord(
+        id=mid, user_id="u-test", direction="out", from_="+15551230001", to="+15551230002", text="x",
+        time="2026-01-01T00:00:00.000Z", time_us=now_us(), callback_url=f"{harness.receiver.url}/gate"))
+    entered, release = asyncio.Event(), asyncio.Event()
+    real_ingest = store.ingest
+
+    async def gated(events: Any) -> int:
+        entered.set()
+        await release.wait()
+        return await real_ingest(events)
+
+    monkeypatch.setattr(store, "ingest", gated)
+    def answered() -> bool:
+        labels = {"route": "/callbacks/v2", "method": "POST", "status": "200"}
+        return registry.get_sample_value("shim_http_requests_total", labels) is not None
+
+    task = asyncio.create_task(post_events(harness, [v2_event(mid)]))
+    await asyncio.wait_for(entered.wait(), 10)
+    # The write is held: the handler has not answered (its access metric counts an answer as soon
+    # as the handler returns), and no response reaches the client.
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert not answered() and not task.done()
+    done, _ = await asyncio.wait({task}, timeout=0.1)
+    assert not done and not answered()
+    assert await sql_rows(store, "SELECT COUNT(*) FROM events") == [(0,)]
+    release.set()
+    resp = await task
+    assert resp.status == 200 and answered()
+    # Everything the 200 promises is already committed: the event and the callback it causes.
+    assert await sql_rows(store, "SELECT message_id, status FROM events") == [(mid, "applied")]
+    assert await sql_rows(store, "SELECT event_id FROM outbox") == [(f"evt_{mid}_sent",)]
 
 
 async def test_sms_receipt_none_gets_one_sent_callback(harness: Harness) -> None:
