@@ -49,6 +49,8 @@ OTHER_USER = {
     "v2_password": "v2other-secret",
 }
 CB_USER, CB_PASS = "bandwidth", "cb-pass-secret"
+# Standard Webhooks form (whsec_ + base64 key), as the reference library requires.
+SIGNING_SECRET = "whsec_c2hpbS10ZXN0LXNpZ25pbmcta2V5LTAxMjM0NTY3ODk="
 
 
 def auth(user: str, password: str) -> dict[str, str]:
@@ -210,7 +212,7 @@ async def make_harness(tmp_path: Path) -> AsyncIterator[HarnessFactory]:
             "store": {"url": store_url or f"sqlite:///{tmp_path}/shim-{len(servers)}.db"},
             "upstream": {"mode": "sandbox", "timeout_s": 3, "connect_retries": 1},
             "callbacks": {"username": CB_USER, "password": CB_PASS,
-                          "retry_schedule_s": [0.2, 0.2, 0.2], "signing_secret": "sign-me",
+                          "retry_schedule_s": [0.2, 0.2, 0.2], "signing_secret": SIGNING_SECRET,
                           "unmatched_grace_s": 1},
             "users": [user, OTHER_USER],
         }

@@ -4,26 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
-import hmac
 import json
 from typing import Any
 
 import pytest
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from shim.core import now_us
 from shim.keys import DELIVERY, METRICS, STORE
 
-from .conftest import CB_PASS, CB_USER, USER, Harness, Received, auth, outbox_is, sql_rows, wait_until
-
-SECRET = "sign-me"
+from .conftest import CB_PASS, CB_USER, SIGNING_SECRET, USER, Harness, Received, auth, outbox_is, sql_rows, wait_until
 
 
 def verify_signature(r: Received) -> None:
-    """Standard Webhooks: v1,base64(HMAC-SHA256(secret, id.timestamp.body))."""
-    signed = f"{r.headers['webhook-id']}.{r.headers['webhook-timestamp']}.".encode() + r.body
-    expected = base64.b64encode(hmac.new(SECRET.encode(), signed, hashlib.sha256).digest()).decode()
-    assert r.headers["webhook-signature"] == f"v1,{expected}"
+    """Verify with the Standard Webhooks reference library, not a re-implementation."""
+    assert r.method == "POST"
+    assert Webhook(SIGNING_SECRET).verify(r.body, dict(r.headers)) == r.json
+    with pytest.raises(WebhookVerificationError):  # the signature covers the body
+        Webhook(SIGNING_SECRET).verify(r.body + b" ", dict(r.headers))
 
 
 def v2_event(mid: str, type_: str = "message-delivered", **kw: Any) -> dict[str, Any]:
@@ -117,6 +115,8 @@ async def test_receipt_all_gets_sent_then_receipt(harness: Harness) -> None:
     mid = await harness.send(callbackUrl=f"{harness.receiver.url}/cb", receiptRequested="all")
     await wait_until(lambda: len(harness.receiver.at("/cb")) == 2)
     sent, receipt = harness.receiver.at("/cb")
+    verify_signature(sent)
+    verify_signature(receipt)
     assert sent.json["state"] == "sent" and "deliveryState" not in sent.json
     assert receipt.json["state"] == "sent"
     assert (receipt.json["deliveryState"], receipt.json["deliveryCode"], receipt.json["deliveryDescription"]) == (
@@ -179,6 +179,8 @@ async def test_retries_until_success_same_event_id(harness: Harness) -> None:
     await wait_until(lambda: len(harness.receiver.at("/flaky")) == 3)
     ids = {r.headers["webhook-id"] for r in harness.receiver.at("/flaky")}
     assert ids == {f"evt_{mid}_sent"}
+    for r in harness.receiver.at("/flaky"):
+        verify_signature(r)  # every attempt signed afresh
     # The third attempt's 200 is recorded: one row, delivered on its third attempt after two failures.
     await wait_until(outbox_is(harness.app[STORE], pending=0, delivered=1, dead=0))
     rows = await sql_rows(harness.app[STORE], "SELECT event_id, status, attempts, last_error FROM outbox")
@@ -333,6 +335,7 @@ async def test_native_v2_events_forwarded_raw_and_translated(make_harness: Any) 
     await wait_until(lambda: len(h.receiver.at("/native-v2")) == 1, timeout=10)
     (r,) = h.receiver.at("/native-v2")
     assert r.json == [ev]
+    verify_signature(r)
 
 
 async def test_native_v1_translation(make_harness: Any) -> None:
