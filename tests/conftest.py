@@ -7,6 +7,7 @@ package (``shim/data/messaging-v2.yml``); a test fails if shim ever sends an inv
 from __future__ import annotations
 
 import asyncio
+import inspect
 import io
 import json
 import socket
@@ -50,6 +51,8 @@ OTHER_USER = {
     "v2_password": "v2other-secret",
 }
 CB_USER, CB_PASS = "bandwidth", "cb-pass-secret"
+# Standard Webhooks form (whsec_ + base64 key), as the reference library requires.
+SIGNING_SECRET = "whsec_c2hpbS10ZXN0LXNpZ25pbmcta2V5LTAxMjM0NTY3ODk="
 
 
 def auth(user: str, password: str) -> dict[str, str]:
@@ -62,16 +65,37 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def wait_until(cond: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> None:
+async def wait_until(cond: Callable[[], bool | Awaitable[bool]], timeout: float = 10.0, interval: float = 0.02) -> None:
+    """Poll ``cond`` (a plain or async predicate) until it returns True.
+
+    The predicate must return a real ``bool``: anything else (a list, a dict, an un-awaited
+    coroutine's result) is a TypeError, because "truthy" waits are how a wait ends up meaning
+    nothing (``outbox_counts()`` is a non-empty dict at once)."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while True:
         result = cond()
-        if asyncio.iscoroutine(result):
+        if inspect.isawaitable(result):
             result = await result
+        if not isinstance(result, bool):
+            raise TypeError(f"wait_until: the condition returned {type(result).__name__}, not bool")
         if result:
             return
+        if time.monotonic() >= deadline:
+            raise AssertionError("condition not met in time")
         await asyncio.sleep(interval)
-    raise AssertionError("condition not met in time")
+
+
+def outbox_is(store: Any, **expected: int) -> Callable[[], Awaitable[bool]]:
+    """A wait_until predicate: the store's outbox counts match ``expected`` (e.g. pending=0, delivered=1)."""
+    async def check() -> bool:
+        counts = await store.outbox_counts()
+        return all(counts[k] == v for k, v in expected.items())
+    return check
+
+
+async def sql_rows(store: Any, sql: str, *args: Any) -> list[Any]:
+    """Read-only SQL against a harness store (``?`` placeholders, any backend), for assertions."""
+    return list(await store.query(sql, *args))
 
 
 @dataclass
@@ -188,7 +212,7 @@ async def make_harness(tmp_path: Path) -> AsyncIterator[HarnessFactory]:
             "store": {"url": store_url or f"sqlite:///{tmp_path}/shim-{len(servers)}.db"},
             "upstream": {"mode": "sandbox", "timeout_s": 3, "connect_retries": 1},
             "callbacks": {"username": CB_USER, "password": CB_PASS,
-                          "retry_schedule_s": [0.2, 0.2, 0.2], "signing_secret": "sign-me",
+                          "retry_schedule_s": [0.2, 0.2, 0.2], "signing_secret": SIGNING_SECRET,
                           "unmatched_grace_s": 1},
             "users": [user, OTHER_USER],
         }

@@ -1,11 +1,19 @@
-"""Crash safety: ``kill -9`` while callbacks are in flight and pending, restart on the same
-store, and every v1 callback is still delivered (at least once)."""
+"""Crash safety: ``kill -9`` while callbacks are provably in flight and pending, restart on the
+same store, and every v1 callback is still delivered (at least once); SIGTERM finishes what is
+in flight, releases every lease and exits 0.
+
+The receiver holds (does not answer) every callback until the test lets go, so what is in flight
+at the kill or the SIGTERM is known exactly: the per-host cap's worth of held requests, with the
+rest of the outbox pending in the store.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 from collections.abc import AsyncIterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -19,21 +27,85 @@ from shim.sandbox import CallbackTarget, build_sandbox_app
 from .conftest import CB_PASS, CB_USER, USER, auth, free_port, wait_until
 from .process import ShimProcess, send_with_receipts
 
+PER_HOST = 4  # attempts in flight at once (callbacks.per_host_concurrency)
 
-class SlowReceiver:
+
+class HoldingReceiver:
+    """Records every callback's webhook-id and holds each one unanswered until the test lets go:
+    ``answer`` (a 200 to a live shim: delivered) or ``drop_all`` (after a kill: nobody is there)."""
+
     def __init__(self) -> None:
-        self.ids: list[str] = []
+        self.arrived: list[str] = []
+        self.held: list[str] = []  # arrived while holding
+        self.answered: list[str] = []  # answered 200 to a live shim
+        self.holding = True
+        self._gates: dict[str, asyncio.Event] = {}
+
+    @property
+    def outstanding(self) -> list[str]:
+        return [i for i, gate in self._gates.items() if not gate.is_set()]
 
     async def handle(self, request: web.Request) -> web.Response:
         await request.read()
-        await asyncio.sleep(0.1)
-        self.ids.append(request.headers["webhook-id"])
+        wid = request.headers["webhook-id"]
+        self.arrived.append(wid)
+        if self.holding:
+            self.held.append(wid)
+            gate = self._gates[wid] = asyncio.Event()
+            await gate.wait()
+        else:
+            self.answered.append(wid)
         return web.Response()
+
+    def answer(self, *ids: str) -> None:
+        for wid in ids:
+            self.answered.append(wid)
+            self._gates[wid].set()
+
+    def answer_all(self) -> None:
+        self.holding = False
+        self.answer(*self.outstanding)
+
+    def drop_all(self) -> None:
+        self.holding = False
+        for gate in self._gates.values():
+            gate.set()
+
+
+def outbox(db: Path) -> list[tuple[Any, ...]]:
+    """(event_id, status, attempts, lease_owner) of every outbox row, read from the shim's SQLite file."""
+    with closing(sqlite3.connect(db)) as conn:
+        return conn.execute("SELECT event_id, status, attempts, lease_owner FROM outbox ORDER BY id").fetchall()
+
+
+def states(db: Path) -> dict[str, int]:
+    """Outbox rows by state: delivered, leased (claimed by a live or dead shim), pending (unclaimed)."""
+    out = {"delivered": 0, "leased": 0, "pending": 0, "dead": 0}
+    for _, status, _, owner in outbox(db):
+        out["leased" if status == "pending" and owner is not None else status] += 1
+    return out
+
+
+async def hold_pipeline(receiver: HoldingReceiver, db: Path, rows: int) -> list[str]:
+    """Wait until all ``rows`` callbacks are in the outbox, PER_HOST attempts are held open at the
+    receiver, and more rows are leased inside shim waiting for a slot. How many shim claims at
+    once depends on how the events trickled in, so held attempts are answered one at a time until
+    a freed slot makes shim claim ahead. Returns the webhook-ids answered (delivered)."""
+    await wait_until(lambda: len(outbox(db)) == rows and len(receiver.outstanding) == PER_HOST, timeout=20)
+    answered: list[str] = []
+    for _ in range(3):
+        if states(db)["leased"] > PER_HOST:
+            return answered
+        answered.append(receiver.outstanding[0])
+        receiver.answer(answered[-1])
+        await wait_until(lambda: states(db)["delivered"] == len(answered) and len(receiver.outstanding) == PER_HOST,
+                         timeout=20)
+    raise AssertionError(f"shim never claimed ahead of its free slots: {states(db)}")
 
 
 @pytest.fixture
 async def world(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
-    receiver = SlowReceiver()
+    receiver = HoldingReceiver()
     rapp = web.Application()
     rapp.router.add_post("/{tail:.*}", receiver.handle)
     rserver = TestServer(rapp, host="127.0.0.1", port=free_port())
@@ -48,38 +120,59 @@ async def world(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
         "server": {"host": "127.0.0.1", "port": port},
         "store": {"url": f"sqlite:///{tmp_path}/crash.db"},
         "upstream": {"mode": "bandwidth", "base_url": str(sserver.make_url("")).rstrip("/")},
-        "callbacks": {"username": CB_USER, "password": CB_PASS, "retry_schedule_s": [0.5, 0.5, 1, 1, 2]},
+        "callbacks": {"username": CB_USER, "password": CB_PASS, "retry_schedule_s": [0.5, 0.5, 1, 1, 2],
+                      "per_host_concurrency": PER_HOST},
         "users": [USER],
     }
-    yield {"receiver": receiver, "receiver_url": str(rserver.make_url("")).rstrip("/"),
-           "config": config, "tmp": tmp_path}
-    await sserver.close()
-    await rserver.close()
+    try:
+        yield {"receiver": receiver, "receiver_url": str(rserver.make_url("")).rstrip("/"),
+               "config": config, "tmp": tmp_path, "db": tmp_path / "crash.db"}
+    finally:
+        receiver.drop_all()
+        await sserver.close()
+        await rserver.close()
 
 
 async def test_kill_9_loses_no_callback(world: dict[str, Any]) -> None:
     shim = ShimProcess(world["config"], world["tmp"])
+    receiver: HoldingReceiver = world["receiver"]
+    db: Path = world["db"]
     await shim.start()
-    receiver: SlowReceiver = world["receiver"]
     try:
-        ids = await send_with_receipts(shim.url, 40, "+1555200", f"{world['receiver_url']}/cb",
+        ids = await send_with_receipts(shim.url, 20, "+1555200", f"{world['receiver_url']}/cb",
                                        auth(USER["api_token"], USER["api_secret"]))
-        await wait_until(lambda: len(receiver.ids) >= 10, timeout=20)
-        assert len(set(receiver.ids)) < 80  # some still in flight or pending
-        shim.kill()
-        seen_at_kill = len(set(receiver.ids))
-        await shim.start()
         expected = {f"evt_{m}_{k}" for m in ids for k in ("sent", "receipt")}
-        await wait_until(lambda: expected <= set(receiver.ids), timeout=60)
-        assert seen_at_kill < len(expected)
-        # At-least-once: duplicates are possible only for attempts cut by the kill.
-        assert len(receiver.ids) - len(set(receiver.ids)) <= 40
+        delivered = await hold_pipeline(receiver, db, len(expected))
+        shim.kill()
+        # At the kill: exactly PER_HOST attempts in flight, more rows leased but not started, the
+        # rest pending (none of them attempted yet).
+        in_flight = receiver.outstanding
+        assert len(in_flight) == PER_HOST
+        at_kill = states(db)
+        assert at_kill["delivered"] == len(delivered) and at_kill["leased"] > PER_HOST and at_kill["pending"] > 0
+        assert sum(at_kill.values()) == len(expected) and {r[0] for r in outbox(db)} == expected
+        assert receiver.answered == delivered and receiver.arrived == delivered + list(in_flight)
+        receiver.drop_all()  # the held requests now answer a dead process
+
+        await shim.start()
+        await wait_until(lambda: expected <= set(receiver.answered), timeout=20)
+        await wait_until(lambda: states(db)["delivered"] == len(expected), timeout=20)
+        # At least once: the attempts cut by the kill were made again; nothing else was repeated.
+        repeated = {i for i in receiver.arrived if receiver.arrived.count(i) > 1}
+        assert repeated == set(in_flight)
+        assert all(receiver.arrived.count(i) == 2 for i in in_flight)
+        # Order per message held across the crash: every attempt of "sent" came before its receipt.
+        for m in ids:
+            last_sent = max(n for n, i in enumerate(receiver.arrived) if i == f"evt_{m}_sent")
+            assert last_sent < receiver.arrived.index(f"evt_{m}_receipt")
     finally:
         shim.stop()
 
 
 async def test_sigterm_is_graceful_and_releases_leases(world: dict[str, Any]) -> None:
     shim = ShimProcess(world["config"], world["tmp"], "graceful")
+    receiver: HoldingReceiver = world["receiver"]
+    db: Path = world["db"]
     await shim.start()
     try:
         async with aiohttp.ClientSession() as s:
@@ -89,16 +182,33 @@ async def test_sigterm_is_graceful_and_releases_leases(world: dict[str, Any]) ->
                 async with s.post(f"{shim.url}/v1/users/u-test/messages", data=json.dumps(body),
                                   headers=auth(USER["api_token"], USER["api_secret"])) as r:
                     assert r.status == 201
-        await wait_until(lambda: len(world["receiver"].ids) >= 1, timeout=20)
-        assert shim.terminate() == 0
-        import sqlite3
+        # PER_HOST attempts held open at the receiver, more rows leased and waiting inside shim.
+        delivered = await hold_pipeline(receiver, db, 10)
+        in_flight = set(receiver.outstanding)
+        exit_code = asyncio.create_task(asyncio.to_thread(shim.terminate))
 
-        db = sqlite3.connect(f"{world['tmp']}/crash.db")
-        leased = db.execute(
-            "SELECT COUNT(*) FROM outbox WHERE status = 'pending' AND lease_owner IS NOT NULL").fetchone()[0]
-        db.close()
-        assert leased == 0
+        async def stopped_listening() -> bool:
+            try:
+                async with aiohttp.ClientSession() as s, s.get(f"{shim.url}/healthz") as r:
+                    await r.read()
+                return False
+            except aiohttp.ClientConnectionError:
+                return True
+
+        # Shutting down (no longer accepting) with the held attempts still open: let them finish.
+        await wait_until(stopped_listening, timeout=10)
+        assert not exit_code.done()
+        receiver.answer_all()
+        assert await exit_code == 0
+        # Graceful: the in-flight attempts completed and were recorded, nothing new was started,
+        # and the rows that were waiting inside shim are unleased for the next run.
+        assert len(receiver.arrived) == len(delivered) + PER_HOST
+        done = len(delivered) + PER_HOST
+        assert states(db) == {"delivered": done, "leased": 0, "pending": 10 - done, "dead": 0}
+        assert in_flight <= {r[0] for r in outbox(db) if r[1] == "delivered"}
+
         await shim.start()
-        await wait_until(lambda: len(set(world["receiver"].ids)) >= 10, timeout=30)
+        await wait_until(lambda: states(db)["delivered"] == 10, timeout=20)
+        assert len(receiver.arrived) == len(set(receiver.arrived)) == 10  # each exactly once: nothing cut
     finally:
         shim.stop()

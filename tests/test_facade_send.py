@@ -24,7 +24,6 @@ from shim.errors import (
 from shim.facade import Sender
 from shim.gateway import Gateway
 from shim.store import Store, open_store
-from shim.store._ops import one_tx
 from shim.upstream import ConnectFailed, MockResponse, MockTransport, Request, RequestFailed, UpstreamClient
 
 from .conftest import USER
@@ -68,8 +67,8 @@ async def make_sender(store: Store, handler: Any, first_key: int = 0) -> tuple[S
 
 
 async def rows(store: Store, sql: str) -> int:
-    row = await store._timed_read(one_tx(sql))
-    return int(row[0])
+    ((n,),) = await store.query(sql)
+    return int(n)
 
 
 async def test_single_send_builds_the_v2_request_and_stores_before_answering(store: Store) -> None:

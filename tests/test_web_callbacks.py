@@ -2,25 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
-import hashlib
-import hmac
 import json
 from typing import Any
 
+import pytest
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
 from shim.clock import now_us
-from shim.keys import STORE
+from shim.keys import DELIVERY, METRICS, STORE
 
-from .conftest import CB_PASS, CB_USER, USER, Harness, Received, auth, wait_until
-
-SECRET = "sign-me"
+from .conftest import CB_PASS, CB_USER, SIGNING_SECRET, USER, Harness, Received, auth, outbox_is, sql_rows, wait_until
 
 
 def verify_signature(r: Received) -> None:
-    """Standard Webhooks: v1,base64(HMAC-SHA256(secret, id.timestamp.body))."""
-    signed = f"{r.headers['webhook-id']}.{r.headers['webhook-timestamp']}.".encode() + r.body
-    expected = base64.b64encode(hmac.new(SECRET.encode(), signed, hashlib.sha256).digest()).decode()
-    assert r.headers["webhook-signature"] == f"v1,{expected}"
+    """Verify with the Standard Webhooks reference library, not a re-implementation."""
+    assert r.method == "POST"
+    assert Webhook(SIGNING_SECRET).verify(r.body, dict(r.headers)) == r.json
+    with pytest.raises(WebhookVerificationError):  # the signature covers the body
+        Webhook(SIGNING_SECRET).verify(r.body + b" ", dict(r.headers))
 
 
 def v2_event(mid: str, type_: str = "message-delivered", **kw: Any) -> dict[str, Any]:
@@ -52,9 +53,48 @@ async def test_ingest_rejects_garbage(harness: Harness) -> None:
     assert resp.status == 400
 
 
+async def test_ingest_answers_only_after_the_events_are_committed(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    from shim.core import MessageRecord
+
+    store, registry = harness.app[STORE], harness.app[METRICS].registry
+    mid = "m-gate-000000000000000000000"
+    await store.insert_message(MessageRecord(
+        id=mid, user_id="u-test", direction="out", from_="+15551230001", to="+15551230002", text="x",
+        time="2026-01-01T00:00:00.000Z", time_us=now_us(), callback_url=f"{harness.receiver.url}/gate"))
+    entered, release = asyncio.Event(), asyncio.Event()
+    real_ingest = store.ingest
+
+    async def gated(events: Any) -> int:
+        entered.set()
+        await release.wait()
+        return await real_ingest(events)
+
+    monkeypatch.setattr(store, "ingest", gated)
+    def answered() -> bool:
+        labels = {"route": "/callbacks/v2", "method": "POST", "status": "200"}
+        return registry.get_sample_value("shim_http_requests_total", labels) is not None
+
+    task = asyncio.create_task(post_events(harness, [v2_event(mid)]))
+    await asyncio.wait_for(entered.wait(), 10)
+    # The write is held: the handler has not answered (its access metric counts an answer as soon
+    # as the handler returns), and no response reaches the client.
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert not answered() and not task.done()
+    done, _ = await asyncio.wait({task}, timeout=0.1)
+    assert not done and not answered()
+    assert await sql_rows(store, "SELECT COUNT(*) FROM events") == [(0,)]
+    release.set()
+    resp = await task
+    assert resp.status == 200 and answered()
+    # Everything the 200 promises is already committed: the event and the callback it causes.
+    assert await sql_rows(store, "SELECT message_id, status FROM events") == [(mid, "applied")]
+    assert await sql_rows(store, "SELECT event_id FROM outbox") == [(f"evt_{mid}_sent",)]
+
+
 async def test_sms_receipt_none_gets_one_sent_callback(harness: Harness) -> None:
     mid = await harness.send(callbackUrl=f"{harness.receiver.url}/cb", tag="order-1")
-    await wait_until(lambda: harness.receiver.at("/cb"))
+    await wait_until(lambda: len(harness.receiver.at("/cb")) == 1)
     await wait_until(lambda: harness.sandbox_state.callbacks_posted >= 1)
     (r,) = harness.receiver.at("/cb")
     assert r.method == "POST"
@@ -75,6 +115,8 @@ async def test_receipt_all_gets_sent_then_receipt(harness: Harness) -> None:
     mid = await harness.send(callbackUrl=f"{harness.receiver.url}/cb", receiptRequested="all")
     await wait_until(lambda: len(harness.receiver.at("/cb")) == 2)
     sent, receipt = harness.receiver.at("/cb")
+    verify_signature(sent)
+    verify_signature(receipt)
     assert sent.json["state"] == "sent" and "deliveryState" not in sent.json
     assert receipt.json["state"] == "sent"
     assert (receipt.json["deliveryState"], receipt.json["deliveryCode"], receipt.json["deliveryDescription"]) == (
@@ -84,7 +126,7 @@ async def test_receipt_all_gets_sent_then_receipt(harness: Harness) -> None:
 
 async def test_failure_with_receipt_error(harness: Harness) -> None:
     mid = await harness.send(to="+15550004720", callbackUrl=f"{harness.receiver.url}/cb", receiptRequested="error")
-    await wait_until(lambda: harness.receiver.at("/cb"))
+    await wait_until(lambda: len(harness.receiver.at("/cb")) == 1)
     (r,) = harness.receiver.at("/cb")
     assert r.json["state"] == "error"
     assert (r.json["deliveryState"], r.json["deliveryCode"], r.json["deliveryDescription"]) == (
@@ -95,7 +137,7 @@ async def test_failure_with_receipt_error(harness: Harness) -> None:
 
 async def test_failure_without_receipt_has_no_delivery_fields(harness: Harness) -> None:
     await harness.send(to="+15550004432", callbackUrl=f"{harness.receiver.url}/cb")
-    await wait_until(lambda: harness.receiver.at("/cb"))
+    await wait_until(lambda: len(harness.receiver.at("/cb")) == 1)
     (r,) = harness.receiver.at("/cb")
     assert r.json["state"] == "error" and "deliveryCode" not in r.json
 
@@ -103,7 +145,7 @@ async def test_failure_without_receipt_has_no_delivery_fields(harness: Harness) 
 async def test_mms_sending_then_delivered(harness: Harness) -> None:
     mid = await harness.send(text=None, media="https://example.com/a.png", callbackUrl=f"{harness.receiver.url}/cb")
     await wait_until(lambda: harness.sandbox_state.callbacks_posted >= 2)
-    await wait_until(lambda: harness.receiver.at("/cb"))
+    await wait_until(lambda: len(harness.receiver.at("/cb")) == 1)
     (r,) = harness.receiver.at("/cb")
     assert r.json["eventType"] == "mms" and r.json["media"] == ["https://example.com/a.png"]
     assert r.json["text"] == ""
@@ -113,7 +155,7 @@ async def test_mms_sending_then_delivered(harness: Harness) -> None:
 async def test_get_callback_with_query_params_and_userinfo(harness: Harness) -> None:
     url = harness.receiver.url.replace("http://", "http://app%20user:p%40ss@") + "/bxml"
     mid = await harness.send(callbackUrl=url, callbackHttpMethod="GET")
-    await wait_until(lambda: harness.receiver.at("/bxml"))
+    await wait_until(lambda: len(harness.receiver.at("/bxml")) == 1)
     (r,) = harness.receiver.at("/bxml")
     assert r.method == "GET" and r.body == b""
     assert r.query["messageId"] == [mid] and r.query["state"] == ["sent"]
@@ -126,7 +168,7 @@ async def test_get_callback_with_query_params_and_userinfo(harness: Harness) -> 
 async def test_fallback_on_primary_failure(harness: Harness) -> None:
     harness.receiver.script["/primary"] = [500]
     await harness.send(callbackUrl=f"{harness.receiver.url}/primary", fallbackUrl=f"{harness.receiver.url}/fallback")
-    await wait_until(lambda: harness.receiver.at("/fallback"))
+    await wait_until(lambda: len(harness.receiver.at("/fallback")) == 1)
     assert len(harness.receiver.at("/primary")) == 1
     assert harness.receiver.at("/fallback")[0].json["state"] == "sent"
 
@@ -137,23 +179,51 @@ async def test_retries_until_success_same_event_id(harness: Harness) -> None:
     await wait_until(lambda: len(harness.receiver.at("/flaky")) == 3)
     ids = {r.headers["webhook-id"] for r in harness.receiver.at("/flaky")}
     assert ids == {f"evt_{mid}_sent"}
-    await wait_until(lambda: harness.app[STORE].outbox_counts())
-    await wait_until(async_pending_zero(harness))
+    for r in harness.receiver.at("/flaky"):
+        verify_signature(r)  # every attempt signed afresh
+    # The third attempt's 200 is recorded: one row, delivered on its third attempt after two failures.
+    await wait_until(outbox_is(harness.app[STORE], pending=0, delivered=1, dead=0))
+    rows = await sql_rows(harness.app[STORE], "SELECT event_id, status, attempts, last_error FROM outbox")
+    assert [tuple(r) for r in rows] == [(f"evt_{mid}_sent", "delivered", 3, "HTTP 503")]
+    assert len(harness.receiver.at("/flaky")) == 3
 
 
-def async_pending_zero(h: Harness) -> Any:
-    async def check() -> bool:
-        return (await h.app[STORE].outbox_counts())["pending"] == 0
-    return check
+async def test_retry_after_is_honoured(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Retry-After far beyond the 0.2 s (±20%) schedule: the retry is booked an hour out, in the store.
+    store = harness.app[STORE]
+    claims: list[tuple[int, list[int]]] = []  # each finished claim round: when it started, what it took
+    real_claim = store.claim
 
+    async def counting_claim(*args: Any, **kwargs: Any) -> Any:
+        started = now_us()
+        taken = await real_claim(*args, **kwargs)
+        claims.append((started, [d.id for d in taken]))
+        return taken
 
-async def test_retry_after_is_honoured(harness: Harness) -> None:
+    monkeypatch.setattr(store, "claim", counting_claim)
     harness.receiver.script["/busy"] = [429, 200]
-    harness.receiver.headers["/busy"] = {"Retry-After": "1"}
+    harness.receiver.headers["/busy"] = {"Retry-After": "3600"}
+    before = now_us()
     await harness.send(callbackUrl=f"{harness.receiver.url}/busy")
-    await wait_until(lambda: len(harness.receiver.at("/busy")) == 2, timeout=10)
+
+    async def failed_once() -> bool:
+        return [r[0] for r in await sql_rows(store, "SELECT attempts FROM outbox")] == [1]
+
+    await wait_until(failed_once)
+    ((row_id, status, next_us, failed_us, error),) = await sql_rows(
+        store, "SELECT id, status, next_attempt_us, updated_us, last_error FROM outbox")
+    assert (status, error) == ("pending", "HTTP 429")
+    assert before + 3600 * 10**6 <= next_us <= now_us() + 3600 * 10**6
+    # Claim rounds that ran after the schedule's retry would have been due (0.24 s) did not take it.
+    await wait_until(lambda: any(t >= failed_us + 300_000 for t, _ in claims))
+    assert sum(ids.count(row_id) for _, ids in claims) == 1
+    assert len(harness.receiver.at("/busy")) == 1
+    # Bring the retry forward: it is delivered, as the same event.
+    await store.run_sql("UPDATE outbox SET next_attempt_us = ? WHERE id = ?", now_us(), row_id)
+    harness.app[DELIVERY].wake()
+    await wait_until(outbox_is(store, pending=0, delivered=1))
     first, second = harness.receiver.at("/busy")
-    assert int(second.headers["webhook-timestamp"]) - int(first.headers["webhook-timestamp"]) >= 1
+    assert first.headers["webhook-id"] == second.headers["webhook-id"]
 
 
 async def test_ordering_under_retries(harness: Harness) -> None:
@@ -170,10 +240,9 @@ async def test_dead_letter_then_replay(harness: Harness) -> None:
     # 1 attempt + 3 retries (schedule of 3), then dead.
     await wait_until(lambda: len(harness.receiver.at("/down")) == 4)
 
-    async def listed() -> Any:
+    async def listed() -> bool:
         resp = await harness.session.get(f"{harness.url}/admin/dead-letters")
-        body = await resp.json()
-        return body if body else None
+        return len(await resp.json()) == 1
 
     await wait_until(listed)
     resp = await harness.session.get(f"{harness.url}/admin/dead-letters")
@@ -185,7 +254,7 @@ async def test_dead_letter_then_replay(harness: Harness) -> None:
     resp = await harness.session.post(f"{harness.url}/admin/dead-letters/replay", json={"ids": [dead["id"]]})
     assert (await resp.json()) == {"replayed": 1}
     await wait_until(lambda: len(harness.receiver.at("/down")) == 5)
-    await wait_until(async_pending_zero(harness))
+    await wait_until(outbox_is(harness.app[STORE], pending=0))
     resp = await harness.session.get(f"{harness.url}/admin/dead-letters")
     assert await resp.json() == []
 
@@ -200,22 +269,35 @@ async def test_duplicate_v2_deliveries_ingested_once(harness: Harness) -> None:
     for _ in range(3):
         assert (await post_events(harness, [v2_event(mid)])).status == 200
     await wait_until(lambda: len(harness.receiver.at("/dup")) == 2)
-    await wait_until(async_pending_zero(harness))
+    await wait_until(outbox_is(harness.app[STORE], pending=0))
     assert len(harness.receiver.at("/dup")) == 2  # sent + receipt, once each
 
 
-async def test_callback_before_send_is_recorded(harness: Harness) -> None:
-    from shim.core import MessageRecord
+async def test_event_of_a_send_never_bound_binds_it(harness: Harness) -> None:
+    """The send's intent was recorded, v2 accepted it, and shim never learnt the id (crash, store
+    failure or timeout after the 202): the first event, carrying the key in its tag, binds it."""
+    from shim.core import MessageRecord, pending_id, v2_tag
 
-    mid = "m-early-000000000000000000000"
-    assert (await post_events(harness, [v2_event(mid, "message-failed", errorCode=4775)])).status == 200
-    assert await harness.app[STORE].pending_event_count() == 1
-    await harness.app[STORE].insert_message(MessageRecord(
-        id=mid, user_id="u-test", direction="out", from_="+15551230001", to="+15551230002", text="x",
-        time="2026-01-01T00:00:00.000Z", time_us=now_us(), callback_url=f"{harness.receiver.url}/early", receipt_requested="error"))
-    await wait_until(lambda: harness.receiver.at("/early"))
+    key, mid = "early-key-00000000000000", "m-early-000000000000000000000"
+    await harness.app[STORE].record_intent(MessageRecord(
+        id=pending_id(key), user_id="u-test", direction="out", from_="+15551230001", to="+15551230002", text="x",
+        time_us=now_us(), callback_url=f"{harness.receiver.url}/early", receipt_requested="error", send_key=key))
+    r, _ = await harness.get_json(f"{harness.messages_url}/{mid}")
+    assert r.status == 404
+    event = v2_event(mid, "message-failed", errorCode=4775)
+    event["message"]["tag"] = v2_tag(key, None)
+    assert (await post_events(harness, [event])).status == 200
+    await wait_until(lambda: len(harness.receiver.at("/early")) == 1)
     (r,) = harness.receiver.at("/early")
-    assert (r.json["state"], r.json["deliveryCode"]) == ("error", "775")
+    assert (r.json["messageId"], r.json["state"], r.json["deliveryCode"]) == (mid, "error", "775")
+    assert (await harness.stored(mid))["state"] == "error"
+    assert await harness.app[STORE].pending_event_count() == 0
+
+
+async def test_event_without_a_key_for_an_unknown_message_is_native_at_once(harness: Harness) -> None:
+    """No correlation key: a message sent natively on v2 — routed at once, never left pending."""
+    assert (await post_events(harness, [v2_event("native-0000000000000000000000")])).status == 200
+    assert await harness.app[STORE].pending_event_count() == 0
 
 
 async def test_inbound_sms_and_mms_with_media(harness: Harness) -> None:
@@ -227,7 +309,7 @@ async def test_inbound_sms_and_mms_with_media(harness: Harness) -> None:
               "media": [{"name": "cat.png", "contentType": "image/png", "base64": base64.b64encode(png).decode()}]})
     info = await resp.json()
     assert info["delivered"]
-    await wait_until(lambda: harness.receiver.at("/incoming"))
+    await wait_until(lambda: len(harness.receiver.at("/incoming")) == 1)
     (r,) = harness.receiver.at("/incoming")
     body = r.json
     mid = info["id"]
@@ -263,9 +345,10 @@ async def test_native_v2_events_forwarded_raw_and_translated(make_harness: Any) 
     ])
     ev = v2_event("native-msg-1", errorCode=4720, type="message-failed")
     assert (await post_events(h, [ev])).status == 200
-    await wait_until(lambda: h.receiver.at("/native-v2"), timeout=10)
+    await wait_until(lambda: len(h.receiver.at("/native-v2")) == 1, timeout=10)
     (r,) = h.receiver.at("/native-v2")
     assert r.json == [ev]
+    verify_signature(r)
 
 
 async def test_native_v1_translation(make_harness: Any) -> None:
@@ -273,7 +356,7 @@ async def test_native_v1_translation(make_harness: Any) -> None:
         USER | {"native_events": {"format": "v1", "url": "{receiver}/native-v1"}},
     ])
     assert (await post_events(h, [v2_event("native-msg-2")])).status == 200
-    await wait_until(lambda: h.receiver.at("/native-v1"), timeout=10)
+    await wait_until(lambda: len(h.receiver.at("/native-v1")) == 1, timeout=10)
     (r,) = h.receiver.at("/native-v1")
     assert (r.json["messageId"], r.json["state"], r.json["deliveryState"]) == ("native-msg-2", "sent", "delivered")
 

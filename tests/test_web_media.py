@@ -6,7 +6,7 @@ import io
 import os
 from collections.abc import AsyncIterator
 
-from .conftest import Harness
+from .conftest import OTHER_USER, USER, Harness, auth
 
 
 async def test_put_get_list_delete_roundtrip(harness: Harness) -> None:
@@ -52,9 +52,36 @@ async def test_upload_needs_content_length(harness: Harness) -> None:
 
 
 async def test_media_is_per_user(harness: Harness) -> None:
-    url = f"{harness.url}/v1/users/u-test/media/a/b/c.txt"
-    resp = await harness.session.put(url, data=b"hello", headers=harness.auth | {"Content-Type": "text/plain"})
-    assert resp.status == 200
-    assert ("9900001", "a/b/c.txt") in harness.sandbox_state.media
-    resp = await harness.session.get(url)
-    assert resp.status == 401
+    a_auth, b_auth = harness.auth, auth(OTHER_USER["api_token"], OTHER_USER["api_secret"])
+    a_base, b_base = f"{harness.url}/v1/users/u-test/media", f"{harness.url}/v1/users/u-other/media"
+    # The same name under each user lands in that user's own v2 account.
+    for base, creds, data in ((a_base, a_auth, b"from A"), (b_base, b_auth, b"from B")):
+        resp = await harness.session.put(f"{base}/a/b/c.txt", data=data, headers=creds | {"Content-Type": "text/plain"})
+        assert resp.status == 200, await resp.text()
+    assert harness.sandbox_state.media == {
+        (USER["account_id"], "a/b/c.txt"): (b"from A", "text/plain"),
+        (OTHER_USER["account_id"], "a/b/c.txt"): (b"from B", "text/plain"),
+    }
+    for base, creds, data in ((a_base, a_auth, b"from A"), (b_base, b_auth, b"from B")):
+        resp = await harness.session.get(f"{base}/a/b/c.txt", headers=creds)
+        assert resp.status == 200 and await resp.read() == data
+        resp = await harness.session.get(base, headers=creds)
+        assert await resp.json() == [{"mediaName": "a/b/c.txt", "contentLength": 6, "content": f"{base}/a/b/c.txt"}]
+
+    # Nobody's credentials (none, or the other user's) reach a user's media.
+    denied = {"category": "authorization", "code": "access-denied",
+              "message": "The authenticated user does not have sufficient permissions to access this resource"}
+    for base, creds in ((a_base, {}), (a_base, b_auth), (b_base, a_auth)):
+        for method, url in (("GET", base), ("GET", f"{base}/a/b/c.txt"), ("PUT", f"{base}/a/b/c.txt"),
+                            ("DELETE", f"{base}/a/b/c.txt")):
+            resp = await harness.session.request(method, url, data=b"hijack" if method == "PUT" else None,
+                                                 headers=creds)
+            assert resp.status == 401, (method, url, resp.status)
+            body = await resp.json()
+            assert body == denied | {"details": [
+                {"name": "requestMethod", "value": method}, {"name": "remoteAddress", "value": "127.0.0.1"},
+                {"name": "requestPath", "value": url.split("/v1/", 1)[1]}]}, (method, url)
+    assert harness.sandbox_state.media == {
+        (USER["account_id"], "a/b/c.txt"): (b"from A", "text/plain"),
+        (OTHER_USER["account_id"], "a/b/c.txt"): (b"from B", "text/plain"),
+    }

@@ -6,6 +6,7 @@ import asyncio
 import re
 from urllib.parse import parse_qs, urlsplit
 
+from shim.core import send_key_of
 from shim.keys import UPSTREAM
 
 from .conftest import Harness, auth, free_port
@@ -31,10 +32,12 @@ async def test_single_send_201_location_and_readback(harness: Harness) -> None:
     assert body["segmentCount"] == 1 and body["state"] in ("queued", "sent")
     assert "receiptRequested" not in body and "callbackUrl" not in body
     assert None not in body.values()
-    assert harness.v2_requests[-1] == {
+    sent = harness.v2_requests[-1]
+    assert sent == {
         "applicationId": harness.cfg.users[0].application_id,
-        "to": ["+15551230002"], "from": "+15551230001", "text": "Hello",
+        "to": ["+15551230002"], "from": "+15551230001", "text": "Hello", "tag": sent["tag"],
     }
+    assert send_key_of(sent["tag"]) is not None  # the send's correlation key
 
 
 async def test_python_sdk_shaped_send_with_nulls(harness: Harness) -> None:
@@ -45,10 +48,12 @@ async def test_python_sdk_shaped_send_with_nulls(harness: Harness) -> None:
     stored = await harness.stored(resp.headers["Location"].rsplit("/", 1)[1])
     assert stored["text"] == "py sdk"
     assert "tag" not in stored and "fallbackUrl" not in stored
-    assert harness.v2_requests[-1] == {
+    sent = harness.v2_requests[-1]
+    assert sent == {
         "applicationId": harness.cfg.users[0].application_id,
-        "to": ["+15551230002"], "from": "+15551230001", "text": "py sdk",
+        "to": ["+15551230002"], "from": "+15551230001", "text": "py sdk", "tag": sent["tag"],
     }
+    assert send_key_of(sent["tag"]) is not None and sent["tag"].count(":") == 1  # no app tag to carry
 
 
 async def test_media_as_string_timeout_as_string_and_all_fields(harness: Harness) -> None:
@@ -64,7 +69,7 @@ async def test_media_as_string_timeout_as_string_and_all_fields(harness: Harness
     assert stored["callbackUrl"] == f"{harness.receiver.url}/cb"
     sent = harness.v2_requests[-1]
     assert sent["media"] == ["https://example.com/cat.jpg"] and "text" not in sent
-    assert sent["tag"] == "t1"
+    assert send_key_of(sent["tag"]) is not None and sent["tag"].endswith(":t1")  # key, then the app's tag
 
 
 async def test_own_and_legacy_media_urls_are_rewritten_to_v2(harness: Harness) -> None:
@@ -93,6 +98,7 @@ async def test_batch_of_50_with_bad_items(harness: Harness) -> None:
     assert resp.headers["Content-Type"] == "application/json"
     results = await resp.json()
     assert len(results) == 50
+    errors = []
     for i, r in enumerate(results):
         if i % 10 == 3:
             assert r["result"] == "error" and r["error"]["code"] == "missing-property"
@@ -102,11 +108,22 @@ async def test_batch_of_50_with_bad_items(harness: Harness) -> None:
         elif i == 49:
             assert r["result"] == "error" and r["error"]["category"] == "bad-request"
         else:
-            assert r["result"] == "accepted"
+            assert set(r) == {"result", "location"} and r["result"] == "accepted"
             stored = await harness.stored(r["location"].rsplit("/", 1)[1])
             assert stored["text"] == f"m{i}"  # request order kept
-    assert set(results[0]["error"].keys() if "error" in results[0] else []) <= {
-        "category", "code", "message", "details"}
+            continue
+        assert set(r) == {"result", "error"}
+        errors.append(r["error"])
+    # Every bad item carries a complete v1 error body (details is always a list of name/value pairs).
+    assert len(errors) == 11
+    for err in errors:
+        assert set(err) == {"category", "code", "message", "details"}, err
+        assert all(isinstance(err[k], str) and err[k] for k in ("category", "code", "message")), err
+        assert isinstance(err["details"], list), err
+        assert all(set(d) == {"name", "value"} for d in err["details"]), err
+    # Items shim can judge itself never reach v2; the rest are sent once each.
+    assert sorted(b["text"] for b in harness.v2_requests) == sorted(
+        [f"m{i}" for i in range(49) if i % 10 not in (3, 7)] + ["v2 rejects"] * 5)
 
 
 async def test_batch_over_50_is_refused_and_nothing_sent(harness: Harness) -> None:

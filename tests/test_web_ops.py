@@ -43,7 +43,7 @@ async def test_metrics_move_with_traffic(harness: Harness) -> None:
     before = await scrape()
     await harness.send(callbackUrl=f"{harness.receiver.url}/cb")
     await harness.post(None, raw=b"{bad")
-    await wait_until(lambda: harness.receiver.at("/cb"))
+    await wait_until(lambda: len(harness.receiver.at("/cb")) == 1)
     await wait_until(lambda: harness.sandbox_state.callbacks_posted >= 1)
 
     async def delivered() -> bool:
@@ -97,30 +97,27 @@ async def test_admin_requires_credentials_when_configured(make_harness: Any) -> 
 
 
 async def test_request_id_reaches_upstream_and_callbacks(harness: Harness) -> None:
-    resp = await harness.post({"from": "+15551230001", "to": "+15551230002", "text": "x"},
+    # The simulator stays quiet: the only v2 event for this message is the one posted below.
+    harness.sandbox_state.target = None
+    resp = await harness.post({"from": "+15551230001", "to": "+15551230002", "text": "x", "receiptRequested": "all",
+                               "callbackUrl": f"{harness.receiver.url}/rid"},
                               headers={"X-Request-Id": "send-req-7"})
-    assert resp.status == 201
+    assert resp.status == 201 and resp.headers["X-Request-Id"] == "send-req-7"
     assert harness.v2_headers[-1]["X-Request-Id"] == "send-req-7"
     mid = resp.headers["Location"].rsplit("/", 1)[1]
-    # A status event whose ingest request carries an id: the v1 callback it causes carries it too.
-    from shim.clock import now_us
-    from shim.core import MessageRecord
-    from shim.keys import STORE
-
-    other = "m-reqid-00000000000000000000000"
-    await harness.app[STORE].insert_message(MessageRecord(
-        id=other, user_id="u-test", direction="out", from_="+15551230001", to="+15551230002", text="x",
-        time="2026-01-01T00:00:00.000Z", time_us=now_us(), callback_url=f"{harness.receiver.url}/rid"))
-    event = {"type": "message-sent", "time": "2026-01-01T00:00:01Z", "to": "+15551230002", "description": "ok",
-             "message": {"id": other, "owner": "+15551230001", "applicationId": USER["application_id"],
+    # v2's status event for that message, in an ingest request with its own id: the v1 callbacks
+    # it causes (sent + receipt) carry the ingest request's id.
+    event = {"type": "message-delivered", "time": "2026-01-01T00:00:01Z", "to": "+15551230002", "description": "ok",
+             "message": {"id": mid, "owner": "+15551230001", "applicationId": USER["application_id"],
                          "time": "2026-01-01T00:00:00Z", "segmentCount": 1, "direction": "out",
                          "to": ["+15551230002"], "from": "+15551230001", "text": ""}}
     r = await harness.session.post(f"{harness.url}/callbacks/v2", json=[event],
                                    headers=auth("bandwidth", CB_PASS) | {"X-Request-Id": "ingest-req-9"})
-    assert r.status == 200
-    await wait_until(lambda: harness.receiver.at("/rid"))
-    assert harness.receiver.at("/rid")[0].headers["X-Request-Id"] == "ingest-req-9"
-    assert mid
+    assert r.status == 200 and r.headers["X-Request-Id"] == "ingest-req-9"
+    await wait_until(lambda: len(harness.receiver.at("/rid")) == 2)
+    got = [(c.headers["webhook-id"], c.headers.get("X-Request-Id")) for c in harness.receiver.at("/rid")]
+    assert got == [(f"evt_{mid}_sent", "ingest-req-9"), (f"evt_{mid}_receipt", "ingest-req-9")]
+    assert harness.sandbox_state.callbacks_posted == 0
 
 
 async def test_retention_runs_on_schedule(make_harness: Any) -> None:

@@ -70,3 +70,7 @@ class Store(MessageTxs, EventTxs, OutboxTxs, RetentionTxs):
     async def run_sql(self, sql: str, *args: Any) -> None:
         """Maintenance hook (and tests): one statement in its own transaction."""
         await self._timed_write(exec_tx(sql, *args))
+
+    async def query(self, sql: str, *args: Any) -> list[Any]:
+        """Read-only inspection (``?`` placeholders, any backend): tests and operators' tools."""
+        return list(await self._timed_read(all_tx(sql, *args)))
