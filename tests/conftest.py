@@ -48,6 +48,7 @@ OTHER_USER = {
     "v2_password": "v2other-secret",
 }
 CB_USER, CB_PASS = "bandwidth", "cb-pass-secret"
+SIGNING_SECRET = "whsec_c2hpbS10ZXN0LXNpZ25pbmcta2V5LTI0Yg=="
 
 
 def auth(user: str, password: str) -> dict[str, str]:
@@ -186,8 +187,8 @@ async def make_harness(tmp_path: Path) -> AsyncIterator[HarnessFactory]:
             "store": {"url": store_url or f"sqlite:///{tmp_path}/shim-{len(servers)}.db"},
             "upstream": {"mode": "sandbox", "timeout_s": 3, "connect_retries": 1},
             "callbacks": {"username": CB_USER, "password": CB_PASS,
-                          "retry_schedule_s": [0.2, 0.2, 0.2], "signing_secret": "sign-me",
-                          "unmatched_grace_s": 1},
+                          "retry_schedule_s": [0.2, 0.2, 0.2], "signing_secret": SIGNING_SECRET,
+                          "unmatched_grace_s": 1, "allow_cidrs": ["127.0.0.0/8"]},
             "users": [user, OTHER_USER],
         }
         # "{receiver}" in an override stands for the receiver's base URL.

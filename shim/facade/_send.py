@@ -12,7 +12,7 @@ from typing import Any
 from shim.clock import Clock
 from shim.config import Config, UserConfig
 from shim.core import parse_send_item, record_from_send, to_v2_request
-from shim.errors import MultiMessageLimit, ShimError, StoreUnavailable, error_body
+from shim.errors import CallbackInvalidUrl, MultiMessageLimit, ShimError, StoreUnavailable, error_body
 from shim.store import Store
 from shim.upstream import UpstreamClient
 
@@ -28,7 +28,7 @@ def message_path(user_id: str, message_id: str = "") -> str:
 class Sender:
     def __init__(
         self, cfg: Config, upstream: UpstreamClient, store: Store, clock: Clock,
-        on_enqueued: Callable[[], None] = lambda: None,
+        on_enqueued: Callable[[], None] = lambda: None, url_refused: Callable[[str], bool] = lambda url: False,
     ) -> None:
         self.cfg = cfg
         self.upstream = upstream
@@ -36,10 +36,15 @@ class Sender:
         self.clock = clock
         # Called when storing a send enqueued callbacks (events that arrived before the record).
         self.on_enqueued = on_enqueued
+        # The outbound address policy: a callback URL with a literal refused address is a 400.
+        self.url_refused = url_refused
 
     async def send(self, user: UserConfig, item: Any, request_id: str = "") -> str:
         """Validate, send to v2, store; returns the absolute v1 Location."""
         req = parse_send_item(item)
+        for prop, url in (("callbackUrl", req.callback_url), ("fallbackUrl", req.fallback_url)):
+            if url is not None and self.url_refused(url):
+                raise CallbackInvalidUrl(prop, url)
         body = to_v2_request(req, user, self.cfg.server.public_url, self.upstream.base_url)
         received = self.clock()
         v2msg = await self.upstream.send_message(user, body, request_id)
