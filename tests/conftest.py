@@ -80,6 +80,7 @@ class Received:
     query: dict[str, list[str]]
     headers: CIMultiDict[str]
     body: bytes
+    raw_query: str = ""  # the exact query string (what a GET callback's signature covers)
 
     @property
     def json(self) -> Any:
@@ -104,6 +105,7 @@ class Receiver:
         self.requests.append(Received(
             request.method, request.path,
             {k: request.query.getall(k) for k in request.query}, CIMultiDict(request.headers), body,
+            request.raw_path.partition("?")[2],
         ))
         steps = self.script.get(request.path, [200])
         status = steps.pop(0) if len(steps) > 1 else steps[0]
