@@ -10,6 +10,7 @@ from urllib.parse import unquote
 import pytest
 from multidict import MultiDict
 
+from shim.basic_auth import basic_credentials, basic_header, check_pair
 from shim.core import iso_from_us, match_enum, next_link, parse_list_query, parse_time_us
 from shim.errors import ShimError
 from shim.ops import scrub
@@ -132,6 +133,12 @@ async def test_resolver_refuses_names_of_refused_addresses() -> None:
             await resolver.resolve("localhost", 8080)
     finally:
         await resolver.close()
+
+
+def test_empty_passwords_never_match() -> None:
+    assert check_pair(("tok", "pw"), "tok", "pw")
+    assert not check_pair(("tok", ""), "tok", "") and not check_pair(("", ""), "", "")
+    assert not check_pair(basic_credentials(basic_header("tok", "")), "tok", "")
 
 
 def test_scrub_userinfo() -> None:
