@@ -15,6 +15,7 @@ from shim.keys import STORE
 
 from .conftest import CB_PASS, CB_USER, SIGNING_SECRET, USER, Harness, Received, auth, wait_until
 
+
 def verify_signature(r: Received, secret: str = SIGNING_SECRET) -> None:
     """With the Standard Webhooks reference library: the body (POST) or the exact query string (GET)."""
     payload = r.raw_query if r.method == "GET" else r.body.decode()
