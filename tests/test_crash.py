@@ -48,7 +48,8 @@ async def world(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
         "server": {"host": "127.0.0.1", "port": port},
         "store": {"url": f"sqlite:///{tmp_path}/crash.db"},
         "upstream": {"mode": "bandwidth", "base_url": str(sserver.make_url("")).rstrip("/")},
-        "callbacks": {"username": CB_USER, "password": CB_PASS, "retry_schedule_s": [0.5, 0.5, 1, 1, 2]},
+        "callbacks": {"username": CB_USER, "password": CB_PASS, "retry_schedule_s": [0.5, 0.5, 1, 1, 2],
+                      "allow_cidrs": ["127.0.0.0/8"]},
         "users": [USER],
     }
     yield {"receiver": receiver, "receiver_url": str(rserver.make_url("")).rstrip("/"),
