@@ -28,11 +28,11 @@ import aiohttp
 import yaml
 
 HERE = Path(__file__).resolve().parent
-USER = {"user_id": "u-bench", "api_token": "t-bench", "api_secret": "s-bench", "account_id": "1",
+USER = {"user_id": "u-bench", "api_token": "t-bench", "api_secret": "s-bench-secret", "account_id": "1",
         "application_id": "app-bench", "v2_username": "v2", "v2_password": "v2pw"}
-AUTH = {"Authorization": "Basic " + base64.b64encode(b"t-bench:s-bench").decode(),
+AUTH = {"Authorization": "Basic " + base64.b64encode(b"t-bench:s-bench-secret").decode(),
         "Content-Type": "application/json"}
-CB_AUTH = {"Authorization": "Basic " + base64.b64encode(b"bw:cbpw").decode(), "Content-Type": "application/json"}
+CB_AUTH = {"Authorization": "Basic " + base64.b64encode(b"bw:cbpw-bench-secret").decode(), "Content-Type": "application/json"}
 PROCS: list[subprocess.Popen[bytes]] = []
 
 
@@ -75,7 +75,7 @@ async def shim(upstream: str, store_url: str, tmp: Path, name: str, **callbacks:
         "server": {"host": "127.0.0.1", "port": port},
         "upstream": {"mode": "bandwidth", "base_url": upstream, "timeout_s": 10},
         "store": {"url": store_url},
-        "callbacks": {"username": "bw", "password": "cbpw", **callbacks},
+        "callbacks": {"username": "bw", "password": "cbpw-bench-secret", "allow_cidrs": ["127.0.0.0/8"], **callbacks},
         "users": [USER],
     }
     path = tmp / f"{name}.yaml"

@@ -25,8 +25,9 @@ def basic_credentials(header: str | None) -> tuple[str, str] | None:
 
 
 def check_pair(given: tuple[str, str] | None, user: str, password: str) -> bool:
-    """Constant-time comparison of both parts (no early exit on the user name)."""
+    """Constant-time comparison of both parts (no early exit on the user name). An empty
+    password never authenticates, whatever is configured."""
     g_user, g_pass = given or ("", "")
     ok_user = hmac.compare_digest(g_user.encode(), user.encode())
     ok_pass = hmac.compare_digest(g_pass.encode(), password.encode())
-    return bool(given) and ok_user and ok_pass
+    return bool(given) and bool(g_pass) and bool(password) and ok_user and ok_pass

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import gc
 import json
+import logging
 import os
 import signal
 import sys
@@ -15,7 +16,8 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from shim.config import Config, ConfigError, demo_config, load_config, masked
+from shim import __version__
+from shim.config import Config, ConfigError, demo_config, load_config, mask_userinfo, masked, parse_listen
 from shim.ops import setup_logging
 from shim.sandbox.web_sandbox import CallbackTarget, build_sandbox_app
 
@@ -29,8 +31,19 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return uvloop.new_event_loop
 
 
+log = logging.getLogger("shim")
+
+
+class StartupError(Exception):
+    """shim could not start (port in use, store unreachable): one line, exit 2."""
+
+
+def _config_path(path: str | None) -> str | None:
+    return path or os.environ.get("SHIM_CONFIG") or None
+
+
 def _load(path: str | None) -> Config:
-    path = path or os.environ.get("SHIM_CONFIG")
+    path = _config_path(path)
     return load_config(path) if path else demo_config()
 
 
@@ -49,7 +62,15 @@ async def start_sandbox(cfg: Config, shim_port: int) -> tuple[web.AppRunner, str
     return runner, f"http://127.0.0.1:{port}"
 
 
+def start_record(cfg: Config) -> dict[str, Any]:
+    """The one startup log line's fields: no secret, the store URL masked."""
+    return {"version": __version__, "upstream_mode": cfg.upstream.mode,
+            "bind": f"{cfg.server.host}:{cfg.server.port}", "admin_listen": cfg.admin.listen,
+            "store": mask_userinfo(cfg.store.url), "users": len(cfg.users)}
+
+
 def banner(cfg: Config, sandbox_url: str | None) -> str:
+    """The embedded demo's banner (credentials and a curl line: the demo user is public)."""
     base = cfg.server.public_url
     lines = [f"shim listening on {base}"]
     if sandbox_url:
@@ -84,20 +105,39 @@ async def until_signalled() -> None:
     await stop.wait()
 
 
-async def serve(cfg: Config) -> None:
-    from shim.web_app import build_app
+async def serve(cfg: Config, demo: bool = False) -> None:
+    from shim.web_app import build_admin_app, build_app
 
     sandbox_runner = None
     sandbox_url = None
-    if cfg.upstream.mode == "sandbox":
-        sandbox_runner, sandbox_url = await start_sandbox(cfg, cfg.server.port)
-        cfg.upstream.base_url = sandbox_url
-    app = build_app(cfg)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=10, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, cfg.server.host, cfg.server.port, reuse_address=True)
-    await site.start()
-    print(banner(cfg, sandbox_url), flush=True)
+    runners: list[web.AppRunner] = []
+    try:
+        if cfg.upstream.mode == "sandbox":
+            sandbox_runner, sandbox_url = await start_sandbox(cfg, cfg.server.port)
+            cfg.upstream.base_url = sandbox_url
+        app = build_app(cfg)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=10, handle_signals=False)
+        runners.append(runner)
+        await runner.setup()
+        site = web.TCPSite(runner, cfg.server.host, cfg.server.port, reuse_address=True)
+        await site.start()
+        if cfg.admin.listen:
+            admin_runner = web.AppRunner(build_admin_app(app), access_log=None, handle_signals=False)
+            runners.insert(0, admin_runner)
+            await admin_runner.setup()
+            host, port = parse_listen(cfg.admin.listen)
+            await web.TCPSite(admin_runner, host, port, reuse_address=True).start()
+    except Exception as e:
+        for r in runners:
+            await r.cleanup()
+        if sandbox_runner:
+            await sandbox_runner.cleanup()
+        detail = " ".join(mask_userinfo(str(e)).split()) or type(e).__name__
+        raise StartupError(f"cannot start: {type(e).__name__}: {detail}"[:300]) from None
+    if demo:
+        print(banner(cfg, sandbox_url), flush=True)
+    sandbox_note = " (SANDBOX upstream: the built-in v2 simulator, no real SMS)" if sandbox_url else ""
+    log.info(f"shim started{sandbox_note}", extra=start_record(cfg))
     # Startup objects (modules, schemas, config) never die: keep them out of GC passes, which
     # otherwise walk them on every full collection and show up as tail latency.
     gc.collect()
@@ -107,7 +147,9 @@ async def serve(cfg: Config) -> None:
     sys.setswitchinterval(0.0005)
     await until_signalled()
     # Graceful: stop accepting, finish in-flight requests, stop workers, release leases.
-    await runner.cleanup()
+    for r in runners:
+        await r.cleanup()
+    log.info("shim stopped")
     if sandbox_runner:
         await sandbox_runner.cleanup()
 
@@ -128,14 +170,17 @@ async def run_sandbox(args: argparse.Namespace) -> None:
 
 
 async def dead_letters(cfg: Config, action: str, ids: list[int]) -> Any:
+    """``ids`` empty with ``replay`` means every dead letter (the CLI asks for ``--all``)."""
     from shim.gateway import Gateway
+    from shim.ops import scrub
     from shim.store import open_store
 
     store = open_store(cfg.store.url, Gateway(cfg))
     await store.open()
     try:
         if action == "list":
-            return [vars(d) for d in await store.dead_letters(1000)]
+            return [vars(d) | {"url": mask_userinfo(d.url), "last_error": scrub(d.last_error or "")}
+                    for d in await store.dead_letters(1000)]
         return {"replayed": await store.replay(ids or None)}
     finally:
         await store.close()
@@ -160,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("dead-letters", help="list or replay dead-lettered callbacks")
     p.add_argument("action", choices=["list", "replay"])
     p.add_argument("ids", nargs="*", type=int)
+    p.add_argument("--all", action="store_true", help="replay every dead letter")
     p.add_argument("--config")
     args = parser.parse_args(argv)
     setup_logging(os.environ.get("SHIM_LOG_LEVEL", "INFO"))
@@ -173,13 +219,24 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         cfg = _load(args.config)
         if args.cmd == "serve":
+            demo = _config_path(args.config) is None
             with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-                runner.run(serve(cfg))
+                runner.run(serve(cfg, demo))
             return 0
+        if args.action == "replay" and not args.ids and not args.all:
+            print("shim: dead-letters replay needs ids or --all", file=sys.stderr)
+            return 2
+        if args.action == "replay" and args.ids and args.all:
+            print("shim: dead-letters replay takes ids or --all, not both", file=sys.stderr)
+            return 2
         result = asyncio.run(dead_letters(cfg, args.action, args.ids))
         print(json.dumps(result, indent=2))
         return 0
     except ConfigError as e:
+        for problem in e.problems:
+            print(f"shim: {problem}", file=sys.stderr)
+        return 2
+    except StartupError as e:
         print(f"shim: {e}", file=sys.stderr)
         return 2
 

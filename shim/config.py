@@ -1,28 +1,73 @@
 """Configuration: YAML with ``${ENV}`` expansion, validated by pydantic.
 
 Key names are part of the product contract (SPEC §2); unknown keys are rejected so a typo
-fails loudly at start instead of silently using a default.
+fails loudly at start instead of silently using a default. Every problem is reported (one line
+each, naming the key), not only the first.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import ipaddress
 import os
 import re
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 DEFAULT_RETRY_SCHEDULE: list[float] = [5, 30, 120, 600, 1800, 3600, 7200, 14400, 28800, 43200]
+MIN_SECRET_LEN = 12
+# Paths of shim's own routes: the callback ingest path may not shadow any of them.
+RESERVED_PATHS = ("/v1", "/healthz", "/readyz", "/metrics", "/admin")
 
 
 class ConfigError(Exception):
-    """A one-line, user-facing configuration error naming the key."""
+    """User-facing configuration problems, one line each naming the key."""
+
+    def __init__(self, *problems: str) -> None:
+        self.problems = list(problems) or ["config: invalid"]
+        super().__init__("\n".join(self.problems))
 
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+def _check_url(value: str, *, http_only: bool = True) -> str:
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise ValueError(f"not a valid URL: {value!r}") from None
+    if http_only and parts.scheme not in ("http", "https"):
+        raise ValueError(f"must be an absolute http(s) URL, got {value!r}")
+    if not parts.scheme or not parts.hostname:
+        raise ValueError(f"must be an absolute URL with a scheme and a host, got {value!r}")
+    return value
+
+
+def _check_whsec(value: str) -> str:
+    if not value.startswith("whsec_"):
+        raise ValueError("must be a Standard Webhooks secret: 'whsec_' followed by base64")
+    try:
+        key = base64.b64decode(value[6:], validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("must be a Standard Webhooks secret: 'whsec_' followed by valid base64") from None
+    if len(key) < 16:
+        raise ValueError("the secret must decode to at least 16 bytes")
+    return value
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port`` for IPv6)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) <= 65535 or not host:
+        raise ValueError(f"must be host:port, got {value!r}")
+    return host.strip("[]"), int(port)
 
 
 class ServerConfig(_Model):
@@ -31,6 +76,11 @@ class ServerConfig(_Model):
     # Base of every URL shim hands out (Location, messageUri, Link, media).
     public_url: str = ""
     max_body_bytes: int = Field(1024 * 1024, ge=1024)
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, v: str) -> str:
+        return _check_url(v) if v else v
 
     @model_validator(mode="after")
     def _default_public_url(self) -> ServerConfig:
@@ -52,11 +102,24 @@ class UpstreamConfig(_Model):
     # Largest media upload accepted (v2's limit is 3.75 MB).
     max_media_bytes: int = Field(3_750_000, ge=1)
 
+    @field_validator("base_url")
+    @classmethod
+    def _base_url(cls, v: str) -> str:
+        return _check_url(v, http_only=False)
+
 
 class StoreConfig(_Model):
     url: str = "sqlite:///./shim.db"
     # PostgreSQL connections per replica (SQLite uses one writer and two readers).
     pool_size: int = Field(40, ge=2)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        scheme = v.partition(":")[0].lower()
+        if scheme not in ("sqlite", "postgresql", "postgres"):
+            raise ValueError(f"unsupported store {scheme + ':' if scheme else repr(v)}; use sqlite: or postgresql:")
+        return v
 
 
 class CallbacksConfig(_Model):
@@ -64,7 +127,10 @@ class CallbacksConfig(_Model):
     username: str | None = None
     password: SecretStr | None = None
     retry_schedule_s: list[float] = Field(default_factory=lambda: list(DEFAULT_RETRY_SCHEDULE))
+    # Standard Webhooks secret (whsec_ + base64): adds webhook-signature to every v1 callback.
     signing_secret: SecretStr | None = None
+    # More secrets while one rotates: every callback carries one signature per secret.
+    signing_secrets: list[SecretStr] = Field(default_factory=list)
     # How long a status event may wait for its send to be recorded before it is treated as
     # an event of a message sent natively on v2.
     unmatched_grace_s: float = Field(60, gt=0)
@@ -72,19 +138,79 @@ class CallbacksConfig(_Model):
     # How long a replica holds a delivery before another may take it over (if it died).
     lease_s: float = Field(60, gt=0)
     per_host_concurrency: int = Field(16, ge=1)
+    # Networks callbacks may reach although refused by default (loopback, private, ...).
     allow_cidrs: list[str] = Field(default_factory=list)
+    # Networks callbacks never reach (wins over allow_cidrs).
     deny_cidrs: list[str] = Field(default_factory=list)
-    # Admin API (dead letters, replay) credentials; admin endpoints are off when unset.
-    admin_username: str | None = None
-    admin_password: SecretStr | None = None
 
-    @model_validator(mode="after")
-    def _check(self) -> CallbacksConfig:
-        if not self.path.startswith("/"):
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        if not v.startswith("/"):
             raise ValueError("path must start with '/'")
-        if not self.retry_schedule_s or any(s < 0 for s in self.retry_schedule_s):
+        for reserved in RESERVED_PATHS:
+            if v == reserved or v.startswith(reserved + "/") or (reserved == "/admin" and v.startswith("/admin")):
+                raise ValueError(f"{v} collides with shim's own route {reserved}")
+        return v
+
+    @field_validator("retry_schedule_s")
+    @classmethod
+    def _schedule(cls, v: list[float]) -> list[float]:
+        if not v or any(s < 0 for s in v):
             raise ValueError("retry_schedule_s must be a non-empty list of non-negative seconds")
-        return self
+        return v
+
+    @field_validator("allow_cidrs", "deny_cidrs")
+    @classmethod
+    def _cidrs(cls, v: list[str]) -> list[str]:
+        for c in v:
+            try:
+                ipaddress.ip_network(c, strict=False)
+            except ValueError:
+                raise ValueError(f"not a CIDR network: {c!r}") from None
+        return v
+
+    @field_validator("signing_secret")
+    @classmethod
+    def _secret(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None:
+            _check_whsec(v.get_secret_value())
+        return v
+
+    @field_validator("signing_secrets")
+    @classmethod
+    def _secrets(cls, v: list[SecretStr]) -> list[SecretStr]:
+        for s in v:
+            _check_whsec(s.get_secret_value())
+        return v
+
+    def secrets(self) -> list[str]:
+        """Every signing secret, the primary first."""
+        out = [self.signing_secret.get_secret_value()] if self.signing_secret else []
+        return out + [s.get_secret_value() for s in self.signing_secrets]
+
+
+class AdminConfig(_Model):
+    # The admin API (dead letters, replay) is off unless both are set.
+    username: str | None = None
+    password: SecretStr | None = None
+    # "host:port": serve the admin API on its own listener only (not on the main port).
+    listen: str | None = None
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_listen(v)
+        return v
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.username) and self.password is not None and bool(self.password.get_secret_value())
+
+
+def _http_url(v: str | None) -> str | None:
+    return _check_url(v) if v is not None else v
 
 
 class IncomingConfig(_Model):
@@ -93,10 +219,14 @@ class IncomingConfig(_Model):
     method: Literal["GET", "POST"] = "POST"
     timeout_ms: int = Field(10000, ge=1, le=10000)
 
+    _urls = field_validator("url", "fallback_url")(_http_url)
+
 
 class NativeEventsConfig(_Model):
     format: Literal["v1", "v2"] = "v2"
     url: str
+
+    _url = field_validator("url")(_http_url)
 
 
 class UserConfig(_Model):
@@ -110,12 +240,25 @@ class UserConfig(_Model):
     incoming: IncomingConfig | None = None
     native_events: NativeEventsConfig | None = None
 
+    @field_validator("api_secret")
+    @classmethod
+    def _not_empty(cls, v: SecretStr) -> SecretStr:
+        if not v.get_secret_value():
+            raise ValueError("must not be empty")
+        return v
+
 
 class RetentionConfig(_Model):
     text_days: float = Field(3, gt=0)
     purge_days: float = Field(30, gt=0)
     # How often the retention pass runs (every replica runs it; it is idempotent).
     interval_s: float = Field(3600, gt=0)
+
+    @model_validator(mode="after")
+    def _order(self) -> RetentionConfig:
+        if self.text_days > self.purge_days:
+            raise ValueError(f"text_days ({self.text_days:g}) must not exceed purge_days ({self.purge_days:g})")
+        return self
 
 
 class SandboxConfig(_Model):
@@ -128,18 +271,10 @@ class Config(_Model):
     upstream: UpstreamConfig = Field(default_factory=UpstreamConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
     callbacks: CallbacksConfig = Field(default_factory=CallbacksConfig)
+    admin: AdminConfig = Field(default_factory=AdminConfig)
     users: list[UserConfig] = Field(default_factory=list)
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
     sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
-
-    @model_validator(mode="after")
-    def _unique_users(self) -> Config:
-        seen: set[str] = set()
-        for u in self.users:
-            if u.user_id in seen:
-                raise ValueError(f"duplicate user_id {u.user_id!r}")
-            seen.add(u.user_id)
-        return self
 
     def user(self, user_id: str) -> UserConfig | None:
         for u in self.users:
@@ -148,39 +283,107 @@ class Config(_Model):
         return None
 
 
-_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+def cross_checks(cfg: Config) -> list[str]:
+    """Rules spanning several keys, each problem one line naming a key."""
+    problems: list[str] = []
+    for field in ("user_id", "application_id"):
+        seen: set[str] = set()
+        for i, u in enumerate(cfg.users):
+            value = getattr(u, field)
+            if value in seen:
+                problems.append(f"users.{i}.{field}: duplicate {field} {value!r}")
+            seen.add(value)
+    if cfg.upstream.mode != "sandbox":
+        if not cfg.callbacks.username or cfg.callbacks.password is None:
+            problems.append("callbacks.username: outside sandbox mode the callback endpoint requires "
+                            "credentials (set callbacks.username and callbacks.password)")
+        secrets: list[tuple[str, SecretStr | None]] = [(f"users.{i}.api_secret", u.api_secret) for i, u in enumerate(cfg.users)]
+        secrets += [("callbacks.password", cfg.callbacks.password), ("admin.password", cfg.admin.password)]
+        for key, secret in secrets:
+            if secret is not None and len(secret.get_secret_value()) < MIN_SECRET_LEN:
+                problems.append(f"{key}: must be at least {MIN_SECRET_LEN} characters outside sandbox mode")
+    if cfg.admin.listen and not cfg.admin.enabled:
+        problems.append("admin.listen: set admin.username and admin.password to enable the admin API")
+    if cfg.admin.listen:
+        _, port = parse_listen(cfg.admin.listen)
+        if port == cfg.server.port:
+            problems.append(f"admin.listen: port {port} is server.port")
+    return problems
 
 
-def expand_env(value: Any, env: dict[str, str], where: str = "") -> Any:
-    """Replace ``${VAR}`` in every string so secrets can stay out of the file."""
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+MOVED_KEYS = {("callbacks", "admin_username"): "admin.username", ("callbacks", "admin_password"): "admin.password"}
+
+
+def expand_env(value: Any, env: dict[str, str], where: str = "", problems: list[str] | None = None) -> Any:
+    """Replace ``${VAR}`` (or ``${VAR:-default}``) in every string so secrets can stay out of the file.
+    An unset or empty variable without a default is a problem (collected, or raised at once)."""
     if isinstance(value, str):
 
         def sub(m: re.Match[str]) -> str:
-            name = m.group(1)
-            if name not in env:
-                raise ConfigError(f"{where or 'config'}: environment variable {name} is not set")
-            return env[name]
+            name, default = m.group(1), m.group(2)
+            if env.get(name):
+                return env[name]
+            if default is not None:
+                return default
+            problem = f"{where or 'config'}: environment variable {name} is not set or empty"
+            if problems is None:
+                raise ConfigError(problem)
+            problems.append(problem)
+            return ""
 
         return _ENV.sub(sub, value)
     if isinstance(value, dict):
-        return {k: expand_env(v, env, f"{where}.{k}" if where else str(k)) for k, v in value.items()}
+        return {k: expand_env(v, env, f"{where}.{k}" if where else str(k), problems) for k, v in value.items()}
     if isinstance(value, list):
-        return [expand_env(v, env, f"{where}.{i}") for i, v in enumerate(value)]
+        return [expand_env(v, env, f"{where}.{i}", problems) for i, v in enumerate(value)]
     return value
 
 
-def parse_config(raw: Any, env: dict[str, str] | None = None) -> Config:
+def parse_config(raw: Any, env: dict[str, str] | None = None, *, default_mode: str = "sandbox") -> Config:
+    """Validate raw config data. ``default_mode`` is the upstream mode when none is given: a
+    config file (``load_config``) defaults to ``bandwidth``."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError("config: the top level must be a mapping")
-    data = expand_env(raw, dict(os.environ) if env is None else env)
+    problems: list[str] = []
+    data = expand_env(raw, dict(os.environ) if env is None else env, problems=problems)
+    bad_keys = {p.split(":", 1)[0] for p in problems}
+    for (section, key), new in MOVED_KEYS.items():
+        if isinstance(data.get(section), dict) and key in data[section]:
+            problems.append(f"{section}.{key}: moved to {new}")
+            data[section] = {k: v for k, v in data[section].items() if k != key}
+    upstream = data.get("upstream")
+    if upstream is None or (isinstance(upstream, dict) and "mode" not in upstream):
+        data["upstream"] = dict(upstream or {}, mode=default_mode)
     try:
-        return Config.model_validate(data)
+        cfg = Config.model_validate(data)
     except ValidationError as e:
-        err = e.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"]) or "config"
-        raise ConfigError(f"{loc}: {err['msg']}") from None
+        for err in e.errors():
+            loc = ".".join(str(p) for p in err["loc"]) or "config"
+            if loc not in bad_keys:
+                msg = str(err["msg"]).removeprefix("Value error, ")
+                problems.append(f"{loc}: {msg}")
+        raise ConfigError(*problems) from None
+    problems += [p for p in cross_checks(cfg) if p.split(":", 1)[0] not in bad_keys]
+    if problems:
+        raise ConfigError(*problems)
+    return cfg
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A SafeLoader that refuses duplicate mapping keys (a silently ignored value is a trap)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (line {key_node.start_mark.line + 1})", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def load_config(path: str | Path, env: dict[str, str] | None = None) -> Config:
@@ -189,10 +392,11 @@ def load_config(path: str | Path, env: dict[str, str] | None = None) -> Config:
     except OSError as e:
         raise ConfigError(f"config: cannot read {path}: {e.strerror}") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
     except yaml.YAMLError as e:
-        raise ConfigError(f"config: {path} is not valid YAML: {str(e).splitlines()[0]}") from None
-    return parse_config(raw, env)
+        detail = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"config: {path} is not valid YAML: {detail}") from None
+    return parse_config(raw, env, default_mode="bandwidth")
 
 
 DEMO_USER = {
@@ -207,10 +411,13 @@ DEMO_USER = {
 
 
 def demo_config() -> Config:
-    """Embedded defaults for ``make run``: SQLite, the sandbox upstream and one demo user."""
+    """Embedded defaults for ``make run``: SQLite, the sandbox upstream, one demo user, and
+    callbacks allowed to loopback (the demo's receivers run on this machine)."""
     return parse_config(
         {
-            "callbacks": {"username": "bandwidth", "password": "callback-secret"},
+            "upstream": {"mode": "sandbox"},
+            "callbacks": {"username": "bandwidth", "password": "callback-secret",
+                          "allow_cidrs": ["127.0.0.0/8", "::1/128"]},
             "users": [DEMO_USER],
         }
     )
@@ -226,7 +433,7 @@ def masked(cfg: Config) -> dict[str, Any]:
         if isinstance(obj, list):
             return [mask(v) for v in obj]
         if isinstance(obj, str) and key in {"url", "base_url", "fallback_url"}:
-            return _mask_userinfo(obj)
+            return mask_userinfo(obj)
         return obj
 
     data = mask(data)
@@ -234,5 +441,6 @@ def masked(cfg: Config) -> dict[str, Any]:
     return data
 
 
-def _mask_userinfo(url: str) -> str:
+def mask_userinfo(url: str) -> str:
+    """``scheme://user:***@host``: a URL's userinfo password never shown."""
     return re.sub(r"//([^/@:]+):([^/@]*)@", r"//\1:***@", url)

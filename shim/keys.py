@@ -27,6 +27,8 @@ DELIVERY: web.AppKey[DeliveryEngine] = web.AppKey("delivery")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 GATEWAY: web.AppKey[Gateway] = web.AppKey("gateway")
 SENDER: web.AppKey[Sender] = web.AppKey("sender")
+# On the admin listener's app: the main app whose state it serves.
+MAIN_APP: web.AppKey[web.Application] = web.AppKey("main_app")
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id")
 
 # the sandbox (a separate app)

@@ -9,13 +9,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
+from shim import __version__
 from shim.clock import Clock, now_us
 from shim.config import Config
 from shim.errors import BodyTooLarge, MethodNotAllowed, NotFound, ShimError
 from shim.facade import Sender, web_media, web_messages
 from shim.facade.web_v1 import v1_error_response
 from shim.gateway import Gateway, web_ingest
-from shim.keys import CONFIG, DELIVERY, METRICS, REQUEST_ID, SENDER, STORE, UPSTREAM
+from shim.keys import CONFIG, DELIVERY, MAIN_APP, METRICS, REQUEST_ID, SENDER, STORE, UPSTREAM
 from shim.ops import Metrics, web_ops
 from shim.outbox import DeliveryEngine
 from shim.store import Store, open_store
@@ -81,13 +82,15 @@ def build_app(
     app = web.Application(middlewares=[v1_middleware], client_max_size=cfg.server.max_body_bytes)
     app[CONFIG] = cfg
     app[METRICS] = Metrics()
+    app[METRICS].set_build_info(__version__, cfg.upstream.mode)
     gateway = Gateway(cfg, clock)
     app[STORE] = store or open_store(cfg.store.url, gateway, pool_size=cfg.store.pool_size, clock=clock)
     app[STORE].observer = lambda op, seconds: app[METRICS].store_latency.labels(op).observe(seconds)
     app[UPSTREAM] = UpstreamClient(cfg.upstream, cfg.upstream.base_url, transport=transport,
                                    observer=app[METRICS].observe_upstream)
     app[DELIVERY] = DeliveryEngine(cfg, app[STORE], gateway, app[METRICS], clock=clock)
-    app[SENDER] = Sender(cfg, app[UPSTREAM], app[STORE], clock, on_enqueued=app[DELIVERY].wake)
+    app[SENDER] = Sender(cfg, app[UPSTREAM], app[STORE], clock, on_enqueued=app[DELIVERY].wake,
+                         url_refused=app[DELIVERY].policy.refuses_literal)
     web_ops.setup(app)
     web_messages.setup(app)
     web_media.setup(app)
@@ -108,3 +111,12 @@ def build_app(
             "callbacks.username is not set: the callback endpoint accepts events without credentials")
     app.cleanup_ctx.append(lifecycle)
     return app
+
+
+def build_admin_app(main: web.Application) -> web.Application:
+    """The admin API alone, for its own listener (``admin.listen``); it serves ``main``'s state
+    and has no lifecycle of its own (start it after ``main``, stop it before)."""
+    admin = web.Application(middlewares=[v1_middleware], client_max_size=main[CONFIG].server.max_body_bytes)
+    admin[MAIN_APP] = main
+    web_ops.add_admin_routes(admin)
+    return admin

@@ -105,6 +105,7 @@ class Received:
     query: dict[str, list[str]]
     headers: CIMultiDict[str]
     body: bytes
+    raw_query: str = ""  # the exact query string (what a GET callback's signature covers)
 
     @property
     def json(self) -> Any:
@@ -129,6 +130,7 @@ class Receiver:
         self.requests.append(Received(
             request.method, request.path,
             {k: request.query.getall(k) for k in request.query}, CIMultiDict(request.headers), body,
+            request.raw_path.partition("?")[2],
         ))
         steps = self.script.get(request.path, [200])
         status = steps.pop(0) if len(steps) > 1 else steps[0]
@@ -213,7 +215,7 @@ async def make_harness(tmp_path: Path) -> AsyncIterator[HarnessFactory]:
             "upstream": {"mode": "sandbox", "timeout_s": 3, "connect_retries": 1},
             "callbacks": {"username": CB_USER, "password": CB_PASS,
                           "retry_schedule_s": [0.2, 0.2, 0.2], "signing_secret": SIGNING_SECRET,
-                          "unmatched_grace_s": 1},
+                          "unmatched_grace_s": 1, "allow_cidrs": ["127.0.0.0/8"]},
             "users": [user, OTHER_USER],
         }
         # "{receiver}" in an override stands for the receiver's base URL.

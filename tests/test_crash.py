@@ -121,7 +121,7 @@ async def world(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
         "store": {"url": f"sqlite:///{tmp_path}/crash.db"},
         "upstream": {"mode": "bandwidth", "base_url": str(sserver.make_url("")).rstrip("/")},
         "callbacks": {"username": CB_USER, "password": CB_PASS, "retry_schedule_s": [0.5, 0.5, 1, 1, 2],
-                      "per_host_concurrency": PER_HOST},
+                      "per_host_concurrency": PER_HOST, "allow_cidrs": ["127.0.0.0/8"]},
         "users": [USER],
     }
     try:

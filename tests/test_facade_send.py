@@ -30,6 +30,7 @@ from .conftest import USER
 
 NOW_US = 1_767_225_600_000_000  # 2026-01-01T00:00:00Z
 CFG: Config = parse_config({"server": {"public_url": "https://shim.example"}, "users": [USER],
+                            "callbacks": {"username": "bandwidth", "password": "callback-pass-1"},
                             "upstream": {"mode": "bandwidth", "base_url": "https://v2.example/api/v2",
                                          "connect_retries": 2, "batch_concurrency": 4}})
 U = CFG.users[0]

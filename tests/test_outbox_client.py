@@ -42,7 +42,7 @@ async def test_a_huge_response_body_is_not_read() -> None:
     app.router.add_post("/cb", flood)
     server = TestServer(app, host="127.0.0.1", port=free_port())
     await server.start_server()
-    client = CallbackClient(AddressPolicy(["127.0.0.0/8"], []), concurrency=4, per_host=4, signing_secret=None)
+    client = CallbackClient(AddressPolicy(["127.0.0.0/8"], []), concurrency=4, per_host=4)
     await client.start()
     try:
         spec = DeliverySpec.to(Route(url=f"http://127.0.0.1:{server.port}/cb", timeout_ms=10_000),

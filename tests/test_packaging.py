@@ -11,8 +11,9 @@ from pathlib import Path
 from shim.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
-ENV = {"SHIM_DB_PASSWORD": "d", "SHIM_API_SECRET": "a", "SHIM_V2_PASSWORD": "v", "SHIM_CALLBACK_PASSWORD": "c",
-       "SHIM_SIGNING_SECRET": "s", "SHIM_ADMIN_PASSWORD": "p"}
+ENV = {"SHIM_DB_PASSWORD": "d", "SHIM_API_SECRET": "api-secret-123", "SHIM_V2_PASSWORD": "v",
+       "SHIM_CALLBACK_PASSWORD": "callback-pass-1", "SHIM_SIGNING_SECRET": "whsec_MDEyMzQ1Njc4OWFiY2RlZjAxMjM=",
+       "SHIM_ADMIN_PASSWORD": "admin-pass-123"}
 
 
 def test_installed_package_has_its_data(tmp_path: Path) -> None:

@@ -85,7 +85,8 @@ async def test_two_replicas_one_killed(tmp_path: Path) -> None:
                     "store": {"url": db_url},
                     "upstream": {"mode": "bandwidth", "base_url": str(sandbox_server.make_url("")).rstrip("/")},
                     "callbacks": {"username": CB_USER, "password": CB_PASS, "lease_s": 3,
-                                  "retry_schedule_s": [0.5, 1, 1, 2], "per_host_concurrency": 8},
+                                  "retry_schedule_s": [0.5, 1, 1, 2], "per_host_concurrency": 8,
+                                  "allow_cidrs": ["127.0.0.0/8"]},
                     "users": [USER],
                 }
                 replicas.append(ShimProcess(cfg, tmp_path, f"replica{i}"))

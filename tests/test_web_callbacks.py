@@ -8,7 +8,8 @@ import json
 from typing import Any
 
 import pytest
-from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+from standardwebhooks import Webhook
+from standardwebhooks.webhooks import WebhookVerificationError
 
 from shim.clock import now_us
 from shim.keys import DELIVERY, METRICS, STORE
@@ -16,12 +17,12 @@ from shim.keys import DELIVERY, METRICS, STORE
 from .conftest import CB_PASS, CB_USER, SIGNING_SECRET, USER, Harness, Received, auth, outbox_is, sql_rows, wait_until
 
 
-def verify_signature(r: Received) -> None:
-    """Verify with the Standard Webhooks reference library, not a re-implementation."""
-    assert r.method == "POST"
-    assert Webhook(SIGNING_SECRET).verify(r.body, dict(r.headers)) == r.json
-    with pytest.raises(WebhookVerificationError):  # the signature covers the body
-        Webhook(SIGNING_SECRET).verify(r.body + b" ", dict(r.headers))
+def verify_signature(r: Received, secret: str = SIGNING_SECRET) -> None:
+    """With the Standard Webhooks reference library: the body (POST) or the exact query string (GET)."""
+    payload = r.raw_query if r.method == "GET" else r.body.decode()
+    Webhook(secret).verify(payload, dict(r.headers), json_parse=False)
+    with pytest.raises(WebhookVerificationError):  # the signature covers what was sent
+        Webhook(secret).verify(payload + " ", dict(r.headers), json_parse=False)
 
 
 def v2_event(mid: str, type_: str = "message-delivered", **kw: Any) -> dict[str, Any]:
@@ -163,6 +164,23 @@ async def test_get_callback_with_query_params_and_userinfo(harness: Harness) -> 
     assert r.query["messageUri"] == [f"{harness.messages_url}/{mid}"]
     assert r.headers["Authorization"] == auth("app user", "p@ss")["Authorization"]
     assert r.headers["User-Agent"] == "BandwidthAPI/v1"
+    verify_signature(r)
+
+
+async def test_rotating_secrets_sign_post_and_get_callbacks(make_harness: Any) -> None:
+    new = "whsec_" + base64.b64encode(b"the-next-signing-key!").decode()
+    h = await make_harness(callbacks__signing_secrets=[new])
+    await h.send(callbackUrl=f"{h.receiver.url}/post?x=1&y=a%20b")
+    await h.send(callbackUrl=f"{h.receiver.url}/get?x=1", callbackHttpMethod="GET", tag="a b&c=d/é")
+    await wait_until(lambda: bool(h.receiver.at("/post")) and bool(h.receiver.at("/get")))
+    for r in h.receiver.at("/post") + h.receiver.at("/get"):
+        assert len(r.headers["webhook-signature"].split(" ")) == 2
+        verify_signature(r, SIGNING_SECRET)
+        verify_signature(r, new)
+        with pytest.raises(WebhookVerificationError):
+            verify_signature(r, "whsec_" + base64.b64encode(b"some-other-key-16b").decode())
+    (g,) = h.receiver.at("/get")
+    assert g.query["x"] == ["1"] and g.query["tag"] == ["a b&c=d/é"] and g.raw_query.startswith("x=1&")
 
 
 async def test_fallback_on_primary_failure(harness: Harness) -> None:
@@ -234,29 +252,75 @@ async def test_ordering_under_retries(harness: Harness) -> None:
     assert kinds == ["sent", "sent", "sent", "receipt"]
 
 
-async def test_dead_letter_then_replay(harness: Harness) -> None:
+ADMIN = {"username": "admin", "password": "admin-pass-123"}
+
+
+async def test_dead_letter_then_replay(make_harness: Any) -> None:
+    harness = await make_harness(admin=ADMIN)
+    admin = auth(ADMIN["username"], ADMIN["password"])
     harness.receiver.script["/down"] = [500]
-    mid = await harness.send(callbackUrl=f"{harness.receiver.url}/down")
+    down = harness.receiver.url.replace("http://", "http://hook:hook-pass-77@") + "/down"
+    mid = await harness.send(callbackUrl=down)
     # 1 attempt + 3 retries (schedule of 3), then dead.
     await wait_until(lambda: len(harness.receiver.at("/down")) == 4)
 
     async def listed() -> bool:
-        resp = await harness.session.get(f"{harness.url}/admin/dead-letters")
+        resp = await harness.session.get(f"{harness.url}/admin/dead-letters", headers=admin)
         return len(await resp.json()) == 1
 
     await wait_until(listed)
-    resp = await harness.session.get(f"{harness.url}/admin/dead-letters")
+    resp = await harness.session.get(f"{harness.url}/admin/dead-letters", headers=admin)
     (dead,) = await resp.json()
     assert dead["eventId"] == f"evt_{mid}_sent" and dead["attempts"] == 4 and "500" in dead["lastError"]
+    assert "hook-pass-77" not in json.dumps(dead) and dead["url"].startswith("http://hook:***@127.0.0.1")
     metrics = await (await harness.session.get(f"{harness.url}/metrics")).text()
     assert "shim_callback_dead_letters 1.0" in metrics
     harness.receiver.script["/down"] = [200]
-    resp = await harness.session.post(f"{harness.url}/admin/dead-letters/replay", json={"ids": [dead["id"]]})
+    replay = f"{harness.url}/admin/dead-letters/replay"
+    for body in (None, {}, {"ids": []}, {"all": False}, {"ids": "all"}):
+        resp = await harness.session.post(replay, headers=admin, **({} if body is None else {"json": body}))
+        assert resp.status == 400, body  # replay needs explicit ids or {"all": true}
+    resp = await harness.session.post(replay, json={"ids": [dead["id"]]}, headers=admin)
     assert (await resp.json()) == {"replayed": 1}
     await wait_until(lambda: len(harness.receiver.at("/down")) == 5)
     await wait_until(outbox_is(harness.app[STORE], pending=0))
-    resp = await harness.session.get(f"{harness.url}/admin/dead-letters")
+    resp = await harness.session.get(f"{harness.url}/admin/dead-letters", headers=admin)
     assert await resp.json() == []
+
+
+async def test_refused_callback_urls_are_400_at_send(harness: Harness) -> None:
+    port = harness.cfg.server.port
+    for prop, url in (("callbackUrl", "http://169.254.169.254/latest"), ("callbackUrl", "http://10.0.0.1/cb"),
+                      ("fallbackUrl", "http://[::ffff:192.168.0.1]/cb"),
+                      ("callbackUrl", f"http://127.0.0.1:{port}/admin/dead-letters/replay"),
+                      ("callbackUrl", f"http://localhost:{port}/callbacks/v2")):
+        resp = await harness.post({"from": "+15551230001", "to": "+15551230002", "text": "x", prop: url})
+        assert resp.status == 400, url
+        assert (await resp.json())["code"] == "callback-invalid-url"
+    assert harness.v2_requests == []  # refused before anything reached v2
+
+
+async def test_callback_never_reaches_shim_itself(make_harness: Any) -> None:
+    h = await make_harness(admin=ADMIN, callbacks__retry_schedule_s=[0.1, 0.1, 0.1])
+    port = h.cfg.server.port
+    from shim.core import MessageRecord
+
+    for i, url in enumerate((f"http://127.0.0.1:{port}/admin/dead-letters/replay",
+                             f"http://admin:admin-pass-123@localhost:{port}/admin/dead-letters/replay")):
+        mid = f"m-self-{i}-000000000000000000000"
+        await h.app[STORE].insert_message(MessageRecord(
+            id=mid, user_id="u-test", direction="out", from_="+15551230001", to="+15551230002", text="x",
+            time="2026-01-01T00:00:00.000Z", time_us=now_us(), callback_url=url))
+        assert (await post_events(h, [v2_event(mid, "message-sent")])).status == 200
+
+    async def dead() -> bool:
+        return (await h.app[STORE].outbox_counts())["dead"] == 2
+
+    await wait_until(dead)
+    rows = await h.app[STORE].dead_letters()
+    assert all(d.attempts == 1 and "refused" in (d.last_error or "") for d in rows), rows  # at once, not retried
+    metrics = await (await h.session.get(f"{h.url}/metrics")).text()
+    assert "/admin/dead-letters/replay" not in metrics  # never requested
 
 
 async def test_duplicate_v2_deliveries_ingested_once(harness: Harness) -> None:
@@ -362,17 +426,26 @@ async def test_native_v1_translation(make_harness: Any) -> None:
 
 
 async def test_metadata_and_denied_addresses_are_refused(make_harness: Any) -> None:
-    h = await make_harness(callbacks__deny_cidrs=["127.0.0.0/8"], callbacks__retry_schedule_s=[0.1])
-    await h.send(callbackUrl="http://169.254.169.254/latest/meta-data")
-    await h.send(callbackUrl=f"{h.receiver.url}/never")
-    await h.send(callbackUrl="http://localhost:1/never")
+    h = await make_harness(callbacks__deny_cidrs=["127.0.0.0/8"], callbacks__retry_schedule_s=[0.1, 0.1, 0.1])
+    from shim.core import MessageRecord
+
+    urls = ("http://169.254.169.254/latest/meta-data", f"{h.receiver.url}/never", "http://localhost:1/never")
+    for i, url in enumerate(urls):
+        resp = await h.post({"from": "+15551230001", "to": "+15551230002", "text": "x", "callbackUrl": url})
+        assert resp.status == 400 and (await resp.json())["code"] == "callback-invalid-url"
+        # Recorded before the policy changed (or by another replica): refused at delivery, dead at once.
+        mid = f"m-refused-{i}-00000000000000000"
+        await h.app[STORE].insert_message(MessageRecord(
+            id=mid, user_id="u-test", direction="out", from_="+15551230001", to="+15551230002", text="x",
+            time="2026-01-01T00:00:00.000Z", time_us=now_us(), callback_url=url))
+        assert (await post_events(h, [v2_event(mid, "message-sent")])).status == 200
 
     async def dead_count() -> bool:
         return (await h.app[STORE].outbox_counts())["dead"] == 3
 
     await wait_until(dead_count)
-    errors = [d.last_error or "" for d in await h.app[STORE].dead_letters()]
-    assert all("refused" in e for e in errors), errors
+    dead = await h.app[STORE].dead_letters()
+    assert all("refused" in (d.last_error or "") and d.attempts == 1 for d in dead), dead
     assert h.receiver.at("/never") == []
 
 

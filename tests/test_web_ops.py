@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from shim.keys import UPSTREAM
+from shim import __version__
+from shim.keys import STORE, UPSTREAM
 from shim.ops import JsonFormatter
 
 from .conftest import CB_PASS, USER, Harness, auth, free_port, wait_until
@@ -18,10 +19,19 @@ async def test_healthz_and_readyz(harness: Harness) -> None:
     r = await harness.session.get(f"{harness.url}/healthz")
     assert r.status == 200 and (await r.json())["status"] == "ok"
     r = await harness.session.get(f"{harness.url}/readyz")
-    assert r.status == 200 and (await r.json())["checks"] == {"store": "ok", "upstream": "ok"}
+    assert r.status == 200 and (await r.json())["checks"] == {"store": "ok"}
+    metrics = await (await harness.session.get(f"{harness.url}/metrics")).text()
+    assert "shim_upstream_up 1.0" in metrics
+    assert f'shim_build_info{{upstream_mode="sandbox",version="{__version__}"}} 1.0' in metrics
+    # Bandwidth unreachable: still ready (ingest must keep working); the gauge says so.
     harness.app[UPSTREAM].base_url = f"http://127.0.0.1:{free_port()}"
     r = await harness.session.get(f"{harness.url}/readyz")
-    assert r.status == 503 and (await r.json())["checks"]["upstream"] == "unreachable"
+    assert r.status == 200 and (await r.json())["checks"] == {"store": "ok"}
+    metrics = await (await harness.session.get(f"{harness.url}/metrics")).text()
+    assert "shim_upstream_up 0.0" in metrics
+    await harness.app[STORE].close()
+    r = await harness.session.get(f"{harness.url}/readyz")
+    assert r.status == 503 and (await r.json())["checks"] == {"store": "unreachable"}
 
 
 def metric(text: str, name: str, **labels: str) -> float:
@@ -89,11 +99,57 @@ async def test_logs_are_json_with_request_id_and_no_secrets(
 
 
 async def test_admin_requires_credentials_when_configured(make_harness: Any) -> None:
-    h = await make_harness(callbacks__admin_username="admin", callbacks__admin_password="adm1n")
+    h = await make_harness(admin={"username": "admin", "password": "adm1n-pass-long"})
     r = await h.session.get(f"{h.url}/admin/dead-letters")
     assert r.status == 401
-    r = await h.session.get(f"{h.url}/admin/dead-letters", headers=auth("admin", "adm1n"))
+    r = await h.session.get(f"{h.url}/admin/dead-letters", headers=auth("admin", "adm1n-pass-long"))
     assert r.status == 200 and await r.json() == []
+    for limit in ("-1", "0", "abc", "1.5", "100000000000000000000", "1001"):
+        r = await h.session.get(f"{h.url}/admin/dead-letters", params={"limit": limit},
+                                headers=auth("admin", "adm1n-pass-long"))
+        assert r.status == 400 and (await r.json())["category"] == "bad-request", limit
+    r = await h.session.get(f"{h.url}/admin/dead-letters", params={"limit": "1000"}, headers=auth("admin", "adm1n-pass-long"))
+    assert r.status == 200
+
+
+async def test_admin_is_off_without_credentials_even_for_loopback(harness: Harness) -> None:
+    for method, path in (("GET", "/admin/dead-letters"), ("POST", "/admin/dead-letters/replay")):
+        r = await harness.session.request(method, f"{harness.url}{path}", json={"all": True})
+        assert r.status == 404 and (await r.json())["category"] == "not-found"
+
+
+async def test_admin_on_its_own_listener_only(make_harness: Any) -> None:
+    from aiohttp.test_utils import TestServer
+
+    from shim.web_app import build_admin_app
+
+    port = free_port()
+    h = await make_harness(admin={"username": "admin", "password": "adm1n-pass-long", "listen": f"127.0.0.1:{port}"})
+    creds = auth("admin", "adm1n-pass-long")
+    r = await h.session.get(f"{h.url}/admin/dead-letters", headers=creds)
+    assert r.status == 404  # not on the main port
+    server = TestServer(build_admin_app(h.app), host="127.0.0.1", port=port)
+    await server.start_server()
+    try:
+        r = await h.session.get(f"http://127.0.0.1:{port}/admin/dead-letters", headers=creds)
+        assert r.status == 200 and await r.json() == []
+        r = await h.session.get(f"http://127.0.0.1:{port}/admin/dead-letters")
+        assert r.status == 401
+        r = await h.session.post(f"http://127.0.0.1:{port}/admin/dead-letters/replay", json={"all": True}, headers=creds)
+        assert r.status == 200 and await r.json() == {"replayed": 0}
+    finally:
+        await server.close()
+
+
+async def test_empty_basic_password_never_authenticates(make_harness: Any) -> None:
+    # Configured with empty passwords (sandbox mode lets that through): `curl -u tok:` still gets 401.
+    h = await make_harness(admin={"username": "admin", "password": ""}, callbacks__password="")
+    r = await h.session.get(f"{h.url}/admin/dead-letters", headers=auth("admin", ""))
+    assert r.status == 404  # admin without a password is off
+    r = await h.session.post(f"{h.url}/callbacks/v2", data=b"[]", headers=auth("bandwidth", ""))
+    assert r.status == 401
+    r = await h.session.get(h.messages_url, headers=auth(USER["api_token"], ""))
+    assert r.status == 401
 
 
 async def test_request_id_reaches_upstream_and_callbacks(harness: Harness) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 from shim.clock import Clock
 from shim.config import Config, UserConfig
 from shim.core import bind_v2, parse_send_item, record_from_send, to_v2_request
-from shim.errors import MultiMessageLimit, OutcomeUnknown, ShimError, StoreUnavailable, error_body
+from shim.errors import CallbackInvalidUrl, MultiMessageLimit, OutcomeUnknown, ShimError, StoreUnavailable, error_body
 from shim.store import Store
 from shim.upstream import UpstreamClient
 
@@ -40,6 +40,7 @@ class Sender:
     def __init__(
         self, cfg: Config, upstream: UpstreamClient, store: Store, clock: Clock,
         on_enqueued: Callable[[], None] = lambda: None, new_key: Callable[[], str] = new_send_key,
+        url_refused: Callable[[str], bool] = lambda url: False,
     ) -> None:
         self.cfg = cfg
         self.upstream = upstream
@@ -48,10 +49,15 @@ class Sender:
         self.new_key = new_key
         # Called when storing a send enqueued callbacks (events that arrived before the record).
         self.on_enqueued = on_enqueued
+        # The outbound address policy: a callback URL with a literal refused address is a 400.
+        self.url_refused = url_refused
 
     async def send(self, user: UserConfig, item: Any, request_id: str = "") -> str:
         """Validate, record the intent, send to v2, bind; returns the absolute v1 Location."""
         req = parse_send_item(item)
+        for prop, url in (("callbackUrl", req.callback_url), ("fallbackUrl", req.fallback_url)):
+            if url is not None and self.url_refused(url):
+                raise CallbackInvalidUrl(prop, url)
         key = self.new_key()
         body = to_v2_request(req, user, self.cfg.server.public_url, self.upstream.base_url, key)
         intent = record_from_send(req, user, key, self.clock())

@@ -31,6 +31,13 @@ class Metrics:
             "shim_callback_queue_depth", "Callbacks waiting for delivery", registry=r
         )
         self.dead_letters = Gauge("shim_callback_dead_letters", "Dead-lettered callbacks", registry=r)
+        self.upstream_up = Gauge("shim_upstream_up", "Whether the v2 API answered (1) or not (0) at the last scrape",
+                                 registry=r)
+        self.build_info = Gauge("shim_build_info", "shim's version and upstream mode (sandbox = no real SMS)",
+                                ["version", "upstream_mode"], registry=r)
+
+    def set_build_info(self, version: str, upstream_mode: str) -> None:
+        self.build_info.labels(version, upstream_mode).set(1)
 
     def observe_upstream(self, op: str, seconds: float, status: int | str) -> None:
         self.upstream_latency.labels(op, str(status)).observe(seconds)

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import ipaddress
-
 from aiohttp import web
 
 from shim.basic_auth import basic_credentials, check_pair
+from shim.config import mask_userinfo
 from shim.errors import AccessDenied, BadRequest, NotFound, Unavailable
 from shim.facade.web_v1 import json_response, read_json
-from shim.keys import CONFIG, DELIVERY, METRICS, STORE, UPSTREAM
+from shim.keys import CONFIG, DELIVERY, MAIN_APP, METRICS, STORE, UPSTREAM
+from shim.ops._logs import scrub
+
+MAX_LIST = 1000
 
 
 async def healthz(request: web.Request) -> web.StreamResponse:
@@ -17,15 +19,13 @@ async def healthz(request: web.Request) -> web.StreamResponse:
 
 
 async def readyz(request: web.Request) -> web.StreamResponse:
-    checks = {"store": "ok", "upstream": "ok"}
+    """Ready = the store answers. Bandwidth being unreachable must not take ingest out of the
+    load balancer; upstream reachability is the ``shim_upstream_up`` gauge instead."""
     try:
         await request.app[STORE].ping()
     except Exception:
-        checks["store"] = "unreachable"
-    if not await request.app[UPSTREAM].ping():
-        checks["upstream"] = "unreachable"
-    ok = all(v == "ok" for v in checks.values())
-    return json_response({"status": "ok" if ok else "unavailable", "checks": checks}, 200 if ok else 503)
+        return json_response({"status": "unavailable", "checks": {"store": "unreachable"}}, 503)
+    return json_response({"status": "ok", "checks": {"store": "ok"}})
 
 
 async def metrics(request: web.Request) -> web.StreamResponse:
@@ -36,60 +36,67 @@ async def metrics(request: web.Request) -> web.StreamResponse:
         m.dead_letters.set(counts["dead"])
     except Exception:
         pass
+    m.upstream_up.set(1 if await request.app[UPSTREAM].ping() else 0)
     return web.Response(body=m.render(), headers={"Content-Type": "text/plain; version=0.0.4"})
 
 
-def _admin(request: web.Request) -> None:
-    cfg = request.app[CONFIG].callbacks
-    if cfg.admin_username:
-        pw = cfg.admin_password.get_secret_value() if cfg.admin_password else ""
-        if not check_pair(basic_credentials(request.headers.get("Authorization")), cfg.admin_username, pw):
-            raise AccessDenied()
-        return
-    # Without admin credentials the admin API answers loopback callers only.
-    try:
-        if ipaddress.ip_address(request.remote or "").is_loopback:
-            return
-    except ValueError:
-        pass
-    raise NotFound("The requested resource was not found")
+def _admin(request: web.Request) -> web.Application:
+    """Authorise an admin request; returns the app holding shim's state (the main app, also when
+    the admin API has its own listener). Off (404) unless admin credentials are configured."""
+    main = request.app.get(MAIN_APP, request.app)
+    cfg = main[CONFIG].admin
+    if not cfg.enabled or cfg.username is None or cfg.password is None:
+        raise NotFound("The requested resource was not found")
+    if not check_pair(basic_credentials(request.headers.get("Authorization")), cfg.username,
+                      cfg.password.get_secret_value()):
+        raise AccessDenied()
+    return main
 
 
 async def list_dead(request: web.Request) -> web.StreamResponse:
-    _admin(request)
-    try:
-        limit = min(1000, int(request.query.get("limit", "100")))
-    except ValueError:
-        raise BadRequest("limit must be an integer") from None
-    rows = await request.app[STORE].dead_letters(limit)
+    main = _admin(request)
+    raw = request.query.get("limit", "100")
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIST:
+        raise BadRequest(f"limit must be an integer between 1 and {MAX_LIST}")
+    rows = await main[STORE].dead_letters(int(raw))
     return json_response([
-        {"id": r.id, "eventId": r.event_id, "url": r.url, "attempts": r.attempts,
-         "lastError": r.last_error, "updatedUs": r.updated_us}
+        {"id": r.id, "eventId": r.event_id, "url": mask_userinfo(r.url), "attempts": r.attempts,
+         "lastError": scrub(r.last_error or ""), "updatedUs": r.updated_us}
         for r in rows
     ])
 
 
 async def replay_dead(request: web.Request) -> web.StreamResponse:
-    _admin(request)
-    ids = None
-    if await request.read():
-        data = await read_json(request)
-        raw = data.get("ids") if isinstance(data, dict) else None
-        if raw is not None:
-            if not isinstance(raw, list) or not all(isinstance(i, int) for i in raw):
-                raise BadRequest('The body must be {"ids": [int, ...]} or empty to replay all')
-            ids = raw
+    main = _admin(request)
+    usage = 'The body must be {"ids": [int, ...]} or {"all": true}'
+    data = await read_json(request) if await request.read() else None
+    if not isinstance(data, dict):
+        raise BadRequest(usage)
+    ids: list[int] | None
+    if data.get("all") is True and "ids" not in data:
+        ids = None
+    else:
+        raw = data.get("ids")
+        if not isinstance(raw, list) or not raw or not all(isinstance(i, int) and not isinstance(i, bool) for i in raw):
+            raise BadRequest(usage)
+        ids = raw
     try:
-        count = await request.app[STORE].replay(ids)
+        count = await main[STORE].replay(ids)
     except Exception:
         raise Unavailable("The store is unavailable", code="store-unavailable") from None
-    request.app[DELIVERY].wake()
+    main[DELIVERY].wake()
     return json_response({"replayed": count})
+
+
+def add_admin_routes(app: web.Application) -> None:
+    app.router.add_get("/admin/dead-letters", list_dead, allow_head=False)
+    app.router.add_post("/admin/dead-letters/replay", replay_dead)
 
 
 def setup(app: web.Application) -> None:
     app.router.add_get("/healthz", healthz, allow_head=True)
     app.router.add_get("/readyz", readyz, allow_head=False)
     app.router.add_get("/metrics", metrics, allow_head=False)
-    app.router.add_get("/admin/dead-letters", list_dead, allow_head=False)
-    app.router.add_post("/admin/dead-letters/replay", replay_dead)
+    # With admin.listen the admin API has its own listener only (see web_app.build_admin_app).
+    if not app[CONFIG].admin.listen:
+        add_admin_routes(app)

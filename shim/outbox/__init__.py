@@ -6,8 +6,8 @@ addresses a callback may reach.
 """
 
 from ._engine import DeliveryEngine
-from ._url_safety import AddressPolicy, SafeResolver, UnsafeUrl
+from ._url_safety import AddressPolicy, RefusedAddress, SafeResolver, UnsafeUrl, embedded_v4, policy_from_config
 from .client_callbacks import USER_AGENT, AttemptResult, CallbackClient, query_params, signature
 
-__all__ = ["USER_AGENT", "AddressPolicy", "AttemptResult", "CallbackClient", "DeliveryEngine", "SafeResolver",
-           "UnsafeUrl", "query_params", "signature"]
+__all__ = ["USER_AGENT", "AddressPolicy", "AttemptResult", "CallbackClient", "DeliveryEngine", "RefusedAddress", "SafeResolver",
+           "UnsafeUrl", "embedded_v4", "policy_from_config", "query_params", "signature"]

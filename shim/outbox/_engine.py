@@ -24,7 +24,7 @@ from shim.gateway import Gateway
 from shim.ops import Metrics, scrub
 from shim.store import Store, host_key
 
-from ._url_safety import AddressPolicy
+from ._url_safety import policy_from_config
 from .client_callbacks import AttemptResult, CallbackClient
 
 log = logging.getLogger("shim.delivery")
@@ -42,12 +42,11 @@ class DeliveryEngine:
         self.gateway = gateway
         self.metrics = metrics
         self.owner = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self.policy = AddressPolicy(cfg.callbacks.allow_cidrs, cfg.callbacks.deny_cidrs)
+        self.policy = policy_from_config(cfg)
         self.schedule = list(cfg.callbacks.retry_schedule_s)
-        secret = cfg.callbacks.signing_secret
         self.client = CallbackClient(
             self.policy, concurrency=cfg.callbacks.concurrency, per_host=cfg.callbacks.per_host_concurrency,
-            signing_secret=secret.get_secret_value() if secret else None,
+            signing_secrets=cfg.callbacks.secrets(),
         )
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -183,7 +182,7 @@ class DeliveryEngine:
                 else:
                     result = AttemptResult(
                         False, f"{result.error}; fallback: {fallback.error}",
-                        fallback.retry_after_s or result.retry_after_s,
+                        fallback.retry_after_s or result.retry_after_s, result.permanent and fallback.permanent,
                     )
             if result.ok:
                 # Successes are recorded in batches; a later event of the same message stays
@@ -192,7 +191,8 @@ class DeliveryEngine:
                 self._flush.set()
                 self.metrics.deliveries.labels("delivered").inc()
                 return
-            delay = next_delay(self.schedule, d.attempts + 1, result.retry_after_s, self.rng)
+            # A refused target is dead-lettered at once: no retry can make it reachable.
+            delay = None if result.permanent else next_delay(self.schedule, d.attempts + 1, result.retry_after_s, self.rng)
             next_us = self.clock() + int(delay * 1_000_000) if delay is not None else None
             await self.store.mark_failed(d.id, self.owner, result.error, next_us)
             outcome = "retry" if next_us is not None else "dead"

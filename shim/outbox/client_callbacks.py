@@ -3,22 +3,23 @@ headers and the outbound address policy. The engine decides what to attempt and 
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp
+from standardwebhooks import Webhook
+from yarl import URL
 
 from shim.basic_auth import basic_header
 from shim.core import DeliverySpec, parse_retry_after
 from shim.ops import scrub
 
-from ._url_safety import AddressPolicy, SafeResolver, UnsafeUrl
+from ._url_safety import AddressPolicy, RefusedAddress, SafeResolver, UnsafeUrl
 
 USER_AGENT = "BandwidthAPI/v1"
 # What is read of a receiver's answer: enough for a diagnosis, never enough to exhaust memory.
@@ -30,13 +31,17 @@ class AttemptResult:
     ok: bool
     error: str = ""
     retry_after_s: float | None = None
+    # A failure no retry can fix (the target address is refused): dead-lettered at once.
+    permanent: bool = False
 
 
-def signature(secret: str, event_id: str, timestamp: int, body: bytes) -> str:
-    """Standard Webhooks ``v1,<base64 HMAC-SHA256(id.timestamp.body)>``."""
-    key = base64.b64decode(secret[6:]) if secret.startswith("whsec_") else secret.encode()
-    signed = f"{event_id}.{timestamp}.".encode() + body
-    return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+def signature(secrets: Sequence[str] | str, event_id: str, timestamp: int, payload: str) -> str:
+    """Standard Webhooks ``webhook-signature``: ``v1,<base64 HMAC-SHA256(id.timestamp.payload)>``
+    per secret (``whsec_`` + base64), space-separated while a secret rotates. ``payload`` is the
+    exact body sent, or for a GET callback the exact query string (without ``?``)."""
+    when = datetime.fromtimestamp(timestamp, UTC)
+    keys = [secrets] if isinstance(secrets, str) else secrets
+    return " ".join(Webhook(k).sign(event_id, when, payload) for k in keys)
 
 
 def query_params(body: dict[str, Any]) -> list[tuple[str, str]]:
@@ -54,13 +59,13 @@ def query_params(body: dict[str, Any]) -> list[tuple[str, str]]:
 
 class CallbackClient:
     def __init__(
-        self, policy: AddressPolicy, *, concurrency: int, per_host: int, signing_secret: str | None,
+        self, policy: AddressPolicy, *, concurrency: int, per_host: int, signing_secrets: Sequence[str] = (),
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.policy = policy
         self.concurrency = concurrency
         self.per_host = per_host
-        self.secret = signing_secret
+        self.secrets = list(signing_secrets)
         # Seconds since the epoch: webhook-timestamp and HTTP-date Retry-After.
         self.wall_clock = wall_clock
         self._session: aiohttp.ClientSession | None = None
@@ -83,7 +88,7 @@ class CallbackClient:
         try:
             target = self.policy.check_url(url)
         except (UnsafeUrl, ValueError) as e:
-            return AttemptResult(False, f"refused: {e}")
+            return AttemptResult(False, f"refused: {e}", permanent=True)
         headers = {"User-Agent": USER_AGENT, "webhook-id": spec.event_id}
         if spec.request_id:
             headers["X-Request-Id"] = spec.request_id
@@ -95,12 +100,18 @@ class CallbackClient:
         headers["webhook-timestamp"] = str(ts)
         body = b""
         if spec.method == "GET" and spec.format == "v1":
-            target = target.update_query(query_params(spec.body))
+            # The query string is built once and sent as is: it is what the signature covers.
+            query = urlencode(query_params(spec.body))
+            if target.query_string:
+                query = f"{target.raw_query_string}&{query}" if query else target.raw_query_string
+            target = URL(str(target.with_query(None)) + ("?" + query if query else ""), encoded=True)
+            signed = query
         else:
-            body = json.dumps(spec.body, separators=(",", ":"), ensure_ascii=False).encode()
+            signed = json.dumps(spec.body, separators=(",", ":"), ensure_ascii=False)
+            body = signed.encode()
             headers["Content-Type"] = "application/json; charset=utf-8"
-        if self.secret:
-            headers["webhook-signature"] = signature(self.secret, spec.event_id, ts, body)
+        if self.secrets:
+            headers["webhook-signature"] = signature(self.secrets, spec.event_id, ts, signed)
         timeout = aiohttp.ClientTimeout(total=spec.timeout_ms / 1000)
         method = spec.method if spec.format == "v1" else "POST"
         try:
@@ -120,6 +131,8 @@ class CallbackClient:
         except TimeoutError:
             return AttemptResult(False, f"timeout after {spec.timeout_ms} ms")
         except aiohttp.ClientConnectorError as e:
+            if isinstance(e.os_error, RefusedAddress):
+                return AttemptResult(False, scrub(str(e.os_error))[:200], permanent=True)
             detail = " ".join(str(a) for a in e.os_error.args if a is not None) or str(e)
             return AttemptResult(False, f"{type(e).__name__}: {scrub(detail)[:200]}")
         except (aiohttp.ClientError, OSError) as e:
