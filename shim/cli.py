@@ -85,7 +85,7 @@ async def until_signalled() -> None:
 
 
 async def serve(cfg: Config) -> None:
-    from shim.web_app import build_app
+    from shim.web_app import build_app, make_runner
 
     sandbox_runner = None
     sandbox_url = None
@@ -93,7 +93,7 @@ async def serve(cfg: Config) -> None:
         sandbox_runner, sandbox_url = await start_sandbox(cfg, cfg.server.port)
         cfg.upstream.base_url = sandbox_url
     app = build_app(cfg)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=10, handle_signals=False)
+    runner = make_runner(app, cfg, access_log=None, shutdown_timeout=10, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, cfg.server.host, cfg.server.port, reuse_address=True)
     await site.start()

@@ -3,6 +3,7 @@ server keeps serving."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -151,3 +152,93 @@ async def test_bad_patch_bodies(harness: Harness) -> None:
         resp = await harness.session.patch(f"{harness.messages_url}/{mid}", data=raw, headers=harness.auth)
         assert resp.status == 400
     assert (await harness.stored(mid))["text"] == "keep"
+
+
+# --- malformed HTTP: aiohttp's parser errors answered as v1 JSON over a raw socket -----------
+
+async def raw_exchange(h: Harness, data: bytes, timeout: float = 5.0) -> bytes:
+    """Send raw bytes on a fresh connection; everything the server writes until it closes."""
+    host, port = h.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(data)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(), timeout)
+    finally:
+        writer.close()
+
+
+def parse_raw(resp: bytes) -> tuple[int, dict[str, str], bytes]:
+    head, _, body = resp.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ")[1])
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    return status, headers, body
+
+
+def assert_raw_v1_error(resp: bytes, status: int, code: str | None = None) -> dict[str, Any]:
+    got, headers, body = parse_raw(resp)
+    assert got == status, resp[:300]
+    assert headers["content-type"] == "application/json", resp[:300]
+    data = json.loads(body[: int(headers["content-length"])])
+    assert set(data) == V1_KEYS and data["message"], data
+    assert all(set(d) == {"name", "value"} for d in data["details"])
+    if code:
+        assert data["code"] == code, data
+    return data
+
+
+def _req(head: bytes, body: bytes = b"") -> bytes:
+    return head + b"\r\nHost: x\r\nConnection: close\r\n\r\n" + body
+
+
+RAW_CASES = [
+    (b"POST /v1/users/u-test/messages HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n"
+     b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400, "bad-request"),
+    (b"POST /v1/users/u-test/messages HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n", 400, "bad-request"),
+    (b"POST /v1/users/u-test/messages HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999999\r\n\r\n",
+     400, "bad-request"),
+    (b"POST /v1/users/u-test/messages HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n", 400, "bad-request"),
+    (b"POST /v1/users/u-test/messages HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+     400, "bad-request"),
+    (b"POST /v1/users/u-test/messages HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", 400, "bad-request"),
+    (_req(b"FOO /v1/users/u-test/messages HTTP/1.1"), 501, "method-not-implemented"),
+    (_req(b"G@T / HTTP/1.1"), 400, "bad-request"),
+    (b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03", 400, "bad-request"),
+    (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 400, "bad-request"),
+    (_req(b"GET /healthz HTTP/1.1\r\nX-Big: " + b"a" * 9000), 431, "request-header-fields-too-large"),
+    (_req(b"GET /healthz HTTP/1.1" + b"".join(b"\r\nX-%d: 1" % i for i in range(200))),
+     431, "request-header-fields-too-large"),
+    (_req(b"GET /" + b"a" * 9000 + b" HTTP/1.1"), 414, "uri-too-long"),
+    (_req(b"GET /v1/users/u-test/messages?q=\xe9 HTTP/1.1"), 400, "bad-request"),
+    (_req(b"GET /v1/\xff/messages HTTP/1.1"), 400, "bad-request"),
+    (_req(b"GET / HTTP/1.1\r\nBad Header: x"), 400, "bad-request"),
+    (_req(b"GET / HTTP/9.9"), 400, "bad-request"),
+]
+
+
+@pytest.mark.parametrize(("raw", "status", "code"), RAW_CASES)
+async def test_malformed_http_gets_v1_json(harness: Harness, raw: bytes, status: int, code: str) -> None:
+    assert_raw_v1_error(await raw_exchange(harness, raw), status, code)
+    # Still serving, on a new connection.
+    got, _, _ = parse_raw(await raw_exchange(harness, _req(b"GET /healthz HTTP/1.1")))
+    assert got == 200
+    await nothing_stored(harness)
+
+
+async def test_head_timeout_closes_slow_clients(make_harness: Any) -> None:
+    h = await make_harness(server__header_timeout_s=0.5)
+    host, port = h.url.removeprefix("http://").split(":")
+    started = asyncio.get_running_loop().time()
+    # A partial head, then nothing: answered 408 and closed.
+    partial = await raw_exchange(h, b"POST /v1/users/u-test/messages HTTP/1.1\r\nHost: x\r\nX-Slow: 1", timeout=5)
+    assert_raw_v1_error(partial, 408, "request-timeout")
+    # A connection that sends nothing at all is closed too.
+    reader, writer = await asyncio.open_connection(host, int(port))
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    writer.close()
+    assert asyncio.get_running_loop().time() - started < 4
+    # Whole requests on a kept-alive connection are unaffected.
+    for _ in range(2):
+        r, _ = await h.get_json(h.messages_url)
+        assert r.status == 200

@@ -10,9 +10,19 @@ from aiohttp import web
 from shim.errors import BadRequest, ShimError, error_body
 
 
+def v1_json_bytes(data: Any) -> bytes:
+    """JSON for the wire that never fails on a string Python holds but UTF-8 cannot carry (a lone
+    surrogate from a ``\\ud800`` escape): such characters become ``?``."""
+    text = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace")
+
+
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     """v1 JSON: ``Content-Type: application/json`` exactly (old SDKs compare it verbatim)."""
-    body = json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+    body = v1_json_bytes(data)
     hdrs = {"Content-Type": "application/json", "Cache-Control": "no-cache"}
     hdrs.update(headers or {})
     return web.Response(body=body, status=status, headers=hdrs)
