@@ -21,7 +21,7 @@ from shim.ops import Metrics, web_ops
 from shim.outbox import DeliveryEngine
 from shim.store import Store, open_store
 from shim.upstream import Transport, UpstreamClient
-from shim.web_server import V1AppRunner
+from shim.web_server import V1AppRunner, undecodable_body
 
 log = logging.getLogger("shim.access")
 
@@ -52,6 +52,9 @@ async def v1_middleware(request: web.Request, handler: Handler) -> web.StreamRes
             if exc.status < 400:
                 raise
             raise _from_http_exception(exc) from None
+        except web.RequestPayloadError:
+            # The body broke off, or did not decode (Content-Encoding: gzip on a body that isn't).
+            raise undecodable_body() from None
     except ShimError as err:
         resp = v1_error_response(request, err)
     except Exception:

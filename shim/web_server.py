@@ -65,11 +65,17 @@ def parser_error(status: int, exc: BaseException | None, first_line: bytes = b""
         return ShimError("The request has more headers than the limit", status=431,
                          category="bad-request", code="request-header-fields-too-large")
     if isinstance(exc, ContentEncodingError) or "content-encoding" in text.lower():
-        return BadRequestLine(f"The request Content-Encoding is not supported or the body could not be "
-                              f"decoded: {text}")
+        return undecodable_body()
     if status == 413:
         return BodyTooLarge("The request body is larger than the limit")
     return BadRequestLine(f"The request is not valid HTTP: {text or 'malformed'}")
+
+
+def undecodable_body() -> ShimError:
+    return BadRequestLine(
+        "The request Content-Encoding is not supported or the body could not be decoded "
+        "(supported: gzip, deflate, identity)"
+    )
 
 
 def error_response(err: ShimError, remote: str | None = None) -> web.Response:

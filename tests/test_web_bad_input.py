@@ -4,7 +4,9 @@ server keeps serving."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
+import zlib
 from typing import Any
 
 import pytest
@@ -242,3 +244,51 @@ async def test_head_timeout_closes_slow_clients(make_harness: Any) -> None:
     for _ in range(2):
         r, _ = await h.get_json(h.messages_url)
         assert r.status == 200
+
+
+# --- Content-Encoding of request bodies ------------------------------------------------------
+
+GOOD = {"from": "+15551230001", "to": "+15551230002", "text": "compressed"}
+
+
+async def test_gzip_and_deflate_bodies_are_decoded(harness: Harness) -> None:
+    raw = json.dumps(GOOD).encode()
+    resp = await harness.post(None, raw=gzip.compress(raw), headers={"Content-Encoding": "gzip"})
+    assert resp.status == 201, await resp.text()
+    resp = await harness.post(None, raw=zlib.compress(raw), headers={"Content-Encoding": "deflate"})
+    assert resp.status == 201, await resp.text()
+    assert [m["text"] for m in harness.v2_requests] == ["compressed", "compressed"]
+
+
+@pytest.mark.parametrize(
+    ("encoding", "raw"),
+    [
+        ("br", b"\x1b\x03\x00\xf8\xa5\x05"),
+        ("zstd", b"(\xb5/\xfd"),
+        ("gzip", json.dumps(GOOD).encode()),  # says gzip, isn't
+        ("deflate", b"not deflate at all"),
+        ("compress", json.dumps(GOOD).encode()),
+        ("foo", json.dumps(GOOD).encode()),
+    ],
+)
+async def test_undecodable_bodies(harness: Harness, encoding: str, raw: bytes) -> None:
+    resp = await harness.post(None, raw=raw, headers={"Content-Encoding": encoding})
+    body = await assert_v1_error(resp, 400, "bad-request")
+    assert "Content-Encoding is not supported or the body could not be decoded" in body["message"]
+    await nothing_stored(harness)
+    await harness.send()
+
+
+async def test_truncated_gzip_is_a_bad_request(harness: Harness) -> None:
+    raw = gzip.compress(json.dumps(GOOD).encode())[:-12]
+    await assert_v1_error(await harness.post(None, raw=raw, headers={"Content-Encoding": "gzip"}), 400, "bad-request")
+    await nothing_stored(harness)
+
+
+async def test_body_limit_applies_to_decoded_size(make_harness: Any) -> None:
+    h = await make_harness(server__max_body_bytes=4096)
+    raw = gzip.compress(json.dumps(GOOD | {"text": "x" * 2000, "tag": "t" * 1000, "pad": "p" * 5000}).encode())
+    assert len(raw) < 1024
+    resp = await h.post(None, raw=raw, headers={"Content-Encoding": "gzip"})
+    await assert_v1_error(resp, 413, "request-too-large")
+    await nothing_stored(h)
