@@ -292,3 +292,34 @@ async def test_body_limit_applies_to_decoded_size(make_harness: Any) -> None:
     resp = await h.post(None, raw=raw, headers={"Content-Encoding": "gzip"})
     await assert_v1_error(resp, 413, "request-too-large")
     await nothing_stored(h)
+
+
+@pytest.mark.parametrize("value", [str(2**63), str(2**64 + 1), "9" * 40, "-1", "-" + "9" * 30])
+@pytest.mark.parametrize("key", ["sortKeyLT", "sortKeyGT"])
+async def test_list_cursor_out_of_range(harness: Harness, key: str, value: str) -> None:
+    await harness.send()
+    resp = await harness.session.get(harness.messages_url, params={key: value}, headers=harness.auth)
+    body = await assert_v1_error(resp, 400, "validation-error")
+    assert {"name": "parameterName", "value": key} in body["details"]
+    assert key in body["message"]
+
+
+@pytest.mark.parametrize("value", [str(2**63), str(2**64 + 1), "9" * 40, "-" + "9" * 30])
+async def test_list_huge_page_and_size_are_clamped(harness: Harness, value: str) -> None:
+    await harness.send()
+    r, body = await harness.get_json(harness.messages_url, params={"page": value})
+    # A negative page is the first page; a page past the end is empty.
+    assert r.status == 200 and len(body) == (1 if value.startswith("-") else 0), body
+    r, body = await harness.get_json(harness.messages_url, params={"page": value, "size": value})
+    if value.startswith("-"):
+        assert r.status == 400 and body["details"][0] == {"name": "parameterName", "value": "size"}
+    else:
+        assert r.status == 200 and body == [], body
+    r, body = await harness.get_json(harness.messages_url, params={"size": value})
+    assert r.status == (400 if value.startswith("-") else 200), body
+
+
+@pytest.mark.parametrize("value", ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00", "99999-01-01"])
+async def test_list_dates_off_the_calendar(harness: Harness, value: str) -> None:
+    resp = await harness.session.get(harness.messages_url, params={"fromDateTime": value}, headers=harness.auth)
+    await assert_v1_error(resp, 400, "validation-error")
