@@ -4,14 +4,21 @@ server keeps serving."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import json
+import sqlite3
 import zlib
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
-from .conftest import Harness, auth
+from shim.facade.web_v1 import v1_json_bytes
+from shim.keys import METRICS, SENDER, STORE
+from shim.store._sqlite import sqlite_path
+
+from .conftest import CB_PASS, CB_USER, USER, Harness, auth
 
 V1_KEYS = {"category", "code", "message", "details"}
 
@@ -323,3 +330,155 @@ async def test_list_huge_page_and_size_are_clamped(harness: Harness, value: str)
 async def test_list_dates_off_the_calendar(harness: Harness, value: str) -> None:
     resp = await harness.session.get(harness.messages_url, params={"fromDateTime": value}, headers=harness.auth)
     await assert_v1_error(resp, 400, "validation-error")
+
+
+# --- values JSON can carry but UTF-8 cannot: lone surrogates ---------------------------------
+
+def row_counts(h: Harness) -> tuple[int, int, int]:
+    """(messages, events, outbox) rows, read through a separate SQLite connection."""
+    with contextlib.closing(sqlite3.connect(sqlite_path(h.cfg.store.url))) as db:
+        row = db.execute("SELECT (SELECT COUNT(*) FROM messages), (SELECT COUNT(*) FROM events),"
+                         " (SELECT COUNT(*) FROM outbox)").fetchone()
+    return int(row[0]), int(row[1]), int(row[2])
+
+
+SURROGATE_FIELDS = [
+    ("text", '"bad \\ud800 text"'),
+    ("tag", '"\\udfff"'),
+    ("from", '"+1555\\ud800"'),
+    ("to", '"\\ud83d+15551230002"'),
+    ("callbackUrl", '"https://example.com/\\ud800"'),
+    ("fallbackUrl", '"https://example.com/x?\\udc80"'),
+    ("media", '["https://example.com/\\ud800.png"]'),
+    ("media", '"https://example.com/\\ud800.png"'),
+]
+
+
+def _with(key: str, raw_value: str) -> bytes:
+    base = {"from": "+15551230001", "to": "+15551230002", "text": "hi"}
+    fields = [f'"{k}": {json.dumps(v)}' for k, v in base.items() if k != key] + [f'"{key}": {raw_value}']
+    return ("{" + ", ".join(fields) + "}").encode()
+
+
+@pytest.mark.parametrize(("key", "raw_value"), SURROGATE_FIELDS)
+async def test_lone_surrogates_rejected_before_sending(harness: Harness, key: str, raw_value: str) -> None:
+    resp = await harness.post(None, raw=_with(key, raw_value))
+    body = await assert_v1_error(resp, 400, "validation-error")
+    assert {"name": "propertyName", "value": key} in body["details"]
+    assert "surrogate" in body["message"]
+    await nothing_stored(harness)
+    assert row_counts(harness) == (0, 0, 0)
+
+
+async def test_batch_with_a_surrogate_item_still_answers_202(harness: Harness) -> None:
+    good = json.dumps({"from": "+15551230001", "to": "+15551230002", "text": "ok"}).encode()
+    raw = b"[" + good + b"," + _with("text", '"\\ud800"') + b"," + _with("tag", '"\\udfff"') + b"]"
+    resp = await harness.post(None, raw=raw)
+    assert resp.status == 202, await resp.text()
+    assert resp.headers["Content-Type"] == "application/json"
+    results = json.loads(await resp.read())
+    assert [r["result"] for r in results] == ["accepted", "error", "error"]
+    assert [r["error"]["details"][0]["value"] for r in results[1:]] == ["text", "tag"]
+    assert len(harness.v2_requests) == 1
+    assert row_counts(harness)[0] == 1
+
+
+async def test_batch_item_internal_error_is_unavailable(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = harness.app[STORE]
+    real = store.insert_message
+    calls = {"n": 0}
+
+    async def flaky(rec: Any, request_id: str | None = None) -> int:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("disk on fire")
+        return await real(rec, request_id)
+
+    async def boom(*_: Any, **__: Any) -> Any:
+        raise KeyError("unexpected")
+
+    monkeypatch.setattr(store, "insert_message", flaky)
+    items = [{"from": "+15551230001", "to": "+15551230002", "text": str(i)} for i in range(3)]
+    resp = await harness.post(items)
+    assert resp.status == 202
+    results = json.loads(await resp.read())
+    assert sorted(r["result"] for r in results) == ["accepted", "accepted", "error"]
+    (err,) = [r["error"] for r in results if r["result"] == "error"]
+    assert err["category"] == "unavailable" and set(err) == V1_KEYS
+    # An unexpected exception (not a ShimError) in one item: that item is unavailable too.
+    monkeypatch.setattr(harness.app[SENDER].upstream, "send_message", boom)
+    resp = await harness.post(items[:2])
+    assert resp.status == 202
+    assert {r["error"]["category"] for r in json.loads(await resp.read())} == {"unavailable"}
+
+
+async def test_error_bodies_never_crash_on_surrogates() -> None:
+    body = v1_json_bytes({"message": "bad \ud800 value", "details": [{"name": "x", "value": "\udfff"}]})
+    assert json.loads(body)["message"] == "bad ? value"
+
+
+# --- ingest: one bad event never costs its array -----------------------------------------------
+
+def _event(mid: str, type_: str = "message-delivered", **kw: Any) -> dict[str, Any]:
+    return {"type": type_, "time": "2026-01-01T00:00:01Z", "to": "+15551230002", "description": "ok",
+            "message": {"id": mid, "owner": "+15551230001", "applicationId": USER["application_id"],
+                        "time": "2026-01-01T00:00:00Z", "segmentCount": 1, "direction": "out",
+                        "to": ["+15551230002"], "from": "+15551230001", "text": ""}} | kw
+
+
+async def post_raw_events(h: Harness, raw: bytes) -> Any:
+    resp = await h.session.post(f"{h.url}{h.cfg.callbacks.path}", data=raw,
+                                headers={"Content-Type": "application/json"} | auth(CB_USER, CB_PASS))
+    await resp.read()
+    return resp
+
+
+def _inbound(mid: str, time: str = "", text: str = "hello") -> dict[str, Any]:
+    # Recent: retention would purge an old message while the test looks.
+    time = time or datetime.now(UTC).isoformat()
+    ev = _event(mid, "message-received")
+    ev["message"] |= {"direction": "in", "time": time, "text": text, "owner": "+15551230002",
+                      "to": ["+15551230002"], "from": "+15557770000"}
+    return ev
+
+
+BAD_EVENTS: list[tuple[str, bytes]] = [
+    ("invalid", json.dumps({"type": "message-delivered"}).encode()),
+    ("invalid", json.dumps(_event("m-big", segmentCount=1) | {"errorCode": 2**70}).encode()),
+    ("invalid", json.dumps({**_event("m-seg"), "message": {**_event("m-seg")["message"], "segmentCount": 2**64}}).encode()),
+    ("not-an-object", b"42"),
+    ("unencodable", json.dumps(_inbound("m-sur")).replace('"hello"', '"he\\ud800llo"').encode()),
+    ("unencodable", json.dumps(_event("m-sur2")).replace('"description"', '"\\udfffkey"').encode()),
+]
+
+
+@pytest.mark.parametrize(("reason", "bad"), BAD_EVENTS)
+async def test_one_bad_event_does_not_reject_its_array(
+    harness: Harness, reason: str, bad: bytes, caplog: pytest.LogCaptureFixture,
+) -> None:
+    good = [json.dumps(_inbound(f"in-{i}")).encode() for i in range(2)]
+    raw = b"[" + good[0] + b"," + bad + b"," + good[1] + b"]"
+    resp = await post_raw_events(harness, raw)
+    assert resp.status == 200, await resp.text()
+    assert row_counts(harness)[:2] == (2, 2)
+    metrics = harness.app[METRICS].render().decode()
+    assert f'shim_callback_events_rejected_total{{reason="{reason}"}} 1.0' in metrics
+    (rec,) = [r for r in caplog.records if r.getMessage() == "callback event rejected"]
+    assert rec.levelname == "WARNING" and rec.__dict__["index"] == 1
+    assert rec.__dict__["event"].isascii() and len(rec.__dict__["event"]) <= 600
+    assert CB_PASS not in repr(rec.__dict__)
+
+
+@pytest.mark.parametrize("time", ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00"])
+async def test_inbound_time_off_the_calendar(harness: Harness, time: str) -> None:
+    resp = await post_raw_events(harness, json.dumps([_inbound("in-edge", time=time)]).encode())
+    assert resp.status == 200, await resp.text()
+    r, body = await harness.get_json(harness.messages_url)
+    assert r.status == 200 and [m["text"] for m in body] == ["hello"]
+
+
+async def test_all_bad_or_empty_arrays_are_400(harness: Harness) -> None:
+    for raw in (b"[]", b"{}", b'"x"', b"[1, 2]", b'[{"type": "x"}]'):
+        resp = await post_raw_events(harness, raw)
+        await assert_v1_error(resp, 400, "bad-request")
+    assert row_counts(harness) == (0, 0, 0)
