@@ -106,7 +106,7 @@ async def until_signalled() -> None:
 
 
 async def serve(cfg: Config, demo: bool = False) -> None:
-    from shim.web_app import build_admin_app, build_app
+    from shim.web_app import build_admin_app, build_app, make_runner
 
     sandbox_runner = None
     sandbox_url = None
@@ -116,13 +116,13 @@ async def serve(cfg: Config, demo: bool = False) -> None:
             sandbox_runner, sandbox_url = await start_sandbox(cfg, cfg.server.port)
             cfg.upstream.base_url = sandbox_url
         app = build_app(cfg)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=10, handle_signals=False)
+        runner = make_runner(app, cfg, access_log=None, shutdown_timeout=10, handle_signals=False)
         runners.append(runner)
         await runner.setup()
         site = web.TCPSite(runner, cfg.server.host, cfg.server.port, reuse_address=True)
         await site.start()
         if cfg.admin.listen:
-            admin_runner = web.AppRunner(build_admin_app(app), access_log=None, handle_signals=False)
+            admin_runner = make_runner(build_admin_app(app), cfg, access_log=None, handle_signals=False)
             runners.insert(0, admin_runner)
             await admin_runner.setup()
             host, port = parse_listen(cfg.admin.listen)

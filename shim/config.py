@@ -76,6 +76,9 @@ class ServerConfig(_Model):
     # Base of every URL shim hands out (Location, messageUri, Link, media).
     public_url: str = ""
     max_body_bytes: int = Field(1024 * 1024, ge=1024)
+    # A connection that has not sent a whole request head this long after it opened (or after
+    # its first byte of a new request) is answered 408 and closed: slow clients hold no slot.
+    header_timeout_s: float = Field(10, gt=0)
 
     @field_validator("public_url")
     @classmethod

@@ -6,6 +6,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -21,6 +22,7 @@ from shim.ops import Metrics, web_ops
 from shim.outbox import DeliveryEngine
 from shim.store import Store, open_store
 from shim.upstream import Transport, UpstreamClient
+from shim.web_server import V1AppRunner, undecodable_body
 
 log = logging.getLogger("shim.access")
 
@@ -51,6 +53,9 @@ async def v1_middleware(request: web.Request, handler: Handler) -> web.StreamRes
             if exc.status < 400:
                 raise
             raise _from_http_exception(exc) from None
+        except web.RequestPayloadError:
+            # The body broke off, or did not decode (Content-Encoding: gzip on a body that isn't).
+            raise undecodable_body() from None
     except ShimError as err:
         resp = v1_error_response(request, err)
     except Exception:
@@ -71,6 +76,12 @@ async def v1_middleware(request: web.Request, handler: Handler) -> web.StreamRes
             },
         )
     return resp
+
+
+def make_runner(app: web.Application, cfg: Config, **kwargs: Any) -> web.AppRunner:
+    """The one way shim is served (``cli.serve`` and the tests): aiohttp's own errors as v1 JSON
+    and the request-head timeout ``server.header_timeout_s``. ``kwargs`` go to ``web.AppRunner``."""
+    return V1AppRunner(app, header_timeout_s=cfg.server.header_timeout_s, **kwargs)
 
 
 def build_app(

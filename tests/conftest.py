@@ -28,7 +28,7 @@ from shim.config import Config, parse_config
 from shim.core import message_request_errors
 from shim.keys import SANDBOX
 from shim.sandbox import CallbackTarget, build_sandbox_app
-from shim.web_app import build_app
+from shim.web_app import build_app, make_runner
 
 from .pg import postgres_server  # noqa: F401 - the session's PostgreSQL, for the tests that ask
 
@@ -96,6 +96,17 @@ def outbox_is(store: Any, **expected: int) -> Callable[[], Awaitable[bool]]:
 async def sql_rows(store: Any, sql: str, *args: Any) -> list[Any]:
     """Read-only SQL against a harness store (``?`` placeholders, any backend), for assertions."""
     return list(await store.query(sql, *args))
+
+
+class ShimTestServer(TestServer):
+    """``TestServer`` serving through ``make_runner``, exactly as ``shim serve`` does."""
+
+    def __init__(self, app: web.Application, cfg: Config, **kw: Any) -> None:
+        super().__init__(app, **kw)
+        self.cfg = cfg
+
+    async def _make_runner(self, **kwargs: Any) -> web.AppRunner:
+        return make_runner(self.app, self.cfg, **kwargs)
 
 
 @dataclass
@@ -258,7 +269,7 @@ async def make_harness(tmp_path: Path) -> AsyncIterator[HarnessFactory]:
         cfg.upstream.base_url = str(sserver.make_url("")).rstrip("/")
 
         app = build_app(cfg)
-        server = TestServer(app, host="127.0.0.1", port=port)
+        server = ShimTestServer(app, cfg, host="127.0.0.1", port=port)
         await server.start_server()
         servers.append(server)
         session = aiohttp.ClientSession()

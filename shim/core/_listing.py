@@ -13,6 +13,9 @@ from ._time import parse_time_us
 
 DEFAULT_SIZE = 25
 MAX_SIZE = 1000
+# Cursors are store sequence numbers (signed 64-bit); a page past this is past any data.
+MAX_CURSOR = 2**63 - 1
+MAX_PAGE = 10**9
 
 _ENUMS: dict[str, tuple[str, ...]] = {
     "direction": ("in", "out"),
@@ -114,11 +117,18 @@ def parse_list_query(params: MultiMapping[str]) -> ListQuery:
     for key in CURSOR_KEYS:
         cursor = params.get(key)
         if cursor:
-            q.after_seq = _int(key, cursor)
+            n = _int(key, cursor)
+            if not 0 <= n <= MAX_CURSOR:
+                raise InvalidProperty(
+                    f"The query parameter '{key}' must be a cursor from a previous page's Link",
+                    details={"parameterName": key},
+                )
+            q.after_seq = n
     page = params.get("page")
     if page and q.after_seq is None:
-        # Legacy page numbers (Java SDK, PY 1.x): 0-based offsets in pages.
-        q.offset = max(0, _int("page", page)) * q.size
+        # Legacy page numbers (Java SDK, PY 1.x): 0-based offsets in pages; a page past the
+        # end is empty, however far past.
+        q.offset = min(max(0, _int("page", page)), MAX_PAGE) * q.size
     return q
 
 

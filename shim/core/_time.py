@@ -29,11 +29,20 @@ def parse_time_us(value: str) -> int | None:
             )
         except ValueError:
             return None
-        return int(dt.timestamp() * 1_000_000)
+        return _us(dt)
     try:
         dt = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
         return None
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
-    return int(dt.timestamp() * 1_000_000)
+    return _us(dt)
+
+
+def _us(dt: datetime) -> int | None:
+    """Microseconds since the epoch, or None when the instant falls outside years 1..9999 in UTC
+    (``0001-01-01T00:00:00+14:00``): such a time cannot be stored or shown."""
+    try:
+        return int(dt.timestamp() * 1_000_000) if dt.astimezone(UTC) else None
+    except (OverflowError, ValueError):
+        return None

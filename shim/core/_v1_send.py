@@ -32,6 +32,21 @@ class SendRequest(BaseModel):
     tag: str | None = None
 
 
+def _unicode(key: str, value: str) -> str:
+    """JSON can carry a lone surrogate (``"\\ud800"``) that no store or encoder can: rejected
+    before anything is sent, without echoing the value."""
+    if not value.isascii():
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            raise InvalidProperty(
+                f"The 'message' resource property '{key}' contains an invalid Unicode character "
+                "(an unpaired surrogate)",
+                details={"propertyName": key},
+            ) from None
+    return value
+
+
 def _string(item: dict[str, Any], key: str) -> str | None:
     value = item.get(key)
     if value is None:
@@ -41,7 +56,7 @@ def _string(item: dict[str, Any], key: str) -> str | None:
             f"The 'message' resource property '{key}' must be a string",
             details={"propertyName": key},
         )
-    return value
+    return _unicode(key, value)
 
 
 def _required(item: dict[str, Any], key: str) -> str:
@@ -120,7 +135,7 @@ def _media(item: dict[str, Any]) -> list[str]:
         )
     out = []
     for u in urls:
-        u = u.strip()
+        u = _unicode("media", u).strip()
         if not is_http_url(u) or len(u) > MAX_MEDIA_URL:
             raise InvalidProperty(
                 f"The media URL {u} is not a valid http(s) URL",

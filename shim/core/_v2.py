@@ -17,7 +17,7 @@ class V2Message(BaseModel):
     owner: str | None = None
     applicationId: str | None = None
     time: str | None = None
-    segmentCount: int = 1
+    segmentCount: int = Field(1, ge=0, le=2**31 - 1)
     direction: str = "out"
     to: list[str] = Field(default_factory=list)
     from_: str | None = Field(None, alias="from")
@@ -33,5 +33,5 @@ class V2Event(BaseModel):
     time: str | None = None
     description: str | None = None
     to: str | None = None
-    errorCode: int | None = None
+    errorCode: int | None = Field(None, ge=-(2**31), le=2**31 - 1)
     message: V2Message

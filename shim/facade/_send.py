@@ -36,6 +36,19 @@ def message_path(user_id: str, message_id: str = "") -> str:
     return f"{base}/{message_id}" if message_id else base
 
 
+def batch_item_error(err: ShimError | None) -> ShimError:
+    """The error a batch item reports. The C# SDK knows only the v1 categories (authentication,
+    authorization, not-found, bad-request, conflict, unavailable, credit, limit, payment,
+    forbidden): an internal failure of one item is ``unavailable``, never ``backend``."""
+    if err is None or err.category == "backend":
+        return ShimError(
+            err.message if err is not None else "An internal error occurred; the message may not have been sent",
+            details=err.details if err is not None else None, status=503, category="unavailable",
+            code="internal-error",
+        )
+    return err
+
+
 class Sender:
     def __init__(
         self, cfg: Config, upstream: UpstreamClient, store: Store, clock: Clock,
@@ -107,9 +120,9 @@ class Sender:
                 try:
                     return {"result": "accepted", "location": await self.send(user, item, request_id)}
                 except ShimError as err:
-                    return {"result": "error", "error": error_body(err)}
+                    return {"result": "error", "error": error_body(batch_item_error(err))}
                 except Exception:
                     log.exception("batch item failed")
-                    return {"result": "error", "error": error_body(ShimError("An internal error occurred"))}
+                    return {"result": "error", "error": error_body(batch_item_error(None))}
 
         return list(await asyncio.gather(*(one(item) for item in items)))

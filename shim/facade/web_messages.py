@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from aiohttp import web
 
 from shim.core import next_link, parse_list_query
-from shim.errors import BadRequest, InvalidProperty, MessageNotFound
+from shim.errors import BadRequest, InvalidProperty, MessageNotFound, error_body
 from shim.keys import CONFIG, REQUEST_ID, SENDER, STORE
 
-from ._send import message_path
+from ._send import batch_item_error, message_path
 from .web_auth import authenticate
 from .web_v1 import json_response, read_json
+
+log = logging.getLogger("shim.messages")
 
 
 async def post_messages(request: web.Request) -> web.StreamResponse:
@@ -28,7 +31,19 @@ async def post_messages(request: web.Request) -> web.StreamResponse:
         )
     if not data:
         raise BadRequest("The request body is an empty array; send 1 to 50 messages")
-    return json_response(await sender.send_batch(user, data, request.get(REQUEST_ID, "")), status=202)
+    results = await sender.send_batch(user, data, request.get(REQUEST_ID, ""))
+    # Once any item was sent the answer is the 202 with per-item results, whatever happens here.
+    try:
+        return json_response(results, status=202)
+    except Exception:
+        log.exception("batch results could not be encoded")
+        return json_response([_plain_result(r) for r in results], status=202)
+
+
+def _plain_result(result: dict[str, Any]) -> dict[str, Any]:
+    if result.get("result") == "accepted" and isinstance(result.get("location"), str):
+        return {"result": "accepted", "location": result["location"]}
+    return {"result": "error", "error": error_body(batch_item_error(None))}
 
 
 def _json_type(value: Any) -> str:

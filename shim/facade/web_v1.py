@@ -9,10 +9,22 @@ from aiohttp import web
 
 from shim.errors import BadRequest, ShimError, error_body
 
+BODY_ENCODINGS = ("", "identity", "gzip", "deflate")
+
+
+def v1_json_bytes(data: Any) -> bytes:
+    """JSON for the wire that never fails on a string Python holds but UTF-8 cannot carry (a lone
+    surrogate from a ``\\ud800`` escape): such characters become ``?``."""
+    text = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace")
+
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     """v1 JSON: ``Content-Type: application/json`` exactly (old SDKs compare it verbatim)."""
-    body = json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+    body = v1_json_bytes(data)
     hdrs = {"Content-Type": "application/json", "Cache-Control": "no-cache"}
     hdrs.update(headers or {})
     return web.Response(body=body, status=status, headers=hdrs)
@@ -33,6 +45,13 @@ def v1_error_response(request: web.Request, err: ShimError) -> web.Response:
 
 async def read_json(request: web.Request) -> Any:
     """The body as JSON, or the v1 ``bad-request`` saying exactly what is wrong."""
+    encoding = request.headers.get("Content-Encoding", "").strip().lower()
+    if encoding not in BODY_ENCODINGS:
+        raise BadRequest(
+            "The request Content-Encoding is not supported or the body could not be decoded "
+            "(supported: gzip, deflate, identity)"
+        )
+    # aiohttp decodes gzip/deflate; the body-size limit applies to the decoded bytes.
     raw = await request.read()
     if not raw.strip():
         raise BadRequest("The request body is empty; expected a JSON object or array")

@@ -1,12 +1,18 @@
 """Ingest of Bandwidth's v2 callback arrays at ``callbacks.path``.
 
 Answers 2xx only once the events are committed; 5xx when they cannot be, so Bandwidth retries.
+One malformed event never costs the valid events of its array (SPEC §4): it is left out, counted
+(``shim_callback_events_rejected_total{reason}``) and logged at warning level with a truncated,
+escaped excerpt of its JSON; the others are stored and the answer is 2xx. An array with no
+valid event at all is a 400 (nothing in it could be stored).
 Basic auth uses the RFC 7235 challenge Bandwidth expects (401 + ``WWW-Authenticate``).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+from typing import Any
 
 from aiohttp import web
 from pydantic import ValidationError
@@ -20,6 +26,17 @@ from shim.store import IncomingEvent
 
 log = logging.getLogger("shim.callbacks")
 MAX_EVENTS = 1000
+EXCERPT_CHARS = 500
+
+
+def excerpt(value: Any, limit: int) -> str:
+    """ASCII-only JSON of ``value`` (surrogates and control characters escaped), cut at ``limit``."""
+    try:
+        text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=True, default=str)
+    except (ValueError, RecursionError):
+        text = repr(value)
+    text = text.encode("ascii", "backslashreplace").decode()
+    return text if len(text) <= limit else text[:limit] + "...(truncated)"
 
 
 async def ingest(request: web.Request) -> web.StreamResponse:
@@ -36,22 +53,39 @@ async def ingest(request: web.Request) -> web.StreamResponse:
     if len(data) > MAX_EVENTS:
         raise BadRequest(f"At most {MAX_EVENTS} events per callback")
     gateway = request.app[GATEWAY]
+    metrics = request.app[METRICS]
+    rid = request.get(REQUEST_ID)
     prepared: list[IncomingEvent] = []
+    first_bad = ""
     for i, item in enumerate(data):
-        if not isinstance(item, dict):
-            raise BadRequest(f"Event {i} is not a JSON object")
-        try:
-            prepared.append(gateway.prepare(item, request.get(REQUEST_ID)))
-        except ValidationError as e:
-            err = e.errors()[0]
-            loc = ".".join(str(p) for p in err["loc"])
-            raise BadRequest(f"Event {i} is not a v2 message event: {loc}: {err['msg']}") from None
+        reason, why = "not-an-object", "not a JSON object"
+        if isinstance(item, dict):
+            try:
+                prepared.append(gateway.prepare(item, rid))
+                continue
+            except ValidationError as e:
+                err = e.errors()[0]
+                reason = "unencodable" if err["type"] == "string_unicode" else "invalid"
+                why = f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
+            except (UnicodeError, ValueError, OverflowError, RecursionError) as e:
+                # A lone surrogate (no UTF-8 form to store or hash), a time off the calendar...
+                reason, why = "unencodable", type(e).__name__
+        first_bad = first_bad or f"Event {i} is not a v2 message event ({reason})"
+        metrics.events_rejected.labels(reason).inc()
+        log.warning(
+            "callback event rejected",
+            extra={"request_id": rid, "index": i, "reason": reason, "error": excerpt(why, 200),
+                   "event": excerpt(item, EXCERPT_CHARS)},
+        )
+    if not prepared:
+        # Nothing valid to lose: the sender learns its whole array was refused.
+        raise BadRequest(first_bad)
     try:
         enqueued = await request.app[STORE].ingest(prepared)
     except Exception:
         log.exception("could not store callback events")
         raise StoreUnavailable("The events could not be stored; retry later") from None
-    request.app[METRICS].events_ingested.inc(len(prepared))
+    metrics.events_ingested.inc(len(prepared))
     if enqueued:
         request.app[DELIVERY].wake()
     return web.Response(status=200)

@@ -23,6 +23,10 @@ class Metrics:
         self.events_ingested = Counter(
             "shim_callback_events_ingested", "v2 callback events ingested", registry=r
         )
+        self.events_rejected = Counter(
+            "shim_callback_events_rejected", "v2 callback events rejected (not stored) by reason",
+            ["reason"], registry=r,
+        )
         self.deliveries = Counter(
             "shim_callback_deliveries", "v1 callback delivery attempts by outcome", ["outcome"],
             registry=r,
