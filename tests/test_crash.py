@@ -212,3 +212,69 @@ async def test_sigterm_is_graceful_and_releases_leases(world: dict[str, Any]) ->
         assert len(receiver.arrived) == len(set(receiver.arrived)) == 10  # each exactly once: nothing cut
     finally:
         shim.stop()
+
+
+async def test_kill_9_after_v2_accepted_before_the_record(world: dict[str, Any]) -> None:
+    """The v2 stand-in receives the send and holds its 202 until shim has been SIGKILLed, so shim
+    dies knowing nothing of the v2 id. After a restart the message is readable the moment its
+    first event arrives (the event carries the send's correlation key in the tag), and the app gets
+    every callback it is owed."""
+    received: list[dict[str, Any]] = []
+    arrived, release = asyncio.Event(), asyncio.Event()
+    v2_id = "14762070468292kw2fuqty55yp2b2"
+
+    async def accept_late(request: web.Request) -> web.Response:
+        body = await request.json()
+        received.append(body)
+        arrived.set()
+        await release.wait()
+        return web.json_response({"id": v2_id, "owner": body["from"], "applicationId": body["applicationId"],
+                                  "time": "2026-01-01T00:00:00.000Z", "segmentCount": 1, "direction": "out",
+                                  "to": body["to"], "from": body["from"], "text": body["text"],
+                                  "tag": body["tag"]}, status=202)
+
+    v2 = web.Application()
+    v2.router.add_post("/users/{account}/messages", accept_late)
+    v2_server = TestServer(v2, host="127.0.0.1", port=free_port())
+    await v2_server.start_server()
+    config = world["config"] | {"upstream": {"mode": "bandwidth", "base_url": str(v2_server.make_url("")).rstrip("/")}}
+    receiver: HoldingReceiver = world["receiver"]
+    receiver.holding = False
+    shim = ShimProcess(config, world["tmp"], "accepted")
+    await shim.start()
+    headers = auth(USER["api_token"], USER["api_secret"])
+    try:
+        async with aiohttp.ClientSession() as s:
+            body = {"from": "+15551230001", "to": "+15551239999", "text": "survives", "tag": "order-9",
+                    "receiptRequested": "all", "callbackUrl": f"{world['receiver_url']}/cb"}
+            send = asyncio.create_task(s.post(f"{shim.url}/v1/users/u-test/messages", data=json.dumps(body),
+                                              headers=headers))
+            await asyncio.wait_for(arrived.wait(), 10)
+            shim.kill()  # v2 has the send; shim never hears its answer
+            release.set()
+            with pytest.raises(aiohttp.ClientError):
+                await send
+
+            await shim.start()
+            url = f"{shim.url}/v1/users/u-test/messages/{v2_id}"
+            async with s.get(url, headers=headers) as r:
+                assert r.status == 404  # not bound yet: shim never learnt the id
+            (sent,) = received
+            event = {"type": "message-delivered", "time": "2026-01-01T00:00:01.000Z", "to": "+15551239999",
+                     "description": "ok", "message": {
+                         "id": v2_id, "owner": "+15551230001", "applicationId": USER["application_id"],
+                         "time": "2026-01-01T00:00:00.000Z", "segmentCount": 1, "direction": "out",
+                         "to": ["+15551239999"], "from": "+15551230001", "text": "", "tag": sent["tag"]}}
+            async with s.post(f"{shim.url}/callbacks/v2", json=[event], headers=auth(CB_USER, CB_PASS)) as r:
+                assert r.status == 200
+            async with s.get(url, headers=headers) as r:
+                assert r.status == 200
+                got = await r.json()
+            assert (got["id"], got["text"], got["tag"], got["state"], got["deliveryState"]) == (
+                v2_id, "survives", "order-9", "sent", "delivered")
+            await wait_until(lambda: {f"evt_{v2_id}_sent", f"evt_{v2_id}_receipt"} <= set(receiver.answered),
+                             timeout=20)
+    finally:
+        shim.stop()
+        release.set()
+        await v2_server.close()
