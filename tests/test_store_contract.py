@@ -360,8 +360,8 @@ async def test_retention(store: Store) -> None:
     await store.insert_message(msg(1, time_us=now_us() - 10 * 86_400_000_000))
     await store.insert_message(msg(2, time_us=now_us() - 100 * 86_400_000_000))
     await store.insert_message(msg(3, time_us=now_us()))
-    cleared = await store.apply_retention(now_us() - 3 * 86_400_000_000, now_us() - 30 * 86_400_000_000)
-    assert cleared == 1
+    report = await store.apply_retention(now_us() - 3 * 86_400_000_000, now_us() - 30 * 86_400_000_000)
+    assert (report.messages_cleared, report.messages_purged) == (1, 1)
     m1 = await store.get_message("u-test", "m0001")
     assert m1 is not None and m1.text == ""
     assert await store.get_message("u-test", "m0002") is None
