@@ -522,6 +522,29 @@ async def test_concurrent_retention_passes_share_the_work(store_url: str) -> Non
         assert ra.messages_purged + rb.messages_purged == n // 2
 
 
+async def test_retention_during_ingest_never_brings_text_back(store_url: str) -> None:
+    """Events applied while another replica clears the same messages: an event never writes back
+    a doc (or a callback body) with text it read before the clearing, and nobody deadlocks."""
+    marker = "RACE-SECRET-61d9"
+    n = 300
+    async with opened(store_url) as a, opened(store_url) as b:
+        for start in range(0, n, 100):
+            await asyncio.gather(*(a.insert_message(msg(i, id=f"r{i}", text=f"{marker} {i}",
+                                                        time_us=now_us() - 10 * DAY_US + i))
+                                   for i in range(start, start + 100)))
+        a.retention_batch = 20  # many short transactions, interleaved with the events
+
+        async def events() -> None:
+            for round_, kind in enumerate(("message-sending", "message-sent", "message-delivered")):
+                await asyncio.gather(*(b.ingest([GW.prepare(status(f"r{i}", kind, description=f"x{round_}"))])
+                                       for i in range(n)))
+
+        await asyncio.wait_for(asyncio.gather(a.apply_retention(*retention_cutoffs()), events()), 120)
+        await a.apply_retention(*retention_cutoffs())  # what was busy during the first pass
+        assert await rows_with(a, marker) == NONE_WITH
+        assert (await a.query("SELECT COUNT(*) FROM outbox"))[0][0] == 2 * n  # sent + receipt each
+
+
 async def test_ping_and_analyze(store: Store) -> None:
     await store.ping()
     await store.analyze()

@@ -39,7 +39,7 @@ from typing import Any
 from shim.core import DeliverySpec, MessageRecord
 
 from ._core import StoreCore
-from ._messages import record, update_row
+from ._messages import doc, record
 from ._ops import All, Exec, One, Tx
 from ._types import RetentionReport
 
@@ -121,7 +121,7 @@ def clear_messages(recs: Sequence[MessageRecord], skip_locked: str, mark: bool) 
         return RetentionReport()
     for rec in recs:
         rec.text = ""
-        yield from update_row(rec, text_cleared=mark)
+        yield Exec(f"UPDATE messages SET doc = ?{', text_cleared = 1' if mark else ''} WHERE seq = ?", doc(rec), rec.seq)
     ids = [rec.id for rec in recs]
     events = yield All(
         f"SELECT dedupe_key, payload FROM events WHERE message_id IN ({_marks(ids)}) AND text_cleared = 0"
