@@ -17,7 +17,7 @@ from shim.clock import now_us
 from shim.config import parse_config
 from shim.core import DeliverySpec, ListQuery, MessageRecord, bind_v2, pending_id, v2_tag
 from shim.gateway import Gateway
-from shim.store import EventRules, PostgresStore, SqliteStore, Store, open_store
+from shim.store import EventRules, PostgresStore, RetentionReport, SqliteStore, Store, open_store
 from shim.store.migrations import MIGRATIONS
 
 from .conftest import USER
@@ -360,13 +360,189 @@ async def test_retention(store: Store) -> None:
     await store.insert_message(msg(1, time_us=now_us() - 10 * 86_400_000_000))
     await store.insert_message(msg(2, time_us=now_us() - 100 * 86_400_000_000))
     await store.insert_message(msg(3, time_us=now_us()))
-    cleared = await store.apply_retention(now_us() - 3 * 86_400_000_000, now_us() - 30 * 86_400_000_000)
-    assert cleared == 1
+    report = await store.apply_retention(now_us() - 3 * 86_400_000_000, now_us() - 30 * 86_400_000_000)
+    assert (report.messages_cleared, report.messages_purged) == (1, 1)
     m1 = await store.get_message("u-test", "m0001")
     assert m1 is not None and m1.text == ""
     assert await store.get_message("u-test", "m0002") is None
     m3 = await store.get_message("u-test", "m0003")
     assert m3 is not None and m3.text == "t3"
+
+
+DAY_US = 86_400_000_000
+
+
+def retention_cutoffs() -> tuple[int, int]:
+    """(clear text before, purge before): the defaults, 3 and 30 days."""
+    return now_us() - 3 * DAY_US, now_us() - 30 * DAY_US
+
+
+async def rows_with(store: Store, marker: str) -> dict[str, int]:
+    """How many rows of each table hold ``marker`` anywhere in their raw stored columns."""
+    like = f"%{marker}%"
+    return {
+        "messages": (await store.query("SELECT COUNT(*) FROM messages WHERE doc LIKE ?", like))[0][0],
+        "events": (await store.query("SELECT COUNT(*) FROM events WHERE payload LIKE ?", like))[0][0],
+        "outbox": (await store.query("SELECT COUNT(*) FROM outbox WHERE spec LIKE ?", like))[0][0],
+    }
+
+
+NONE_WITH = {"messages": 0, "events": 0, "outbox": 0}
+
+
+def v2_spec(payload: dict[str, Any]) -> DeliverySpec:
+    """A native route in v2 format: the raw event array as the body."""
+    return DeliverySpec(event_id=f"evt_native_{payload['message']['id']}", order_key=f"native_{payload['message']['id']}",
+                        url="http://127.0.0.1:9/native", format="v2", body=[payload])
+
+
+async def test_retention_clears_text_everywhere_it_is_kept(store: Store) -> None:
+    old, recent = "OLD-SECRET-7d1c", "NEW-SECRET-93ab"
+    # A message past text_days (its events and callbacks arrive now: cleared with it).
+    await store.insert_message(msg(1, text=old, time_us=now_us() - 5 * DAY_US))
+    delivered = status("m0001", "message-delivered")
+    delivered["message"]["text"] = old
+    ev = GW.prepare(delivered)
+    assert await store.ingest([ev]) == 2  # sent + receipt, both with the text in their v1 bodies
+    # An event of a message sent natively on v2 (no record), and its v2-format callback: by their age.
+    native = status("ghost", "message-sending")
+    native["message"]["text"] = old
+    assert await store.ingest([GW.prepare(native)]) == 0
+    await store.enqueue([v2_spec(native)])
+    await store.run_sql("UPDATE events SET received_us = ? WHERE message_id = 'ghost'", now_us() - 5 * DAY_US)
+    await store.run_sql("UPDATE outbox SET created_us = ? WHERE order_key = 'native_ghost'", now_us() - 5 * DAY_US)
+    # A recent message keeps its text everywhere.
+    await store.insert_message(msg(2, text=recent, time_us=now_us()))
+    fresh = status("m0002", "message-delivered")
+    fresh["message"]["text"] = recent
+    assert await store.ingest([GW.prepare(fresh)]) == 2
+    assert await rows_with(store, old) == {"messages": 1, "events": 2, "outbox": 3}
+
+    report = await store.apply_retention(*retention_cutoffs())
+    assert await rows_with(store, old) == NONE_WITH
+    assert await rows_with(store, recent) == {"messages": 1, "events": 1, "outbox": 2}
+    assert (report.messages_cleared, report.events_cleared, report.outbox_cleared) == (1, 2, 3)
+    m1 = await store.get_message("u-test", "m0001")
+    assert m1 is not None and m1.text == "" and m1.delivery_state == "delivered"
+    # The payload keeps its key: the same event sent again is still a duplicate.
+    assert (await store.query("SELECT COUNT(*) FROM events WHERE dedupe_key = ?", ev.dedupe_key))[0][0] == 1
+    assert await store.ingest([GW.prepare(delivered)]) == 0
+    assert await store.ingest([GW.prepare(native)]) == 0
+    # Pending deliveries whose text was cleared are still claimed, with empty text.
+    bodies = {d.spec.order_key: d.spec.body for d in await store.claim("w", 10, 5_000_000)}
+    assert bodies["m0001"]["text"] == "" and bodies["native_ghost"][0]["message"]["text"] == ""
+    assert bodies["m0002"]["text"] == recent
+    # A second pass finds nothing left to do.
+    assert await store.apply_retention(*retention_cutoffs()) == RetentionReport()
+
+
+async def test_retention_keeps_up_with_any_backlog(store: Store) -> None:
+    """More than a batch of each: one pass clears and purges them all, in several short transactions."""
+    marker = "BACKLOG-SECRET-5e0f"
+    n = 2_500
+    recs = [msg(i, id=f"c{i}", text=f"{marker} {i}", time_us=now_us() - 10 * DAY_US + i) for i in range(n)]
+    recs += [msg(i, id=f"p{i}", text=f"{marker} {i}", time_us=now_us() - 40 * DAY_US + i) for i in range(n)]
+    for start in range(0, len(recs), 250):
+        await asyncio.gather(*(store.insert_message(r) for r in recs[start:start + 250]))
+    writes: list[str] = []
+    store.observer = lambda op, _: writes.append(op)
+    report = await store.apply_retention(*retention_cutoffs())
+    assert await rows_with(store, marker) == NONE_WITH
+    assert (await store.query("SELECT COUNT(*), SUM(text_cleared) FROM messages"))[0] == (n, n)
+    assert (report.messages_cleared, report.messages_purged) == (n, n)
+    assert writes.count("write") >= 2 * (n // store.retention_batch + 1)  # batches, not one transaction
+
+
+async def test_retention_purges_every_old_record(store: Store) -> None:
+    """Past purge_days: messages, events in any status and outbox rows in any status (delivered,
+    dead letters, pending rows long past their retries) are all purged; recent ones stay."""
+    await store.insert_message(msg(1, time_us=now_us() - 40 * DAY_US))
+    await store.insert_message(msg(2, time_us=now_us()))
+    assert await store.ingest([GW.prepare(status("m0001", "message-delivered"))]) == 2
+    assert await store.ingest([GW.prepare(status("ghost", "message-sent"))]) == 0  # native
+    assert await store.ingest([GW.prepare(status("m0009", "message-sent", key(9)))]) == 0  # pending
+    await store.enqueue([spec(i, f"k{i}") for i in range(1, 5)])
+    got = {d.spec.event_id: d.id for d in await store.claim("w", 10, 5_000_000)}
+    assert await store.mark_delivered(got["e1"], "w")
+    assert await store.mark_failed(got["e2"], "w", "HTTP 500", None)  # a dead letter
+    assert await store.mark_failed(got["e3"], "w", "HTTP 500", now_us())  # pending, retrying
+    await store.release_all()
+    await store.run_sql("UPDATE events SET received_us = ?", now_us() - 40 * DAY_US)
+    await store.run_sql("UPDATE outbox SET created_us = ?, updated_us = ? WHERE event_id <> 'e4'",
+                        now_us() - 40 * DAY_US, now_us() - 40 * DAY_US)
+    assert await store.outbox_counts() == {"pending": 4, "delivered": 1, "dead": 1}
+    assert await store.pending_event_count() == 1
+
+    report = await store.apply_retention(*retention_cutoffs())
+    assert await store.get_message("u-test", "m0001") is None
+    assert await store.get_message("u-test", "m0002") is not None
+    assert await store.query("SELECT dedupe_key FROM events") == []
+    assert await store.dead_letters() == []
+    assert await store.outbox_counts() == {"pending": 1, "delivered": 0, "dead": 0}
+    assert [d.spec.event_id for d in await store.claim("w", 10, 5_000_000)] == ["e4"]
+    assert (report.messages_purged, report.events_purged, report.outbox_purged) == (1, 3, 5)
+
+
+async def test_redact_clears_message_events_and_outbox(store: Store) -> None:
+    secret = "REDACT-ME-44c2"
+    await store.insert_message(msg(1, text=secret, time_us=now_us()))
+    sent = status("m0001", "message-sent")
+    sent["message"]["text"] = secret
+    assert await store.ingest([GW.prepare(sent)]) == 1
+    assert await rows_with(store, secret) == {"messages": 1, "events": 1, "outbox": 1}
+    assert await store.redact_text("u-test", "m0001")
+    assert await rows_with(store, secret) == NONE_WITH
+    assert await store.ingest([GW.prepare(sent)]) == 0  # still a duplicate
+    (d,) = await store.claim("w", 10, 5_000_000)  # still delivered, with empty text
+    assert d.spec.body["text"] == "" and d.spec.body["messageId"] == "m0001"
+    got = await store.get_message("u-test", "m0001")
+    assert got is not None and got.text == "" and got.state == "sent"
+
+
+async def test_concurrent_retention_passes_share_the_work(store_url: str) -> None:
+    """Two stores (replicas) on one database run retention at once: no errors, no deadlock, each
+    row done once, and the end state is complete."""
+    marker = "REPLICA-SECRET-0b7a"
+    n = 2_500
+    async with opened(store_url) as a, opened(store_url) as b:
+        recs = [msg(i, id=f"c{i}", text=f"{marker} {i}", time_us=now_us() - 10 * DAY_US + i) for i in range(n)]
+        recs += [msg(i, id=f"p{i}", text=f"{marker} {i}", time_us=now_us() - 40 * DAY_US + i) for i in range(n // 2)]
+        for start in range(0, len(recs), 250):
+            await asyncio.gather(*(a.insert_message(r) for r in recs[start:start + 250]))
+        await a.enqueue([DeliverySpec(event_id=f"e{i}", order_key=f"c{i}", url="http://127.0.0.1:9/cb",
+                                      body={"text": f"{marker} {i}"}) for i in range(n)])
+        ra, rb = await asyncio.wait_for(asyncio.gather(a.apply_retention(*retention_cutoffs()),
+                                                       b.apply_retention(*retention_cutoffs())), 120)
+        assert await rows_with(a, marker) == NONE_WITH
+        assert (await a.query("SELECT COUNT(*), SUM(text_cleared) FROM messages"))[0] == (n, n)
+        assert len(await a.claim("w", 2 * n, 5_000_000)) == n  # all still delivered
+        # Each row done by one of them (batches of rows the other holds are skipped).
+        assert ra.messages_cleared + rb.messages_cleared == n
+        assert ra.outbox_cleared + rb.outbox_cleared == n
+        assert ra.messages_purged + rb.messages_purged == n // 2
+
+
+async def test_retention_during_ingest_never_brings_text_back(store_url: str) -> None:
+    """Events applied while another replica clears the same messages: an event never writes back
+    a doc (or a callback body) with text it read before the clearing, and nobody deadlocks."""
+    marker = "RACE-SECRET-61d9"
+    n = 300
+    async with opened(store_url) as a, opened(store_url) as b:
+        for start in range(0, n, 100):
+            await asyncio.gather(*(a.insert_message(msg(i, id=f"r{i}", text=f"{marker} {i}",
+                                                        time_us=now_us() - 10 * DAY_US + i))
+                                   for i in range(start, start + 100)))
+        a.retention_batch = 20  # many short transactions, interleaved with the events
+
+        async def events() -> None:
+            for round_, kind in enumerate(("message-sending", "message-sent", "message-delivered")):
+                await asyncio.gather(*(b.ingest([GW.prepare(status(f"r{i}", kind, description=f"x{round_}"))])
+                                       for i in range(n)))
+
+        await asyncio.wait_for(asyncio.gather(a.apply_retention(*retention_cutoffs()), events()), 120)
+        await a.apply_retention(*retention_cutoffs())  # what was busy during the first pass
+        assert await rows_with(a, marker) == NONE_WITH
+        assert (await a.query("SELECT COUNT(*) FROM outbox"))[0][0] == 2 * n  # sent + receipt each
 
 
 async def test_ping_and_analyze(store: Store) -> None:

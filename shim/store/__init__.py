@@ -8,10 +8,11 @@ from shim.clock import Clock, now_us
 from ._base import Store
 from ._postgres import PostgresStore
 from ._sqlite import SqliteStore
-from ._types import DeadLetter, EventRules, IncomingEvent, host_key
+from ._types import DeadLetter, EventRules, IncomingEvent, RetentionReport, host_key
 
 __all__ = [
-    "Clock", "DeadLetter", "EventRules", "IncomingEvent", "PostgresStore", "SqliteStore", "Store", "host_key", "open_store",
+    "Clock", "DeadLetter", "EventRules", "IncomingEvent", "PostgresStore", "RetentionReport", "SqliteStore", "Store",
+    "host_key", "open_store",
 ]
 
 

@@ -9,7 +9,7 @@ from shim.clock import Clock
 from shim.core import ListQuery, MessageRecord
 
 from ._core import StoreCore
-from ._ops import Exec, One, Tx, all_tx, one_tx
+from ._ops import Exec, Tx, all_tx, one_tx
 
 
 def doc(rec: MessageRecord) -> str:
@@ -52,8 +52,8 @@ def update_row(rec: MessageRecord, text_cleared: bool = False) -> Tx[None]:
 
 
 class MessageTxs(StoreCore):
-    """Reading, listing and redacting messages (recording one is in ``_events``: it applies the
-    events that arrived before it)."""
+    """Reading and listing messages (recording one is in ``_events``: it applies the events that
+    arrived before it; redacting one is in ``_retention``: its text is kept in events and outbox too)."""
 
     async def get_message(self, user_id: str, message_id: str) -> MessageRecord | None:
         row = await self._timed_read(one_tx("SELECT seq, doc FROM messages WHERE id = ? AND user_id = ?", message_id, user_id))
@@ -86,15 +86,3 @@ class MessageTxs(StoreCore):
         sql = f"SELECT seq, doc FROM messages WHERE {' AND '.join(where)} ORDER BY seq {order} LIMIT ? OFFSET ?"
         rows = await self._timed_read(all_tx(sql, *args, *extra, q.size + 1, q.offset))
         return [record(r) for r in rows]
-
-    async def redact_text(self, user_id: str, message_id: str) -> bool:
-        return await self._timed_write(self._tx_redact(user_id, message_id))
-
-    def _tx_redact(self, user_id: str, message_id: str) -> Tx[bool]:
-        row = yield One("SELECT seq, doc FROM messages WHERE id = ? AND user_id = ?", message_id, user_id)
-        if not row:
-            return False
-        rec = record(row)
-        rec.text = ""
-        yield from update_row(rec)
-        return True

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
 
 import asyncpg
@@ -18,7 +18,7 @@ import asyncpg
 from shim.clock import Clock, now_us
 
 from ._base import Store
-from ._ops import Exec, Op, Tx, step
+from ._ops import All, Exec, Op, Tx, step
 from ._types import EventRules
 
 T = TypeVar("T")
@@ -100,6 +100,13 @@ class PostgresStore(Store):
 
     def _lock_message(self, message_id: str) -> Tx[None]:
         yield Exec("SELECT pg_advisory_xact_lock(hashtext(?))", message_id)
+
+    def _try_lock_messages(self, message_ids: Sequence[str]) -> Tx[set[str]]:
+        if not message_ids:
+            return set()
+        rows = yield All("SELECT m FROM unnest(?::text[]) AS m WHERE pg_try_advisory_xact_lock(hashtext(m))",
+                         list(message_ids))
+        return {r[0] for r in rows}
 
     def _lock_schema(self) -> Tx[None]:
         yield Exec("SELECT pg_advisory_xact_lock(?)", SCHEMA_LOCK)

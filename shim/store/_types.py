@@ -57,3 +57,19 @@ def host_key(url: str) -> str:
         return f"{u.host}:{u.port}"
     except (ValueError, TypeError):
         return "invalid"
+
+
+@dataclass
+class RetentionReport:
+    """What one retention pass did: rows whose text it cleared, rows it purged."""
+
+    messages_cleared: int = 0
+    events_cleared: int = 0
+    outbox_cleared: int = 0
+    messages_purged: int = 0
+    events_purged: int = 0
+    outbox_purged: int = 0
+
+    def add(self, other: RetentionReport) -> None:
+        for name, value in vars(other).items():
+            setattr(self, name, getattr(self, name) + value)

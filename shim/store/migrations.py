@@ -88,6 +88,18 @@ CREATE UNIQUE INDEX IF NOT EXISTS messages_send_key ON messages (send_key) WHERE
 ALTER TABLE events ADD COLUMN send_key TEXT;
 CREATE INDEX IF NOT EXISTS events_pending_key ON events (send_key) WHERE status = 'pending' AND send_key IS NOT NULL
 """),
+    # Retention works in bounded batches whose cost does not grow with history: rows whose text
+    # is still to clear are found through partial indexes (cleared rows drop out of them), rows to
+    # purge through time indexes, a message's events by its id.
+    Migration(3, "retention: text marks and purge indexes", """
+ALTER TABLE events ADD COLUMN text_cleared INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE outbox ADD COLUMN text_cleared INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX IF NOT EXISTS messages_text_due ON messages (time_us) WHERE text_cleared = 0;
+CREATE INDEX IF NOT EXISTS events_text_due ON events (received_us) WHERE text_cleared = 0;
+CREATE INDEX IF NOT EXISTS events_message ON events (message_id);
+CREATE INDEX IF NOT EXISTS outbox_text_due ON outbox (created_us) WHERE text_cleared = 0;
+CREATE INDEX IF NOT EXISTS outbox_updated ON outbox (updated_us)
+"""),
 )
 
 LEDGER = """
