@@ -273,8 +273,12 @@ async def test_dead_letter_then_replay(make_harness: Any) -> None:
     (dead,) = await resp.json()
     assert dead["eventId"] == f"evt_{mid}_sent" and dead["attempts"] == 4 and "500" in dead["lastError"]
     assert "hook-pass-77" not in json.dumps(dead) and dead["url"].startswith("http://hook:***@127.0.0.1")
-    metrics = await (await harness.session.get(f"{harness.url}/metrics")).text()
-    assert "shim_callback_dead_letters 1.0" in metrics
+
+    async def gauge_shows_it() -> bool:  # the sweeper refreshes the gauge (a scrape queries nothing)
+        metrics = await (await harness.session.get(f"{harness.url}/metrics")).text()
+        return "shim_callback_dead_letters 1.0" in metrics
+
+    await wait_until(gauge_shows_it)
     harness.receiver.script["/down"] = [200]
     replay = f"{harness.url}/admin/dead-letters/replay"
     for body in (None, {}, {"ids": []}, {"all": False}, {"ids": "all"}):

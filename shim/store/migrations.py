@@ -88,6 +88,15 @@ CREATE UNIQUE INDEX IF NOT EXISTS messages_send_key ON messages (send_key) WHERE
 ALTER TABLE events ADD COLUMN send_key TEXT;
 CREATE INDEX IF NOT EXISTS events_pending_key ON events (send_key) WHERE status = 'pending' AND send_key IS NOT NULL
 """),
+    # Periodic work reads only what is live (leased, pending, dead, unmatched), never the history:
+    # lease expiry and renewal, the queue gauges, the unmatched sweep each have a partial index.
+    Migration(3, "partial indexes for periodic work", """
+CREATE INDEX IF NOT EXISTS outbox_lease_until ON outbox (lease_until_us) WHERE status = 'pending' AND lease_owner IS NOT NULL;
+CREATE INDEX IF NOT EXISTS outbox_lease_owner ON outbox (lease_owner) WHERE status = 'pending' AND lease_owner IS NOT NULL;
+CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (order_key, id) WHERE status = 'pending';
+CREATE INDEX IF NOT EXISTS outbox_dead ON outbox (id) WHERE status = 'dead';
+CREATE INDEX IF NOT EXISTS events_unmatched ON events (received_us) WHERE status = 'pending' AND send_key IS NULL
+"""),
 )
 
 LEDGER = """
