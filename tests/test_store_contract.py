@@ -6,6 +6,7 @@ import asyncio
 import json
 import re
 import sqlite3
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -21,6 +22,7 @@ from shim.gateway import Gateway
 from shim.store import EventRules, PostgresStore, SqliteStore, Store, open_store
 from shim.store import _postgres as postgres_backend
 from shim.store import _sqlite as sqlite_backend
+from shim.store._ops import Exec, Tx
 from shim.store._postgres import to_pg
 from shim.store.migrations import MIGRATIONS
 
@@ -533,3 +535,49 @@ async def test_periodic_work_uses_indexes_not_history(store_url: str, monkeypatc
         for sql, args in ops:
             plan = await explain(store_url, sql, args)
             assert not reads_history(store_url, plan), f"{sql}\n{plan}"
+
+
+# -- the unmatched sweep against a send recorded late ("Trust" 3) --------------------------------
+async def test_unmatched_sweep_racing_a_late_send_applies_or_routes_never_both(store_url: str) -> None:
+    rules = NativeRouter()
+    async with opened(store_url, rules, pool_size=8) as store:
+        for i in range(1, 61):
+            mid = f"m{i:04d}"
+            await store.run_sql("INSERT INTO events (dedupe_key, message_id, payload, status, received_us)"
+                                " VALUES (?, ?, ?, 'pending', ?)",
+                                f"legacy-{i}", mid, json.dumps(status(mid, "message-delivered")), now_us() - 1)
+            await asyncio.gather(store.route_unmatched(now_us() + 1_000_000), store.insert_message(msg(i)))
+        rows = await store.query("SELECT message_id, status FROM events ORDER BY message_id")
+        assert len(rows) == 60 and await store.pending_event_count() == 0
+        both = [mid for mid, st in rows if st == "applied" and mid in rules.native]
+        assert both == []
+        for mid, st in rows:
+            assert (st == "applied") != (mid in rules.native), (mid, st)
+        assert len(rules.native) == len(set(rules.native))
+
+
+# -- SQLite's writer queue is bounded ("Trust" 4) --------------------------------------------------
+async def test_sqlite_writes_wait_for_a_slot_when_the_queue_is_full(tmp_path: Path) -> None:
+    store = SqliteStore(f"sqlite:///{tmp_path}/bounded.db", GW, max_queued=3)
+    await store.open()
+    entered, gate = threading.Event(), threading.Event()
+
+    def blocking() -> Tx[None]:
+        entered.set()
+        gate.wait(30)  # the writer thread is stuck in this transaction
+        yield Exec("SELECT 1")
+
+    try:
+        first = asyncio.create_task(store._write(blocking()))
+        assert await asyncio.to_thread(entered.wait, 10)
+        writes = [asyncio.create_task(store.enqueue([spec(i, f"k{i}")])) for i in range(50)]
+        await asyncio.sleep(0.3)
+        assert store._queue.qsize() == 2  # the bound (3) less the one running: the rest wait, unqueued
+        assert not first.done() and not any(w.done() for w in writes)
+        gate.set()
+        await asyncio.wait_for(asyncio.gather(first, *writes), 10)
+        assert (await store.outbox_counts())["pending"] == 50
+        assert store._queue.qsize() == 0
+    finally:
+        gate.set()
+        await store.close()
