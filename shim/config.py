@@ -125,6 +125,13 @@ class StoreConfig(_Model):
         return v
 
 
+# A callback attempt lasts at most its callbackTimeout (≤ 10 s), primary then fallback.
+MAX_ATTEMPT_S = 2 * 10.0
+# callbacks.lease_s must exceed the longest attempt (primary + fallback) by this margin: leases are
+# renewed while held, and this keeps a held delivery leased even across a missed renewal.
+LEASE_MARGIN_S = 5.0
+
+
 class CallbacksConfig(_Model):
     path: str = "/callbacks/v2"
     username: str | None = None
@@ -138,7 +145,8 @@ class CallbacksConfig(_Model):
     # an event of a message sent natively on v2.
     unmatched_grace_s: float = Field(60, gt=0)
     concurrency: int = Field(200, ge=1)
-    # How long a replica holds a delivery before another may take it over (if it died).
+    # How long a replica's hold on a delivery lasts unrenewed (it is renewed every lease_s/3 while
+    # held): a dead replica's work is taken over after this. At least MAX_ATTEMPT_S + LEASE_MARGIN_S.
     lease_s: float = Field(60, gt=0)
     per_host_concurrency: int = Field(16, ge=1)
     # Networks callbacks may reach although refused by default (loopback, private, ...).
@@ -154,6 +162,16 @@ class CallbacksConfig(_Model):
         for reserved in RESERVED_PATHS:
             if v == reserved or v.startswith(reserved + "/") or (reserved == "/admin" and v.startswith("/admin")):
                 raise ValueError(f"{v} collides with shim's own route {reserved}")
+        return v
+
+    @field_validator("lease_s")
+    @classmethod
+    def _lease(cls, v: float) -> float:
+        least = MAX_ATTEMPT_S + LEASE_MARGIN_S
+        if v < least:
+            raise ValueError(
+                f"lease_s must be at least {least:g} s: the longest callback attempt (primary then fallback,"
+                f" {MAX_ATTEMPT_S:g} s at the 10 s callbackTimeout maximum) plus {LEASE_MARGIN_S:g} s")
         return v
 
     @field_validator("retry_schedule_s")

@@ -263,3 +263,12 @@ def test_start_failures_are_one_line_exit_2(tmp_path: Path) -> None:
     code, _, err = serve_until_started(
         sandbox_file(tmp_path, free_port(), store=f"sqlite:///{tmp_path}/a-file/s.db"), tmp_path)
     assert code == 2 and "cannot start" in err and "Traceback" not in err
+
+
+def test_lease_outlasts_primary_and_fallback_attempts() -> None:
+    # A lease must cover the longest attempt (primary + fallback at the 10 s callbackTimeout
+    # maximum) plus a margin, even though the engine renews it while held.
+    (problem,) = problems({"callbacks": {"lease_s": 20}, "users": [USER]})
+    assert problem.startswith("callbacks.lease_s") and "25" in problem
+    assert parse_config({"callbacks": {"lease_s": 25}, "users": [USER]}).callbacks.lease_s == 25
+    assert parse_config({"users": [USER]}).callbacks.lease_s == 60

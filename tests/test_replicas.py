@@ -84,7 +84,7 @@ async def test_two_replicas_one_killed(tmp_path: Path) -> None:
                     "server": {"host": "127.0.0.1", "port": port, "public_url": lb_url},
                     "store": {"url": db_url},
                     "upstream": {"mode": "bandwidth", "base_url": str(sandbox_server.make_url("")).rstrip("/")},
-                    "callbacks": {"username": CB_USER, "password": CB_PASS, "lease_s": 3,
+                    "callbacks": {"username": CB_USER, "password": CB_PASS, "lease_s": 25,
                                   "retry_schedule_s": [0.5, 1, 1, 2], "per_host_concurrency": 8,
                                   "allow_cidrs": ["127.0.0.0/8"]},
                     "users": [USER],

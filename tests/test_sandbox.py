@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from shim.sandbox.web_sandbox import SandboxState
+
 from .conftest import USER, Harness, auth
 
 V2AUTH = auth(USER["v2_username"], USER["v2_password"])
@@ -54,3 +56,24 @@ async def test_401_and_415(harness: Harness) -> None:
     status, body = await send(harness, ok, {"Content-Type": "text/plain"} | V2AUTH)
     assert status == 415 and body["type"] == "unsupported-content-type"
     harness.v2_requests.clear()
+
+
+def test_sent_and_media_are_bounded() -> None:
+    """The sandbox runs as long as a demo does: what it keeps is capped, the oldest dropped first."""
+    state = SandboxState(credentials=None, target=None)
+    for i in range(5000):
+        state.sent.append({"id": i})
+    assert len(state.sent) == 1000 and state.sent[0] == {"id": 4000} and state.sent[-1] == {"id": 4999}
+    for i in range(300):
+        state.media[("9900001", f"m{i}")] = (b"x", "image/png")
+    assert len(state.media) == 256
+    assert ("9900001", "m43") not in state.media and state.media[("9900001", "m44")] == (b"x", "image/png")
+    big = bytes(20 * 1024 * 1024)
+    for i in range(5):
+        state.media[("9900001", f"big{i}")] = (big, "image/png")
+    assert sum(len(d) for d, _ in state.media.values()) <= 64 * 1024 * 1024
+    assert ("9900001", "big4") in state.media and ("9900001", "big0") not in state.media
+    state.media[("9900001", "big1")] = (b"y", "text/plain")  # rewritten: the newest again
+    assert list(state.media)[-1] == ("9900001", "big1")
+    state.media.pop(("9900001", "big1"))
+    assert ("9900001", "big1") not in state.media

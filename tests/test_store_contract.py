@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import sqlite3
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -18,6 +20,10 @@ from shim.config import parse_config
 from shim.core import DeliverySpec, ListQuery, MessageRecord, bind_v2, pending_id, v2_tag
 from shim.gateway import Gateway
 from shim.store import EventRules, PostgresStore, RetentionReport, SqliteStore, Store, open_store
+from shim.store import _postgres as postgres_backend
+from shim.store import _sqlite as sqlite_backend
+from shim.store._ops import Exec, Tx
+from shim.store._postgres import to_pg
 from shim.store.migrations import MIGRATIONS
 
 from .conftest import USER
@@ -613,3 +619,141 @@ async def test_pre_migration_database_is_adopted(store_url: str) -> None:
         assert await store.pending_event_count() == 1
         await store.insert_message(msg(2))
         assert await store.get_message("u-test", "m0002") is not None
+
+
+# -- leases held while work is in flight ("Trust" 1) --------------------------------------------
+async def test_renewed_leases_do_not_expire(store_url: str) -> None:
+    t = [1_000_000_000]
+    async with opened(store_url, clock=lambda: t[0]) as store:
+        await store.enqueue([spec(1, "a"), spec(2, "b"), spec(3, "c")])
+        mine = await store.claim("w1", 2, 5_000_000)
+        (theirs,) = await store.claim("w2", 10, 5_000_000)
+        for _ in range(3):  # held three lease lengths, renewed every 4 s
+            t[0] += 4_000_000
+            assert await store.renew_leases("w1", 5_000_000) == 2
+            assert await store.renew_leases("w2", 5_000_000, [theirs.id, mine[0].id]) == 1  # only its own
+            assert await store.expire_leases() == 0
+            assert await store.claim("w3", 10, 5_000_000) == []
+        t[0] += 5_000_001  # nobody renews (the replica died): taken over
+        assert await store.expire_leases() == 3
+        assert await store.renew_leases("w1", 5_000_000) == 0
+        assert len(await store.claim("w3", 10, 5_000_000)) == 3
+
+
+# -- periodic work does not read history ("Trust" 2) ----------------------------------------------
+HISTORY = 20_000
+
+
+async def explain(url: str, sql: str, args: tuple[Any, ...]) -> str:
+    if url.startswith("sqlite:"):
+        conn = sqlite3.connect(url.removeprefix("sqlite:///"))
+        try:
+            rows = conn.execute("EXPLAIN QUERY PLAN " + sql, args).fetchall()
+        finally:
+            conn.close()
+        return "\n".join(r[-1] for r in rows)
+    pg = await asyncpg.connect(url)
+    try:
+        rows = await pg.fetch("EXPLAIN " + to_pg(sql), *args)
+    finally:
+        await pg.close()
+    return "\n".join(r[0] for r in rows)
+
+
+def reads_history(url: str, plan: str) -> bool:
+    """A full scan of a table (SQLite: ``SCAN t`` without an index; PostgreSQL: a Seq Scan)."""
+    if url.startswith("sqlite:"):
+        return any(re.fullmatch(r"SCAN \w+", line.strip()) for line in plan.splitlines())
+    return re.search(r"Seq Scan on (outbox|events|messages)\b", plan) is not None
+
+
+async def test_periodic_work_uses_indexes_not_history(store_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    rules = NativeRouter()
+    async with opened(store_url, rules) as store:
+        numbers = f"WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {HISTORY})"
+        await store.run_sql(
+            f"{numbers} INSERT INTO outbox (event_id, order_key, user_id, host, status, spec, attempts,"
+            " next_attempt_us, created_us, updated_us)"
+            " SELECT 'old-' || i, 'ok-' || i, 'u-test', 'old.example:80', 'delivered', '{}', 1, 0, i, i FROM n")
+        await store.run_sql(
+            f"{numbers} INSERT INTO events (dedupe_key, message_id, payload, status, received_us)"
+            " SELECT 'old-' || i, 'om-' || i, '{}', 'applied', i FROM n")
+        payload = json.dumps(status("ghost", "message-delivered"))
+        await store.run_sql("INSERT INTO events (dedupe_key, message_id, payload, status, received_us)"
+                            " VALUES ('legacy-1', 'ghost', ?, 'pending', 1)", payload)
+        await store.enqueue([spec(i, f"k{i}") for i in range(1, 7)])
+        held = await store.claim("w", 3, 60_000_000)
+        await store.mark_failed(held[0].id, "w", "HTTP 500", None)  # a dead letter
+        await store.run_sql("ANALYZE")
+
+        ops: list[tuple[str, tuple[Any, ...]]] = []
+        module: Any = sqlite_backend if store_url.startswith("sqlite:") else postgres_backend
+        original = module.run
+
+        def recording(conn: Any, op: Any) -> Any:
+            ops.append((op.sql, op.args))
+            return original(conn, op)
+
+        monkeypatch.setattr(module, "run", recording)
+        # What the delivery engine does every round, every lease_s/3 and every sweep.
+        assert await store.route_unmatched(now_us()) == 1
+        await store.expire_leases()
+        await store.renew_leases("w", 60_000_000)
+        await store.renew_leases("w", 60_000_000, [d.id for d in held[1:]])
+        gauges = await store.outbox_gauges()
+        assert (gauges["pending"], gauges["dead"]) == (6 - 1 + 1, 1)  # 5 queued + the native one
+        assert gauges["max_id"] >= HISTORY + 6
+        assert len(await store.claim("w", 10, 60_000_000)) == 4
+        await store.release_all("w")
+        monkeypatch.undo()
+
+        assert len(ops) >= 8
+        for sql, args in ops:
+            plan = await explain(store_url, sql, args)
+            assert not reads_history(store_url, plan), f"{sql}\n{plan}"
+
+
+# -- the unmatched sweep against a send recorded late ("Trust" 3) --------------------------------
+async def test_unmatched_sweep_racing_a_late_send_applies_or_routes_never_both(store_url: str) -> None:
+    rules = NativeRouter()
+    async with opened(store_url, rules, pool_size=8) as store:
+        for i in range(1, 61):
+            mid = f"m{i:04d}"
+            await store.run_sql("INSERT INTO events (dedupe_key, message_id, payload, status, received_us)"
+                                " VALUES (?, ?, ?, 'pending', ?)",
+                                f"legacy-{i}", mid, json.dumps(status(mid, "message-delivered")), now_us() - 1)
+            await asyncio.gather(store.route_unmatched(now_us() + 1_000_000), store.insert_message(msg(i)))
+        rows = await store.query("SELECT message_id, status FROM events ORDER BY message_id")
+        assert len(rows) == 60 and await store.pending_event_count() == 0
+        both = [mid for mid, st in rows if st == "applied" and mid in rules.native]
+        assert both == []
+        for mid, st in rows:
+            assert (st == "applied") != (mid in rules.native), (mid, st)
+        assert len(rules.native) == len(set(rules.native))
+
+
+# -- SQLite's writer queue is bounded ("Trust" 4) --------------------------------------------------
+async def test_sqlite_writes_wait_for_a_slot_when_the_queue_is_full(tmp_path: Path) -> None:
+    store = SqliteStore(f"sqlite:///{tmp_path}/bounded.db", GW, max_queued=3)
+    await store.open()
+    entered, gate = threading.Event(), threading.Event()
+
+    def blocking() -> Tx[None]:
+        entered.set()
+        gate.wait(30)  # the writer thread is stuck in this transaction
+        yield Exec("SELECT 1")
+
+    try:
+        first = asyncio.create_task(store._write(blocking()))
+        assert await asyncio.to_thread(entered.wait, 10)
+        writes = [asyncio.create_task(store.enqueue([spec(i, f"k{i}")])) for i in range(50)]
+        await asyncio.sleep(0.3)
+        assert store._queue.qsize() == 2  # the bound (3) less the one running: the rest wait, unqueued
+        assert not first.done() and not any(w.done() for w in writes)
+        gate.set()
+        await asyncio.wait_for(asyncio.gather(first, *writes), 10)
+        assert (await store.outbox_counts())["pending"] == 50
+        assert store._queue.qsize() == 0
+    finally:
+        gate.set()
+        await store.close()

@@ -5,16 +5,20 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+from collections import Counter
 from typing import Any
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
+import shim.config
 from shim.clock import now_us
 from shim.keys import DELIVERY, METRICS, STORE
 
-from .conftest import CB_PASS, CB_USER, SIGNING_SECRET, USER, Harness, Received, auth, outbox_is, sql_rows, wait_until
+from .conftest import CB_PASS, CB_USER, SIGNING_SECRET, USER, Harness, Received, auth, free_port, outbox_is, sql_rows, wait_until
 
 
 def verify_signature(r: Received, secret: str = SIGNING_SECRET) -> None:
@@ -273,8 +277,12 @@ async def test_dead_letter_then_replay(make_harness: Any) -> None:
     (dead,) = await resp.json()
     assert dead["eventId"] == f"evt_{mid}_sent" and dead["attempts"] == 4 and "500" in dead["lastError"]
     assert "hook-pass-77" not in json.dumps(dead) and dead["url"].startswith("http://hook:***@127.0.0.1")
-    metrics = await (await harness.session.get(f"{harness.url}/metrics")).text()
-    assert "shim_callback_dead_letters 1.0" in metrics
+
+    async def gauge_shows_it() -> bool:  # the sweeper refreshes the gauge (a scrape queries nothing)
+        metrics = await (await harness.session.get(f"{harness.url}/metrics")).text()
+        return "shim_callback_dead_letters 1.0" in metrics
+
+    await wait_until(gauge_shows_it)
     harness.receiver.script["/down"] = [200]
     replay = f"{harness.url}/admin/dead-letters/replay"
     for body in (None, {}, {"ids": []}, {"all": False}, {"ids": "all"}):
@@ -462,3 +470,47 @@ async def test_slow_endpoint_does_not_delay_healthy_one(make_harness: Any) -> No
     metrics = await (await h.session.get(f"{h.url}/metrics")).text()
     assert 'shim_callback_deliveries_total{outcome="retry"}' not in metrics
     assert len(h.receiver.at("/slow")) <= 2  # per-host cap held the rest back
+
+
+async def test_slow_receiver_is_never_attempted_twice_at_once(make_harness: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Attempts (and rows waiting behind a host's slots) outlast a 1 s lease: the engine keeps
+    renewing it, so no claim round takes the same event again while it is held."""
+    monkeypatch.setattr(shim.config, "MAX_ATTEMPT_S", 0.0)  # a lease this short is for tests only
+    monkeypatch.setattr(shim.config, "LEASE_MARGIN_S", 1.0)
+    now: Counter[str] = Counter()
+    most: Counter[str] = Counter()
+    seen: list[str] = []
+
+    async def slow(request: web.Request) -> web.StreamResponse:
+        wid = request.headers["webhook-id"]
+        seen.append(wid)
+        now[wid] += 1
+        most[wid] = max(most[wid], now[wid])
+        try:
+            await asyncio.sleep(2.5)  # held longer than the lease
+        finally:
+            now[wid] -= 1
+        return web.Response()
+
+    rapp = web.Application()
+    rapp.router.add_post("/slow", slow)
+    server = TestServer(rapp, host="127.0.0.1", port=free_port())
+    await server.start_server()
+    try:
+        h = await make_harness(callbacks__lease_s=1, callbacks__per_host_concurrency=2)
+        assert h.cfg.callbacks.lease_s == 1
+        busy = str(server.make_url("/slow"))  # 2 in flight, 2 claimed and waiting locally
+        other = busy.replace("127.0.0.1", "localhost")  # another host: 1 in flight, host not busy
+        for url in (busy, busy, busy, busy, other):
+            await h.send(callbackUrl=url, callbackTimeout=8000)
+        all_delivered = outbox_is(h.app[STORE], pending=0, delivered=5)
+
+        async def settled() -> bool:  # ends early once an event is attempted twice at once
+            return max(most.values(), default=0) > 1 or await all_delivered()
+
+        await wait_until(settled, timeout=30)
+        assert max(most.values()) == 1, most  # one attempt at a time per event
+        assert len(set(seen)) == 5
+        assert max(Counter(seen).values()) == 1, Counter(seen)  # and no duplicate delivery
+    finally:
+        await server.close()

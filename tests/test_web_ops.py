@@ -191,3 +191,26 @@ async def test_retention_runs_on_schedule(make_harness: Any) -> None:
         return r.status == 404
 
     await wait_until(purged, timeout=10)
+
+
+async def test_metrics_scrape_reads_gauges_the_sweeper_refreshes(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = harness.app[STORE]
+    full_counts = 0
+    original = store.outbox_counts
+
+    async def counted() -> dict[str, int]:
+        nonlocal full_counts
+        full_counts += 1
+        return await original()
+
+    monkeypatch.setattr(store, "outbox_counts", counted)
+    harness.receiver.script["/down"] = [500]
+    await harness.send(callbackUrl=f"{harness.receiver.url}/down")
+
+    async def dead_shown() -> bool:
+        r = await harness.session.get(f"{harness.url}/metrics")
+        text = await r.text()
+        return metric(text, "shim_callback_dead_letters") == 1 and metric(text, "shim_callback_queue_depth") == 0
+
+    await wait_until(dead_shown)
+    assert full_counts == 0  # neither a scrape nor the sweeper counts the whole outbox

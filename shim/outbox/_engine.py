@@ -4,6 +4,11 @@ reschedule failures with backoff + jitter (honouring ``Retry-After``) until dead
 Fairness: each host gets at most ``per_host_concurrency`` attempts in flight, and the claim
 query skips hosts that are already at their limit, so a slow or dead endpoint holds at most its
 own slots and never the work of healthy ones.
+
+Leases: every delivery this engine holds (in flight, waiting locally behind its host's slots, or
+delivered and not yet recorded) has its lease renewed every ``lease_s / 3``, so no other claim
+round or replica starts it while it is held however slow the receiver; a replica that dies stops
+renewing and its work is taken over once its leases run out.
 """
 
 from __future__ import annotations
@@ -52,6 +57,9 @@ class DeliveryEngine:
         self._tasks: set[asyncio.Task[None]] = set()
         self._in_flight: Tally[str] = Tally()
         self._waiting: dict[str, deque[Delivery]] = defaultdict(deque)
+        # Ids of the deliveries whose leases this engine keeps alive.
+        self._held: set[int] = set()
+        self._renewer: asyncio.Task[None] | None = None
         self._loops: list[asyncio.Task[None]] = []
         self._stopping = False
         self._delivered: list[int] = []
@@ -69,6 +77,7 @@ class DeliveryEngine:
             asyncio.create_task(self._sweep(), name="delivery-sweeper"),
         ]
         self._flusher = asyncio.create_task(self._flush_loop(), name="delivery-flusher")
+        self._renewer = asyncio.create_task(self._renew_loop(), name="delivery-lease-renewer")
 
     async def stop(self, grace_s: float = 5.0) -> None:
         self._stopping = True
@@ -82,6 +91,10 @@ class DeliveryEngine:
         for t in list(self._tasks):
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._renewer is not None:  # kept renewing while the last attempts finished
+            self._renewer.cancel()
+            await asyncio.gather(self._renewer, return_exceptions=True)
+            self._renewer = None
         if self._flusher is not None:
             self._flusher.cancel()
             await asyncio.gather(self._flusher, return_exceptions=True)
@@ -96,12 +109,14 @@ class DeliveryEngine:
     def wake(self) -> None:
         self._wake.set()
 
+    @property
+    def lease_us(self) -> int:
+        return int(self.cfg.callbacks.lease_s * 1_000_000)
+
     # -- loops -----------------------------------------------------------------------------
     async def _run(self) -> None:
         limit = self.cfg.callbacks.concurrency
         cap = self.cfg.callbacks.per_host_concurrency
-        # Must outlast a wait behind the host's slots plus primary and fallback attempts.
-        lease_us = int(self.cfg.callbacks.lease_s * 1_000_000)
         while not self._stopping:
             try:
                 waiting = sum(len(q) for q in self._waiting.values())
@@ -112,7 +127,7 @@ class DeliveryEngine:
                     busy = [h for h, n in self._in_flight.items() if n >= cap]
                     # Up to two slots' worth per host: the second half waits locally, so a
                     # claim round trip is never what keeps a healthy host idle.
-                    claimed = await self.store.claim(self.owner, free, lease_us, 2 * cap, busy)
+                    claimed = await self.store.claim(self.owner, free, self.lease_us, 2 * cap, busy)
                     for d in claimed:
                         self._dispatch(d)
                 if len(claimed) < free or free <= 0:
@@ -146,10 +161,11 @@ class DeliveryEngine:
                         now - int(ret.text_days * day_us), now - int(ret.purge_days * day_us)
                     )
                     next_retention = time.monotonic() + ret.interval_s
-                counts = await self.store.outbox_counts()
-                self.metrics.queue_depth.set(counts["pending"])
-                self.metrics.dead_letters.set(counts["dead"])
-                rows = sum(counts.values())
+                # Cheap (partial indexes); /metrics serves these gauges without querying.
+                gauges = await self.store.outbox_gauges()
+                self.metrics.queue_depth.set(gauges["pending"])
+                self.metrics.dead_letters.set(gauges["dead"])
+                rows = gauges["max_id"]  # rows ever enqueued
                 if rows > max(1000, 2 * analyzed_at):
                     await self.store.analyze()
                     analyzed_at = rows
@@ -159,7 +175,21 @@ class DeliveryEngine:
                 log.exception("delivery sweeper error")
             await asyncio.sleep(min(5.0, self.cfg.callbacks.unmatched_grace_s / 2, self.cfg.retention.interval_s))
 
+    async def _renew_loop(self) -> None:
+        """Keep the leases of everything held alive (see the module docstring)."""
+        while True:
+            await asyncio.sleep(self.cfg.callbacks.lease_s / 3)
+            if not self._held:
+                continue
+            try:
+                await self.store.renew_leases(self.owner, self.lease_us, sorted(self._held))
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("could not renew delivery leases")
+
     def _dispatch(self, d: Delivery) -> None:
+        self._held.add(d.id)
         host = host_key(d.spec.url)
         if self._in_flight[host] >= self.cfg.callbacks.per_host_concurrency:
             self._waiting[host].append(d)  # bounded: busy hosts are not claimed
@@ -173,6 +203,7 @@ class DeliveryEngine:
         task.add_done_callback(self._tasks.discard)
 
     async def _deliver(self, d: Delivery, host: str) -> None:
+        recorded_later = False  # a success stays held until the flusher records it
         try:
             result = await self.client.attempt(d.spec, d.spec.url)
             if not result.ok and d.spec.fallback_url:
@@ -188,6 +219,7 @@ class DeliveryEngine:
                 # Successes are recorded in batches; a later event of the same message stays
                 # unclaimable until this one is, so order holds.
                 self._delivered.append(d.id)
+                recorded_later = True
                 self._flush.set()
                 self.metrics.deliveries.labels("delivered").inc()
                 return
@@ -209,6 +241,8 @@ class DeliveryEngine:
         except Exception:
             log.exception("delivery error", extra={"event_id": d.spec.event_id})
         finally:
+            if not recorded_later:  # recorded as failed, or left to expire after an error
+                self._held.discard(d.id)
             self._in_flight[host] -= 1
             if self._in_flight[host] <= 0:
                 del self._in_flight[host]
@@ -241,3 +275,4 @@ class DeliveryEngine:
                 raise
             except Exception:
                 log.exception("could not record deliveries; they will be retried when their leases expire")
+            self._held.difference_update(batch)

@@ -23,6 +23,7 @@ import random
 import re
 import string
 import time
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -73,13 +74,38 @@ class CallbackTarget:
     password: str | None = None
 
 
+# What the sandbox keeps of what it is sent (it runs for as long as a demo does): the latest
+# messages, and media up to a count and a size, the oldest written dropped first.
+MAX_SENT = 1000
+MAX_MEDIA_ITEMS = 256
+MAX_MEDIA_BYTES = 64 * 1024 * 1024
+
+
+class BoundedMedia(OrderedDict[tuple[str, str], tuple[bytes, str]]):
+    """(account, media name) → (content, content type), at most ``max_items`` and ``max_bytes``
+    (the newest item is always kept); writing an item makes it the newest."""
+
+    def __init__(self, max_items: int = MAX_MEDIA_ITEMS, max_bytes: int = MAX_MEDIA_BYTES) -> None:
+        super().__init__()
+        self.max_items = max_items
+        self.max_bytes = max_bytes
+
+    def __setitem__(self, key: tuple[str, str], value: tuple[bytes, str]) -> None:
+        super().__setitem__(key, value)
+        self.move_to_end(key)
+        total = sum(len(data) for data, _ in self.values())
+        while len(self) > 1 and (len(self) > self.max_items or total > self.max_bytes):
+            _, (data, _) = self.popitem(last=False)
+            total -= len(data)
+
+
 @dataclass
 class SandboxState:
     credentials: set[tuple[str, str]] | None
     target: CallbackTarget | None
     delay_s: float = 0.05
-    media: dict[tuple[str, str], tuple[bytes, str]] = field(default_factory=dict)
-    sent: list[dict[str, Any]] = field(default_factory=list)
+    media: BoundedMedia = field(default_factory=BoundedMedia)
+    sent: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=MAX_SENT))
     callbacks_posted: int = 0
 
 

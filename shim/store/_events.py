@@ -109,15 +109,25 @@ class EventTxs(StoreCore):
         return await self._timed_write(self._tx_route_unmatched(older_than_us, limit))
 
     def _tx_route_unmatched(self, older_than_us: int, limit: int) -> Tx[int]:
+        # Candidates are read without row locks: each is then taken under its message's lock
+        # (the one ``_apply_pending`` holds) and claimed by a conditional update, so an event is
+        # either applied to its message or routed as native, never both. Locks in one order
+        # (message id), like ingest, so sweepers and ingests cannot deadlock.
         rows = yield All(
-            "SELECT dedupe_key, payload FROM events WHERE status = 'pending' AND send_key IS NULL AND received_us < ? "
-            f"ORDER BY received_us LIMIT ?{self.skip_locked}",
+            "SELECT dedupe_key, message_id FROM events WHERE status = 'pending' AND send_key IS NULL"
+            " AND received_us < ? ORDER BY received_us LIMIT ?",
             older_than_us, limit,
         )
         count = 0
-        for key, payload in rows:
-            count += yield from enqueue_rows(self.rules.route_native(json.loads(payload)), self.clock)
-            yield Exec("UPDATE events SET status = 'native' WHERE dedupe_key = ?", key)
+        for key, message_id in sorted(rows, key=lambda r: (r[1], r[0])):
+            yield from self._lock_message(message_id)
+            taken = yield One(
+                "UPDATE events SET status = 'native' WHERE dedupe_key = ? AND status = 'pending' RETURNING payload",
+                key,
+            )
+            if taken is None:  # applied (or routed by another sweeper) meanwhile
+                continue
+            count += yield from enqueue_rows(self.rules.route_native(json.loads(taken[0])), self.clock)
         return count
 
     async def pending_event_count(self) -> int:

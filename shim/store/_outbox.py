@@ -81,6 +81,32 @@ class OutboxTxs(StoreCore):
         ))
         return len(rows)
 
+    async def renew_leases(self, owner: str, lease_us: int, ids: Sequence[int] | None = None) -> int:
+        """Keep the leases ``owner`` holds alive (all of them, or just ``ids``) for another
+        ``lease_us``: work in flight or waiting locally is never taken over by another claim.
+        Indexed by owner (or by id): the cost follows what is held, not the outbox's history."""
+        return await self._timed_write(self._tx_renew(owner, lease_us, ids))
+
+    def _tx_renew(self, owner: str, lease_us: int, ids: Sequence[int] | None) -> Tx[int]:
+        until = self.clock() + lease_us
+        if ids is None:
+            rows = yield All(
+                "UPDATE outbox SET lease_until_us = ? WHERE lease_owner = ? AND status = 'pending' RETURNING id",
+                until, owner,
+            )
+            return len(rows)
+        count = 0
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            marks = ", ".join("?" for _ in chunk)
+            rows = yield All(
+                f"UPDATE outbox SET lease_until_us = ? WHERE id IN ({marks}) AND lease_owner = ?"
+                " AND status = 'pending' RETURNING id",
+                until, *chunk, owner,
+            )
+            count += len(rows)
+        return count
+
     @abc.abstractmethod
     async def take_back_orphaned_leases(self) -> None:
         """At delivery start: take back leases that no live process can hold any more (SQLite is
@@ -95,7 +121,8 @@ class OutboxTxs(StoreCore):
     async def release_all(self, owner: str | None = None) -> None:
         if owner is None:
             await self._timed_write(exec_tx(
-                "UPDATE outbox SET lease_owner = NULL, lease_until_us = NULL WHERE status = 'pending'"))
+                "UPDATE outbox SET lease_owner = NULL, lease_until_us = NULL"
+                " WHERE status = 'pending' AND lease_owner IS NOT NULL"))
         else:
             await self._timed_write(exec_tx(
                 "UPDATE outbox SET lease_owner = NULL, lease_until_us = NULL"
@@ -160,7 +187,21 @@ class OutboxTxs(StoreCore):
             count += row is not None
         return count
 
+    async def outbox_gauges(self) -> dict[str, int]:
+        """What the sweeper publishes, at a cost that follows the live queue, not the history:
+        ``pending`` and ``dead`` counted on their partial indexes, and ``max_id`` (primary key)
+        for how many rows were ever enqueued. Delivered rows are never counted."""
+        return await self._timed_read(self._tx_gauges())
+
+    def _tx_gauges(self) -> Tx[dict[str, int]]:
+        pending = yield One("SELECT COUNT(*) FROM outbox WHERE status = 'pending'")
+        dead = yield One("SELECT COUNT(*) FROM outbox WHERE status = 'dead'")
+        top = yield One("SELECT MAX(id) FROM outbox")
+        return {"pending": int(pending[0]), "dead": int(dead[0]), "max_id": int(top[0] or 0)}
+
     async def outbox_counts(self) -> dict[str, int]:
+        """Every row by status: a scan of the whole outbox, for inspection (tests, operators),
+        never for periodic work (see ``outbox_gauges``)."""
         rows = await self._timed_read(all_tx("SELECT status, COUNT(*) FROM outbox GROUP BY status"))
         counts = {"pending": 0, "delivered": 0, "dead": 0}
         counts.update({r[0]: int(r[1]) for r in rows})

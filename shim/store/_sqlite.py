@@ -1,7 +1,8 @@
 """SQLite backend: the embedded default.
 
 One writer thread owns the write connection and runs whole transactions there, many per commit
-(group commit; each in its own SAVEPOINT so one failing transaction rolls back alone). Reads run
+(group commit; each in its own SAVEPOINT so one failing transaction rolls back alone). At most
+``max_queued`` transactions wait for it; further writers wait for a slot (backpressure). Reads run
 on a small pool of reader connections. WAL with ``synchronous=NORMAL`` keeps every committed
 transaction across a process crash (``kill -9``); only an OS crash can lose the last commits.
 Checkpoints run on their own thread and connection (PASSIVE, once a second), so the writer
@@ -27,6 +28,9 @@ from ._types import EventRules
 
 T = TypeVar("T")
 MAX_BATCH = 256
+# Transactions queued for (or running on) the writer at most; further writers wait their turn, so
+# an overload backs up into callers (who hold their requests) instead of growing memory.
+MAX_QUEUED = 4096
 
 
 def sqlite_path(url: str) -> str:
@@ -59,8 +63,10 @@ def run(conn: sqlite3.Connection, op: Op) -> Any:
 class SqliteStore(Store):
     column_types: ClassVar[Mapping[str, str]] = {"serial": "INTEGER PRIMARY KEY AUTOINCREMENT", "bigint": "INTEGER"}
 
-    def __init__(self, url: str, rules: EventRules, clock: Clock = now_us) -> None:
+    def __init__(self, url: str, rules: EventRules, clock: Clock = now_us, max_queued: int = MAX_QUEUED) -> None:
         super().__init__(rules, clock)
+        self.max_queued = max_queued
+        self._slots = asyncio.Semaphore(max_queued)
         self.path = sqlite_path(url)
         self.memory = self.path == ":memory:"
         self._queue: queue.SimpleQueue[tuple[Tx[Any], asyncio.Future[Any], asyncio.AbstractEventLoop] | None] = (
@@ -125,6 +131,15 @@ class SqliteStore(Store):
 
     async def _write(self, tx: Tx[T]) -> T:
         if self._writer is None:
+            tx.close()
+            raise RuntimeError("store is not open")
+        try:
+            await self._slots.acquire()  # released by the writer once this transaction is done
+        except BaseException:
+            tx.close()
+            raise
+        if self._writer is None:  # closed while this waited for a slot
+            self._slots.release()
             tx.close()
             raise RuntimeError("store is not open")
         loop = asyncio.get_running_loop()
@@ -208,13 +223,14 @@ class SqliteStore(Store):
             outcomes = [(False, e)] * len(batch)
         for (_, fut, loop), (ok, value) in zip(batch, outcomes, strict=True):
             try:
-                loop.call_soon_threadsafe(_settle, fut, ok, value)
+                loop.call_soon_threadsafe(_settle, fut, ok, value, self._slots)
             except RuntimeError:  # that event loop is closed; nobody waits for this result
                 pass
 
 
-def _settle(fut: asyncio.Future[Any], ok: bool, value: Any) -> None:
-    if fut.done():
+def _settle(fut: asyncio.Future[Any], ok: bool, value: Any, slots: asyncio.Semaphore) -> None:
+    slots.release()
+    if fut.done():  # its caller gave up waiting (cancelled)
         return
     if ok:
         fut.set_result(value)

@@ -100,6 +100,15 @@ CREATE INDEX IF NOT EXISTS events_message ON events (message_id);
 CREATE INDEX IF NOT EXISTS outbox_text_due ON outbox (created_us) WHERE text_cleared = 0;
 CREATE INDEX IF NOT EXISTS outbox_updated ON outbox (updated_us)
 """),
+    # Periodic work reads only what is live (leased, pending, dead, unmatched), never the history:
+    # lease expiry and renewal, the queue gauges, the unmatched sweep each have a partial index.
+    Migration(4, "partial indexes for periodic work", """
+CREATE INDEX IF NOT EXISTS outbox_lease_until ON outbox (lease_until_us) WHERE status = 'pending' AND lease_owner IS NOT NULL;
+CREATE INDEX IF NOT EXISTS outbox_lease_owner ON outbox (lease_owner) WHERE status = 'pending' AND lease_owner IS NOT NULL;
+CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (order_key, id) WHERE status = 'pending';
+CREATE INDEX IF NOT EXISTS outbox_dead ON outbox (id) WHERE status = 'dead';
+CREATE INDEX IF NOT EXISTS events_unmatched ON events (received_us) WHERE status = 'pending' AND send_key IS NULL
+"""),
 )
 
 LEDGER = """
