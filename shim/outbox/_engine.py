@@ -17,7 +17,6 @@ import asyncio
 import logging
 import os
 import socket
-import time
 import uuid
 from collections import Counter as Tally
 from collections import defaultdict, deque
@@ -75,6 +74,7 @@ class DeliveryEngine:
         self._loops = [
             asyncio.create_task(self._run(), name="delivery-loop"),
             asyncio.create_task(self._sweep(), name="delivery-sweeper"),
+            asyncio.create_task(self._retention_loop(), name="retention"),
         ]
         self._flusher = asyncio.create_task(self._flush_loop(), name="delivery-flusher")
         self._renewer = asyncio.create_task(self._renew_loop(), name="delivery-lease-renewer")
@@ -143,24 +143,29 @@ class DeliveryEngine:
                 log.exception("delivery loop error")
                 await asyncio.sleep(1)
 
-    async def _sweep(self) -> None:
-        """Route events that never matched a send, apply retention, refresh queue gauges."""
-        grace_us = int(self.cfg.callbacks.unmatched_grace_s * 1_000_000)
+    async def _retention_loop(self) -> None:
+        """Retention on its own schedule: a long pass (a backlog) never delays lease expiry."""
         day_us = 86_400 * 1_000_000
-        next_retention = 0.0
+        while not self._stopping:
+            ret = self.cfg.retention
+            try:
+                now = self.clock()
+                await self.store.apply_retention(now - int(ret.text_days * day_us), now - int(ret.purge_days * day_us))
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("retention pass failed")
+            await asyncio.sleep(ret.interval_s)
+
+    async def _sweep(self) -> None:
+        """Route legacy unmatched events, free expired leases, refresh queue gauges."""
+        grace_us = int(self.cfg.callbacks.unmatched_grace_s * 1_000_000)
         analyzed_at = 0
         while not self._stopping:
             try:
                 routed = await self.store.route_unmatched(self.clock() - grace_us)
                 if routed or await self.store.expire_leases():
                     self.wake()
-                if time.monotonic() >= next_retention:
-                    ret = self.cfg.retention
-                    now = self.clock()
-                    await self.store.apply_retention(
-                        now - int(ret.text_days * day_us), now - int(ret.purge_days * day_us)
-                    )
-                    next_retention = time.monotonic() + ret.interval_s
                 # Cheap (partial indexes); /metrics serves these gauges without querying.
                 gauges = await self.store.outbox_gauges()
                 self.metrics.queue_depth.set(gauges["pending"])
@@ -173,7 +178,7 @@ class DeliveryEngine:
                 raise
             except Exception:
                 log.exception("delivery sweeper error")
-            await asyncio.sleep(min(5.0, self.cfg.callbacks.unmatched_grace_s / 2, self.cfg.retention.interval_s))
+            await asyncio.sleep(min(5.0, self.cfg.callbacks.unmatched_grace_s / 2))
 
     async def _renew_loop(self) -> None:
         """Keep the leases of everything held alive (see the module docstring)."""
