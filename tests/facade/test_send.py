@@ -26,7 +26,7 @@ from shim.gateway import Gateway
 from shim.store import Store, open_store
 from shim.upstream import ConnectFailed, MockResponse, MockTransport, Request, RequestFailed, UpstreamClient
 
-from .conftest import USER
+from ..conftest import USER
 
 NOW_US = 1_767_225_600_000_000  # 2026-01-01T00:00:00Z
 CFG: Config = parse_config({"server": {"public_url": "https://shim.example"}, "users": [USER],

@@ -18,7 +18,7 @@ import shim.config
 from shim.clock import now_us
 from shim.keys import DELIVERY, METRICS, STORE
 
-from .conftest import CB_PASS, CB_USER, SIGNING_SECRET, USER, Harness, Received, auth, free_port, outbox_is, sql_rows, wait_until
+from ..conftest import CB_PASS, CB_USER, SIGNING_SECRET, USER, Harness, Received, auth, free_port, outbox_is, sql_rows, wait_until
 
 
 def verify_signature(r: Received, secret: str = SIGNING_SECRET) -> None:

@@ -11,7 +11,7 @@ from shim.core import DeliverySpec, Route
 from shim.outbox import AddressPolicy, CallbackClient
 from shim.outbox.client_callbacks import MAX_RESPONSE_BYTES
 
-from .conftest import free_port
+from ..conftest import free_port
 
 CHUNK = 1024 * 1024
 HUGE = 400 * CHUNK

@@ -7,7 +7,7 @@ from typing import Any
 
 from shim.sandbox.web_sandbox import SandboxState
 
-from .conftest import USER, Harness, auth
+from ..conftest import USER, Harness, auth
 
 V2AUTH = auth(USER["v2_username"], USER["v2_password"])
 

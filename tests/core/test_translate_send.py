@@ -24,7 +24,7 @@ from shim.core import (
 )
 from shim.errors import ShimError
 
-from .conftest import USER
+from ..conftest import USER
 
 PUBLIC = "https://shim.example.com"
 V2 = "https://messaging.bandwidth.com/api/v2"

@@ -9,7 +9,7 @@ from urllib.parse import parse_qs, urlsplit
 from shim.core import send_key_of
 from shim.keys import UPSTREAM
 
-from .conftest import Harness, auth, free_port
+from ..conftest import Harness, auth, free_port
 
 PY_SDK_KEYS = ("from", "to", "text", "media", "receiptRequested", "callbackUrl",
                "callbackHttpMethod", "callbackTimeout", "fallbackUrl", "tag")

@@ -26,8 +26,8 @@ from shim.store._ops import Exec, Tx
 from shim.store._postgres import to_pg
 from shim.store.migrations import MIGRATIONS
 
-from .conftest import USER
-from .pg import fresh_database
+from ..conftest import USER
+from ..pg import fresh_database
 
 CFG = parse_config({"users": [USER | {"incoming": {"url": "http://127.0.0.1:9/in"}}]})
 GW = Gateway(CFG)

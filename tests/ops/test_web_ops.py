@@ -12,7 +12,7 @@ from shim import __version__
 from shim.keys import STORE, UPSTREAM
 from shim.ops import JsonFormatter
 
-from .conftest import CB_PASS, USER, Harness, auth, free_port, wait_until
+from ..conftest import CB_PASS, USER, Harness, auth, free_port, wait_until
 
 
 async def test_healthz_and_readyz(harness: Harness) -> None:

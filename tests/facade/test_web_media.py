@@ -6,7 +6,7 @@ import io
 import os
 from collections.abc import AsyncIterator
 
-from .conftest import OTHER_USER, USER, Harness, auth
+from ..conftest import OTHER_USER, USER, Harness, auth
 
 
 async def test_put_get_list_delete_roundtrip(harness: Harness) -> None:

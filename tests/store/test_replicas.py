@@ -18,9 +18,9 @@ from aiohttp.test_utils import TestServer
 from shim.sandbox import CallbackTarget, build_sandbox_app
 from shim.store.migrations import MIGRATIONS
 
-from .conftest import CB_PASS, CB_USER, USER, auth, free_port, wait_until
-from .pg import fresh_database
-from .process import ShimProcess, send_with_receipts
+from ..conftest import CB_PASS, CB_USER, USER, auth, free_port, wait_until
+from ..pg import fresh_database
+from ..process import ShimProcess, send_with_receipts
 
 pytestmark = pytest.mark.usefixtures("postgres_server")
 

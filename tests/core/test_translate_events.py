@@ -17,7 +17,7 @@ from shim.core import (
     native_deliveries,
 )
 
-from .conftest import USER
+from ..conftest import USER
 
 PUBLIC = "https://shim.example.com"
 U = UserConfig.model_validate(USER)
