@@ -467,6 +467,10 @@ async def test_one_bad_event_does_not_reject_its_array(
     assert rec.levelname == "WARNING" and rec.__dict__["index"] == 1
     assert rec.__dict__["event"].isascii() and len(rec.__dict__["event"]) <= 600
     assert CB_PASS not in repr(rec.__dict__)
+    # Kept for inspection (SPEC §4): the rejected event, escaped, with why and which request.
+    ((kept_reason, body, request_id),) = await harness.app[STORE].query(
+        "SELECT reason, body, request_id FROM rejected_events")
+    assert kept_reason == reason and body.isascii() and request_id
 
 
 @pytest.mark.parametrize("time", ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00"])

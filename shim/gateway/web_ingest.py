@@ -2,8 +2,9 @@
 
 Answers 2xx only once the events are committed; 5xx when they cannot be, so Bandwidth retries.
 One malformed event never costs the valid events of its array (SPEC §4): it is left out, counted
-(``shim_callback_events_rejected_total{reason}``) and logged at warning level with a truncated,
-escaped excerpt of its JSON; the others are stored and the answer is 2xx. An array with no
+(``shim_callback_events_rejected_total{reason}``), kept for inspection in the store's
+``rejected_events`` (escaped ASCII, at most ``KEPT_CHARS``) and logged at warning level with a
+shorter excerpt; the others are stored and the answer is 2xx. An array with no
 valid event at all is a 400 (nothing in it could be stored).
 Basic auth uses the RFC 7235 challenge Bandwidth expects (401 + ``WWW-Authenticate``).
 """
@@ -27,6 +28,7 @@ from shim.store import IncomingEvent
 log = logging.getLogger("shim.callbacks")
 MAX_EVENTS = 1000
 EXCERPT_CHARS = 500
+KEPT_CHARS = 64 * 1024
 
 
 def excerpt(value: Any, limit: int) -> str:
@@ -56,6 +58,7 @@ async def ingest(request: web.Request) -> web.StreamResponse:
     metrics = request.app[METRICS]
     rid = request.get(REQUEST_ID)
     prepared: list[IncomingEvent] = []
+    rejected: list[tuple[str, str, str | None]] = []
     first_bad = ""
     for i, item in enumerate(data):
         reason, why = "not-an-object", "not a JSON object"
@@ -72,11 +75,17 @@ async def ingest(request: web.Request) -> web.StreamResponse:
                 reason, why = "unencodable", type(e).__name__
         first_bad = first_bad or f"Event {i} is not a v2 message event ({reason})"
         metrics.events_rejected.labels(reason).inc()
+        rejected.append((reason, excerpt(item, KEPT_CHARS), rid))
         log.warning(
             "callback event rejected",
             extra={"request_id": rid, "index": i, "reason": reason, "error": excerpt(why, 200),
                    "event": excerpt(item, EXCERPT_CHARS)},
         )
+    if rejected:
+        try:
+            await request.app[STORE].keep_rejected(rejected)
+        except Exception:  # inspection only: never costs the valid events
+            log.exception("could not keep rejected callback events")
     if not prepared:
         # Nothing valid to lose: the sender learns its whole array was refused.
         raise BadRequest(first_bad)

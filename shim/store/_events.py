@@ -102,6 +102,17 @@ class EventTxs(StoreCore):
                 yield Exec("UPDATE events SET status = 'pending' WHERE dedupe_key = ?", ev.dedupe_key)
         return count
 
+    async def keep_rejected(self, rejected: Sequence[tuple[str, str, str | None]]) -> None:
+        """Malformed v2 events, kept for inspection: (reason, body as escaped ASCII, request id).
+        Their text is gone with them after ``retention.text_days``."""
+        await self._timed_write(self._tx_keep_rejected(rejected))
+
+    def _tx_keep_rejected(self, rejected: Sequence[tuple[str, str, str | None]]) -> Tx[None]:
+        now = self.clock()
+        for reason, body, request_id in rejected:
+            yield Exec("INSERT INTO rejected_events (received_us, reason, request_id, body) VALUES (?, ?, ?, ?)",
+                       now, reason, request_id, body)
+
     async def route_unmatched(self, older_than_us: int, limit: int = 500) -> int:
         """Events stored pending by versions of shim before correlation keys (no key, no record)
         belong to messages sent natively on v2: hand them to the native route once their grace

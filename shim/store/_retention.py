@@ -147,6 +147,7 @@ class RetentionTxs(StoreCore):
             (self._tx_purge_messages, purge_before_us),
             (self._tx_purge_events, purge_before_us),
             (self._tx_purge_outbox, purge_before_us),
+            (self._tx_purge_rejected, clear_text_before_us),
             (self._tx_clear_messages, clear_text_before_us),
             (self._tx_clear_events, clear_text_before_us),
             (self._tx_clear_outbox, clear_text_before_us),
@@ -181,6 +182,11 @@ class RetentionTxs(StoreCore):
     def _tx_purge_outbox(self, before_us: int, limit: int) -> Tx[Batch]:
         n = yield from self._purge("outbox", "id", "updated_us", before_us, limit)
         return n, n, RetentionReport(outbox_purged=n)
+
+    def _tx_purge_rejected(self, before_us: int, limit: int) -> Tx[Batch]:
+        # Kept raw for inspection, so they go when text goes.
+        n = yield from self._purge("rejected_events", "id", "received_us", before_us, limit)
+        return n, n, RetentionReport(rejected_purged=n)
 
     # -- text -------------------------------------------------------------------------------------
     def _tx_clear_messages(self, before_us: int, limit: int) -> Tx[Batch]:

@@ -69,6 +69,7 @@ class RetentionReport:
     messages_purged: int = 0
     events_purged: int = 0
     outbox_purged: int = 0
+    rejected_purged: int = 0
 
     def add(self, other: RetentionReport) -> None:
         for name, value in vars(other).items():

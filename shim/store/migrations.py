@@ -109,6 +109,17 @@ CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (order_key, id) WHERE status
 CREATE INDEX IF NOT EXISTS outbox_dead ON outbox (id) WHERE status = 'dead';
 CREATE INDEX IF NOT EXISTS events_unmatched ON events (received_us) WHERE status = 'pending' AND send_key IS NULL
 """),
+    # A malformed v2 event is kept for inspection (its array's valid events are stored as usual).
+    Migration(5, "rejected events kept for inspection", """
+CREATE TABLE IF NOT EXISTS rejected_events (
+    id {serial},
+    received_us {bigint} NOT NULL,
+    reason TEXT NOT NULL,
+    request_id TEXT,
+    body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS rejected_events_received ON rejected_events (received_us)
+"""),
 )
 
 LEDGER = """

@@ -757,3 +757,11 @@ async def test_sqlite_writes_wait_for_a_slot_when_the_queue_is_full(tmp_path: Pa
     finally:
         gate.set()
         await store.close()
+
+
+async def test_rejected_events_kept_then_gone_with_the_text(store: Store) -> None:
+    await store.keep_rejected([("invalid", '{"type":"bogus","text":"secret-marker"}', "req-1")])
+    assert await store.query("SELECT reason, request_id FROM rejected_events") == [("invalid", "req-1")]
+    report = await store.apply_retention(now_us() + 1, now_us() - 30 * 86_400_000_000)
+    assert report.rejected_purged == 1
+    assert await store.query("SELECT COUNT(*) FROM rejected_events") == [(0,)]
