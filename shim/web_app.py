@@ -99,7 +99,7 @@ def build_app(
     app[STORE].observer = lambda op, seconds: app[METRICS].store_latency.labels(op).observe(seconds)
     app[UPSTREAM] = UpstreamClient(cfg.upstream, cfg.upstream.base_url, transport=transport,
                                    observer=app[METRICS].observe_upstream)
-    app[DELIVERY] = DeliveryEngine(cfg, app[STORE], gateway, app[METRICS], clock=clock)
+    app[DELIVERY] = DeliveryEngine(cfg, app[STORE], app[METRICS], clock=clock)
     app[SENDER] = Sender(cfg, app[UPSTREAM], app[STORE], clock, on_enqueued=app[DELIVERY].wake,
                          url_refused=app[DELIVERY].policy.refuses_literal)
     web_ops.setup(app)

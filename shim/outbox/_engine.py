@@ -24,7 +24,6 @@ from collections import defaultdict, deque
 from shim.clock import Clock, Rng, now_us, system_rng
 from shim.config import Config
 from shim.core import Delivery, next_delay
-from shim.gateway import Gateway
 from shim.ops import Metrics, scrub
 from shim.store import Store, host_key
 
@@ -36,14 +35,13 @@ log = logging.getLogger("shim.delivery")
 
 class DeliveryEngine:
     def __init__(
-        self, cfg: Config, store: Store, gateway: Gateway, metrics: Metrics, *, clock: Clock = now_us,
+        self, cfg: Config, store: Store, metrics: Metrics, *, clock: Clock = now_us,
         rng: Rng | None = None,
     ) -> None:
         self.cfg = cfg
         self.clock = clock
         self.rng = rng or system_rng()
         self.store = store
-        self.gateway = gateway
         self.metrics = metrics
         self.owner = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.policy = policy_from_config(cfg)

@@ -84,32 +84,30 @@ def _marks(values: Sequence[Any]) -> str:
     return ", ".join("?" for _ in values)
 
 
-def clear_event_rows(rows: Sequence[Sequence[Any]]) -> Tx[int]:
-    """Rows of (dedupe_key, payload): clear their text and mark them cleared."""
-    plain: list[str] = []
-    for key, payload in rows:
-        new = cleared_payload(payload)
+def _clear_rows(table: str, key: str, column: str, cleared: Callable[[str], str | None],
+                rows: Sequence[Sequence[Any]]) -> Tx[int]:
+    """Rows of (key, raw JSON): rewrite those with text (``cleared`` returns None when there is
+    none), mark them all cleared."""
+    plain: list[Any] = []
+    for row_key, raw in rows:
+        new = cleared(raw)
         if new is None:
-            plain.append(key)
+            plain.append(row_key)
         else:
-            yield Exec("UPDATE events SET payload = ?, text_cleared = 1 WHERE dedupe_key = ?", new, key)
+            yield Exec(f"UPDATE {table} SET {column} = ?, text_cleared = 1 WHERE {key} = ?", new, row_key)
     if plain:
-        yield Exec(f"UPDATE events SET text_cleared = 1 WHERE dedupe_key IN ({_marks(plain)})", *plain)
+        yield Exec(f"UPDATE {table} SET text_cleared = 1 WHERE {key} IN ({_marks(plain)})", *plain)
     return len(rows)
+
+
+def clear_event_rows(rows: Sequence[Sequence[Any]]) -> Tx[int]:
+    """Rows of (dedupe_key, payload)."""
+    return _clear_rows("events", "dedupe_key", "payload", cleared_payload, rows)
 
 
 def clear_outbox_rows(rows: Sequence[Sequence[Any]]) -> Tx[int]:
-    """Rows of (id, spec): clear the text of their bodies and mark them cleared."""
-    plain: list[int] = []
-    for row_id, raw in rows:
-        new = cleared_spec(raw)
-        if new is None:
-            plain.append(row_id)
-        else:
-            yield Exec("UPDATE outbox SET spec = ?, text_cleared = 1 WHERE id = ?", new, row_id)
-    if plain:
-        yield Exec(f"UPDATE outbox SET text_cleared = 1 WHERE id IN ({_marks(plain)})", *plain)
-    return len(rows)
+    """Rows of (id, spec)."""
+    return _clear_rows("outbox", "id", "spec", cleared_spec, rows)
 
 
 def clear_messages(recs: Sequence[MessageRecord], skip_locked: str, mark: bool) -> Tx[RetentionReport]:
