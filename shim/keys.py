@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from shim.config import Config
     from shim.facade import Sender
     from shim.gateway import Gateway
-    from shim.ops import Metrics
+    from shim.ops import AccessLog, Metrics
     from shim.outbox import DeliveryEngine
     from shim.sandbox import SandboxState
     from shim.store import Store
@@ -29,7 +29,10 @@ GATEWAY: web.AppKey[Gateway] = web.AppKey("gateway")
 SENDER: web.AppKey[Sender] = web.AppKey("sender")
 # On the admin listener's app: the main app whose state it serves.
 MAIN_APP: web.AppKey[web.Application] = web.AppKey("main_app")
+ACCESS_LOG: web.AppKey[AccessLog] = web.AppKey("access_log")
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id")
+# The v1 user a request authenticated as (for its access-log line).
+USER_ID: web.RequestKey[str] = web.RequestKey("user_id")
 
 # the sandbox (a separate app)
 SANDBOX: web.AppKey[SandboxState] = web.AppKey("sandbox")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import string
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -17,8 +18,8 @@ from shim.errors import BodyTooLarge, MethodNotAllowed, NotFound, ShimError
 from shim.facade import Sender, web_media, web_messages
 from shim.facade.web_v1 import v1_error_response
 from shim.gateway import Gateway, web_ingest
-from shim.keys import CONFIG, DELIVERY, MAIN_APP, METRICS, REQUEST_ID, SENDER, STORE, UPSTREAM
-from shim.ops import Metrics, web_ops
+from shim.keys import ACCESS_LOG, CONFIG, DELIVERY, MAIN_APP, METRICS, REQUEST_ID, SENDER, STORE, UPSTREAM, USER_ID
+from shim.ops import AccessLog, Metrics, web_ops
 from shim.outbox import DeliveryEngine
 from shim.store import Store, open_store
 from shim.upstream import Transport, UpstreamClient
@@ -40,10 +41,22 @@ def _from_http_exception(exc: web.HTTPException) -> ShimError:
                      code="bad-request") if exc.status < 500 else ShimError("Internal error")
 
 
+MAX_REQUEST_ID = 128
+_REQUEST_ID_CHARS = frozenset(string.ascii_letters + string.digits + "-_.:/+=@")
+
+
+def request_id(given: str | None) -> str:
+    """The caller's ``X-Request-Id`` when it is a sane token (it is echoed, logged and passed on to
+    v2 and callbacks), else a fresh one."""
+    if given and len(given) <= MAX_REQUEST_ID and _REQUEST_ID_CHARS.issuperset(given):
+        return given
+    return os.urandom(12).hex()
+
+
 @web.middleware
 async def v1_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Request id, one JSON access-log line, and every error as a v1 body."""
-    rid = request.headers.get("X-Request-Id") or os.urandom(12).hex()
+    rid = request_id(request.headers.get("X-Request-Id"))
     request[REQUEST_ID] = rid
     started = time.perf_counter()
     try:
@@ -64,17 +77,14 @@ async def v1_middleware(request: web.Request, handler: Handler) -> web.StreamRes
     resp.headers["X-Request-Id"] = rid
     route = request.match_info.route.resource
     route_name = route.canonical if route is not None else "unmatched"
-    metrics = request.app.get(METRICS)
+    app = request.app
+    metrics = app.get(METRICS)
     if metrics is not None:
-        metrics.requests.labels(route_name, request.method, str(resp.status)).inc()
-    if log.isEnabledFor(logging.INFO):
-        log.info(
-            "request",
-            extra={
-                "request_id": rid, "method": request.method, "route": route_name,
-                "status": resp.status, "ms": round((time.perf_counter() - started) * 1000, 2),
-            },
-        )
+        metrics.count_request(route_name, request.method, resp.status)
+    access = app.get(ACCESS_LOG)
+    if access is not None and access.enabled:
+        access.request(rid, request.method, route_name, resp.status,
+                       round((time.perf_counter() - started) * 1000, 2), request.get(USER_ID))
     return resp
 
 
@@ -96,7 +106,8 @@ def build_app(
     app[METRICS].set_build_info(__version__, cfg.upstream.mode)
     gateway = Gateway(cfg, clock)
     app[STORE] = store or open_store(cfg.store.url, gateway, pool_size=cfg.store.pool_size, clock=clock)
-    app[STORE].observer = lambda op, seconds: app[METRICS].store_latency.labels(op).observe(seconds)
+    app[STORE].observer = app[METRICS].observe_store
+    app[ACCESS_LOG] = AccessLog()
     app[UPSTREAM] = UpstreamClient(cfg.upstream, cfg.upstream.base_url, transport=transport,
                                    observer=app[METRICS].observe_upstream)
     app[DELIVERY] = DeliveryEngine(cfg, app[STORE], app[METRICS], clock=clock)
@@ -108,6 +119,7 @@ def build_app(
     web_ingest.setup(app, gateway)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        await app[ACCESS_LOG].start()
         await app[STORE].open()
         await app[UPSTREAM].start()
         if start_workers:
@@ -116,6 +128,7 @@ def build_app(
         await app[DELIVERY].stop()
         await app[UPSTREAM].close()
         await app[STORE].close()
+        await app[ACCESS_LOG].stop()
 
     if cfg.callbacks.username is None:
         logging.getLogger("shim").warning(
@@ -129,5 +142,6 @@ def build_admin_app(main: web.Application) -> web.Application:
     and has no lifecycle of its own (start it after ``main``, stop it before)."""
     admin = web.Application(middlewares=[v1_middleware], client_max_size=main[CONFIG].server.max_body_bytes)
     admin[MAIN_APP] = main
+    admin[ACCESS_LOG] = main[ACCESS_LOG]
     web_ops.add_admin_routes(admin)
     return admin

@@ -66,10 +66,11 @@ def _outbound_spec(rec: MessageRecord, kind: str, body: dict[str, Any]) -> Deliv
 
 
 def apply_status(
-    rec: MessageRecord, payload: dict[str, Any], public_url: str
+    rec: MessageRecord, event: dict[str, Any] | V2Event, public_url: str
 ) -> tuple[MessageRecord, list[DeliverySpec]]:
-    """One v2 status event applied to a stored outbound message."""
-    ev = V2Event.model_validate(payload)
+    """One v2 status event applied to a stored outbound message. ``event`` is validated here
+    unless the caller already did (ingest validates each event once, at the gateway)."""
+    ev = event if isinstance(event, V2Event) else V2Event.model_validate(event)
     if rec.direction != "out":
         return rec, []
     new = rec.model_copy()

@@ -7,6 +7,7 @@ from aiohttp import web
 from shim.basic_auth import basic_credentials, check_pair
 from shim.config import Config, UserConfig
 from shim.errors import AccessDenied
+from shim.keys import USER_ID
 
 
 def authenticate(request: web.Request, cfg: Config) -> UserConfig:
@@ -18,4 +19,5 @@ def authenticate(request: web.Request, cfg: Config) -> UserConfig:
         raise AccessDenied()
     if not check_pair(given, user.api_token, user.api_secret.get_secret_value()):
         raise AccessDenied()
+    request[USER_ID] = user.user_id
     return user

@@ -3,18 +3,26 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from shim.errors import BadRequest, ShimError, error_body
 
 BODY_ENCODINGS = ("", "identity", "gzip", "deflate")
+_LONG_NUMBER = re.compile(rb"[0-9]{19}")
 
 
 def v1_json_bytes(data: Any) -> bytes:
     """JSON for the wire that never fails on a string Python holds but UTF-8 cannot carry (a lone
-    surrogate from a ``\\ud800`` escape): such characters become ``?``."""
+    surrogate from a ``\\ud800`` escape): such characters become ``?``. orjson first (the common
+    case, several times faster); the stdlib for what it refuses."""
+    try:
+        return orjson.dumps(data)
+    except (TypeError, orjson.JSONEncodeError):
+        pass
     text = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
     try:
         return text.encode()
@@ -53,6 +61,14 @@ async def read_json(request: web.Request) -> Any:
         )
     # aiohttp decodes gzip/deflate; the body-size limit applies to the decoded bytes.
     raw = await request.read()
+    if _LONG_NUMBER.search(raw) is None:
+        try:
+            # The fast path. Whatever orjson refuses (a lone surrogate escape, deep nesting, bad
+            # JSON) is decided by the stdlib below, with its exact messages; so is a body with a
+            # 19+ digit run, as orjson reads an integer beyond 64 bits as a float.
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass
     if not raw.strip():
         raise BadRequest("The request body is empty; expected a JSON object or array")
     try:

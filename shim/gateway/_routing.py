@@ -65,12 +65,12 @@ class Gateway:
                                      request_id=request_id)
             return IncomingEvent(key, inbound_id(ev), payload, payload_json, request_id=request_id)
         return IncomingEvent(key, ev.message.id, payload, payload_json, request_id=request_id,
-                             send_key=send_key_of(ev.message.tag))
+                             send_key=send_key_of(ev.message.tag), event=ev)
 
     def apply_status(
-        self, rec: MessageRecord, payload: dict[str, Any]
+        self, rec: MessageRecord, event: dict[str, Any] | V2Event
     ) -> tuple[MessageRecord, list[DeliverySpec]]:
-        return apply_status(rec, payload, self.public_url)
+        return apply_status(rec, event, self.public_url)
 
     def route_native(self, payload: dict[str, Any]) -> list[DeliverySpec]:
         ev = V2Event.model_validate(payload)

@@ -1,7 +1,7 @@
 """Operations: health, readiness, metrics, JSON logs and the admin API (``web_ops``)."""
 
 from . import web_ops
-from ._logs import JsonFormatter, scrub, setup_logging
+from ._logs import AccessLog, JsonFormatter, scrub, setup_logging
 from ._metrics import Metrics
 
-__all__ = ["JsonFormatter", "Metrics", "scrub", "setup_logging", "web_ops"]
+__all__ = ["AccessLog", "JsonFormatter", "Metrics", "scrub", "setup_logging", "web_ops"]

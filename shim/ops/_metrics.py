@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 
@@ -40,11 +42,34 @@ class Metrics:
         self.build_info = Gauge("shim_build_info", "shim's version and upstream mode (sandbox = no real SMS)",
                                 ["version", "upstream_mode"], registry=r)
 
+        # Label children bound once per label set: ``labels()`` on every request is a measurable
+        # part of a send (issue 9); a child's ``inc``/``observe`` alone is cheap.
+        self._children: dict[tuple[Any, ...], Any] = {}
+        self._store_write = self.store_latency.labels("write")
+        self._store_read = self.store_latency.labels("read")
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
+    def count_request(self, route: str, method: str, status: int) -> None:
+        self._child(self.requests, route, method, str(status)).inc()
+
+    def observe_store(self, op: str, seconds: float) -> None:
+        (self._store_write if op == "write" else self._store_read if op == "read"
+         else self.store_latency.labels(op)).observe(seconds)
+
+    def count_delivery(self, outcome: str) -> None:
+        self._child(self.deliveries, outcome).inc()
+
     def set_build_info(self, version: str, upstream_mode: str) -> None:
         self.build_info.labels(version, upstream_mode).set(1)
 
     def observe_upstream(self, op: str, seconds: float, status: int | str) -> None:
-        self.upstream_latency.labels(op, str(status)).observe(seconds)
+        self._child(self.upstream_latency, op, str(status)).observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -224,14 +224,14 @@ class DeliveryEngine:
                 self._delivered.append(d.id)
                 recorded_later = True
                 self._flush.set()
-                self.metrics.deliveries.labels("delivered").inc()
+                self.metrics.count_delivery("delivered")
                 return
             # A refused target is dead-lettered at once: no retry can make it reachable.
             delay = None if result.permanent else next_delay(self.schedule, d.attempts + 1, result.retry_after_s, self.rng)
             next_us = self.clock() + int(delay * 1_000_000) if delay is not None else None
             await self.store.mark_failed(d.id, self.owner, result.error, next_us)
             outcome = "retry" if next_us is not None else "dead"
-            self.metrics.deliveries.labels(outcome).inc()
+            self.metrics.count_delivery(outcome)
             log.warning(
                 "callback delivery failed",
                 extra={"event_id": d.spec.event_id, "request_id": d.spec.request_id, "attempt": d.attempts + 1,

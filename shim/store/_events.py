@@ -7,7 +7,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from shim.core import MessageRecord
+from shim.core import MessageRecord, V2Event
 
 from ._core import StoreCore
 from ._messages import bind_row, insert_row, record, update_row
@@ -87,7 +87,7 @@ class EventTxs(StoreCore):
                 continue
             row = yield One("SELECT seq, doc FROM messages WHERE id = ?", ev.message_id)
             if row:
-                count += yield from self._apply(record(row), ev.payload, ev.request_id)
+                count += yield from self._apply(record(row), ev.event or ev.payload, ev.request_id)
                 continue
             if ev.send_key is None:
                 count += yield from enqueue_rows(self.rules.route_native(ev.payload), self.clock, ev.request_id)
@@ -97,7 +97,7 @@ class EventTxs(StoreCore):
             if row:
                 rec = record(row).model_copy(update={"id": ev.message_id})
                 yield from bind_row(rec)
-                count += yield from self._apply(rec, ev.payload, ev.request_id)
+                count += yield from self._apply(rec, ev.event or ev.payload, ev.request_id)
             else:  # its send is not recorded (yet): kept, applied when it is
                 yield Exec("UPDATE events SET status = 'pending' WHERE dedupe_key = ?", ev.dedupe_key)
         return count
@@ -145,8 +145,8 @@ class EventTxs(StoreCore):
         row = await self._timed_read(one_tx("SELECT COUNT(*) FROM events WHERE status = 'pending'"))
         return int(row[0]) if row else 0
 
-    def _apply(self, rec: MessageRecord, payload: dict[str, Any], request_id: str | None) -> Tx[int]:
-        new, specs = self.rules.apply_status(rec, payload)
+    def _apply(self, rec: MessageRecord, event: dict[str, Any] | V2Event, request_id: str | None) -> Tx[int]:
+        new, specs = self.rules.apply_status(rec, event)
         if new != rec:
             yield from update_row(new)
         return (yield from enqueue_rows(specs, self.clock, request_id))

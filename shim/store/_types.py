@@ -8,13 +8,15 @@ from typing import Any, Protocol
 
 from yarl import URL
 
-from shim.core import DeliverySpec, MessageRecord
+from shim.core import DeliverySpec, MessageRecord, V2Event
 
 
 class EventRules(Protocol):
     """The event core the store applies inside its transactions (``shim.gateway.Gateway``)."""
 
-    def apply_status(self, rec: MessageRecord, payload: dict[str, Any]) -> tuple[MessageRecord, list[DeliverySpec]]:
+    def apply_status(
+        self, rec: MessageRecord, event: dict[str, Any] | V2Event,
+    ) -> tuple[MessageRecord, list[DeliverySpec]]:
         """A status event applied to a stored message: the updated record and the v1 callbacks."""
         ...
 
@@ -38,6 +40,8 @@ class IncomingEvent:
     request_id: str | None = None
     # The correlation key of shim's send, from the v2 tag (None: a message sent natively on v2).
     send_key: str | None = None
+    # The event as validated by the gateway, so applying it does not validate it again.
+    event: V2Event | None = None
 
 
 @dataclass

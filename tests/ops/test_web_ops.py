@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from shim import __version__
-from shim.keys import STORE, UPSTREAM
+from shim.keys import ACCESS_LOG, STORE, UPSTREAM
 from shim.ops import JsonFormatter
 
 from ..conftest import CB_PASS, USER, Harness, auth, free_port, wait_until
@@ -74,6 +74,8 @@ async def test_logs_are_json_with_request_id_and_no_secrets(
     harness: Harness, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
+    access: list[str] = []
+    harness.app[ACCESS_LOG].write = access.append
     harness.receiver.script["/cb"] = [500]
     cb = harness.receiver.url.replace("http://", "http://hookuser:hook-pass-123@") + "/cb"
     resp = await harness.post({"from": "+15551230001", "to": "+15551230002", "text": "x", "callbackUrl": cb},
@@ -85,11 +87,13 @@ async def test_logs_are_json_with_request_id_and_no_secrets(
     harness.cfg.users[0].v2_password = type(harness.cfg.users[0].v2_password)("wrong-v2-pass")
     await harness.post({"from": "+15551230001", "to": "+15551230002", "text": "x"})
     fmt = JsonFormatter()
-    lines = [fmt.format(r) for r in caplog.records]
+    harness.app[ACCESS_LOG].flush()
+    lines = [fmt.format(r) for r in caplog.records] + "".join(access).splitlines()
     text = "\n".join(lines)
     import json as _json
     records = [_json.loads(line) for line in lines]
-    assert any(r.get("request_id") == "req-abc-1" and r["msg"] == "request" for r in records)
+    assert any(r.get("request_id") == "req-abc-1" and r["msg"] == "request" and r["logger"] == "shim.access"
+               and r["user_id"] == "u-test" and r["status"] == 201 for r in records)
     assert any(r["msg"] == "callback delivery failed" for r in records)
     secrets = [USER["api_secret"], USER["v2_password"], CB_PASS, "hook-pass-123", "guess-secret", "wrong-v2-pass",
                auth(USER["api_token"], USER["api_secret"])["Authorization"].split()[1]]
