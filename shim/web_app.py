@@ -42,6 +42,8 @@ def _from_http_exception(exc: web.HTTPException) -> ShimError:
 
 
 MAX_REQUEST_ID = 128
+# Probes and scrapes: their access lines are debug-level (they would drown the rest).
+QUIET_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})
 _REQUEST_ID_CHARS = frozenset(string.ascii_letters + string.digits + "-_.:/+=@")
 
 
@@ -82,9 +84,11 @@ async def v1_middleware(request: web.Request, handler: Handler) -> web.StreamRes
     if metrics is not None:
         metrics.count_request(route_name, request.method, resp.status)
     access = app.get(ACCESS_LOG)
-    if access is not None and access.enabled:
+    quiet = route_name in QUIET_ROUTES
+    if access is not None and access.enabled(debug=quiet):
         access.request(rid, request.method, route_name, resp.status,
-                       round((time.perf_counter() - started) * 1000, 2), request.get(USER_ID))
+                       round((time.perf_counter() - started) * 1000, 2), request.get(USER_ID),
+                       "debug" if quiet else "info")
     return resp
 
 

@@ -66,18 +66,17 @@ class AccessLog:
         self._second = -1
         self._stamp = ""
 
-    @property
-    def enabled(self) -> bool:
-        return logging.getLogger("shim.access").isEnabledFor(logging.INFO)
+    def enabled(self, debug: bool = False) -> bool:
+        return logging.getLogger("shim.access").isEnabledFor(logging.DEBUG if debug else logging.INFO)
 
     def request(self, request_id: str, method: str, route: str, status: int, ms: float,
-                user_id: str | None) -> None:
+                user_id: str | None, level: str = "info") -> None:
         now = time.time()
         second = int(now)
         if second != self._second:  # the date part changes once a second
             self._second, self._stamp = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
         line: dict[str, Any] = {
-            "ts": f"{self._stamp}.{int(now * 1000) % 1000:03d}Z", "level": "info", "logger": "shim.access",
+            "ts": f"{self._stamp}.{int(now * 1000) % 1000:03d}Z", "level": level, "logger": "shim.access",
             "msg": "request", "request_id": request_id, "method": method, "route": route, "status": status,
             "ms": ms,
         }

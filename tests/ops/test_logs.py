@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 
+from shim.keys import ACCESS_LOG
 from shim.ops import AccessLog, scrub
 from shim.web_app import request_id
+
+from ..conftest import Harness
 
 
 def test_scrub_userinfo() -> None:
@@ -50,3 +54,24 @@ def test_request_id_is_taken_only_when_short_and_plain(given: str | None, kept: 
     rid = request_id(given)
     assert (rid == given) is kept
     assert 0 < len(rid) <= 128
+
+
+async def test_probe_and_scrape_lines_are_debug_level(harness: Harness) -> None:
+    written: list[str] = []
+    access = harness.app[ACCESS_LOG]
+    access.write = written.append
+    logger = logging.getLogger("shim.access")
+    old = logger.level
+    try:
+        for level in (logging.INFO, logging.DEBUG):
+            logger.setLevel(level)
+            for path in ("/healthz", "/metrics", "/v1/users/u-test/messages/nope"):
+                async with harness.session.get(harness.url + path, headers=harness.auth) as r:
+                    await r.read()
+            access.flush()
+    finally:
+        logger.setLevel(old)
+    info, debug = ([json.loads(line) for line in chunk.splitlines()] for chunk in written)
+    assert [x["route"] for x in info] == ["/v1/users/{userId}/messages/{messageId}"]
+    assert [(x["route"], x["level"]) for x in debug] == [
+        ("/healthz", "debug"), ("/metrics", "debug"), ("/v1/users/{userId}/messages/{messageId}", "info")]
