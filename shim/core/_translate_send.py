@@ -103,8 +103,9 @@ def to_v2_request(
 
 
 def record_from_send(req: SendRequest, user: UserConfig, send_key: str, received_us: int) -> MessageRecord:
-    """The send's record as written *before* v2 is called (its intent), under ``pending_id``."""
-    return MessageRecord(
+    """The send's record as written *before* v2 is called (its intent), under ``pending_id``. Built
+    from a validated ``SendRequest`` and the config: not validated again (the send's hot path)."""
+    return MessageRecord.model_construct(
         id=pending_id(send_key),
         user_id=user.user_id,
         direction="out",
@@ -121,7 +122,13 @@ def record_from_send(req: SendRequest, user: UserConfig, send_key: str, received
         fallback_url=req.fallback_url,
         tag=req.tag,
         receipt_requested=req.receipt_requested,
+        segment_count=1,
+        delivery_state=None,
+        delivery_code=None,
+        delivery_description=None,
+        sent_notified=False,
         send_key=send_key,
+        seq=None,
     )
 
 

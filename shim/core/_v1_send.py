@@ -174,7 +174,9 @@ def parse_send_item(item: Any) -> SendRequest:
             details={"propertyName": "tag"},
         )
     method = _enum(item, "callbackHttpMethod", ("GET", "POST"), upper=True) or "POST"
-    return SendRequest(
+    # Every field was checked above, with v1's own errors: constructed without a second validation
+    # (this is on every send's path).
+    return SendRequest.model_construct(
         from_=from_,
         to=to,
         text=text,

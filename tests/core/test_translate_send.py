@@ -9,6 +9,7 @@ import pytest
 
 from shim.config import UserConfig
 from shim.core import (
+    MessageRecord,
     V2Message,
     bind_v2,
     message_request_errors,
@@ -87,6 +88,23 @@ def test_record_from_send() -> None:
     assert rec.callback_method == "GET"
     # Without a v2 time the intent's (shim's clock at the send) stays.
     assert bind_v2(intent, "x" * 29).time == "1970-01-01T00:00:00.000Z"
+
+
+@pytest.mark.parametrize("item", [
+    {"from": "+15551230001", "to": "+15551230002", "text": "hi"},
+    {"from": "+15551230001", "to": "+15551230002", "text": "hi", "receiptRequested": "error", "tag": "t",
+     "callbackUrl": "https://cb.example/x", "callbackHttpMethod": "get", "callbackTimeout": "250",
+     "fallbackUrl": "https://cb.example/y"},
+    {"from": "+15551230001", "to": "+15551230002", "media": "https://x.io/a.png"},
+])
+def test_records_built_without_validation_equal_validated_ones(item: dict[str, Any]) -> None:
+    """The send path skips pydantic validation of what it checked itself (``model_construct``):
+    the result must be exactly what validation would have built."""
+    req = parse_send_item(item)
+    assert type(req).model_validate(req.model_dump()) == req
+    intent = record_from_send(req, U, KEY, 1_700_000_000_000_000)
+    assert MessageRecord.model_validate(intent.model_dump()) == intent
+    assert MessageRecord.model_validate_json(intent.model_dump_json()).model_dump() == intent.model_dump()
 
 
 @pytest.mark.parametrize(
