@@ -14,8 +14,8 @@ from aiohttp.http_exceptions import BadHttpMethod, ContentEncodingError, LineToo
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
+from shim.core import v1_json_bytes
 from shim.errors import BodyTooLarge, ShimError, error_body
-from shim.facade.web_v1 import v1_json_bytes
 
 log = logging.getLogger("shim.http")
 _TOKEN = re.compile(rb"^[!#$%&'*+.^_`|~0-9A-Za-z-]+ ")

@@ -3,6 +3,7 @@ time, ids and random draws are arguments."""
 
 from ._deliveries import Delivery, DeliverySpec, Route
 from ._delivery_codes import V1_DESCRIPTIONS, V2_TO_V1, map_error_code, v2_names
+from ._json import v1_json_bytes
 from ._listing import CURSOR_KEYS, DEFAULT_SIZE, FILTER_KEYS, MAX_SIZE, ListQuery, match_enum, next_link, parse_list_query
 from ._message import STATE_RANK, MessageRecord, State
 from ._openapi import SPEC_URI, load_spec, message_request_errors, validator
@@ -89,6 +90,7 @@ __all__ = [
     'send_key_of',
     'to_v2_request',
     'v1_callback_body',
+    'v1_json_bytes',
     'v1_media_url',
     'v2_error_to_v1',
     'v2_media_url',

@@ -7,7 +7,7 @@ string, ``callbackHttpMethod`` any case, unknown keys are ignored.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, cast
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field
@@ -19,14 +19,18 @@ MAX_TAG = 1024
 MAX_MEDIA_URL = 4096
 
 
+Receipt = Literal["none", "all", "error"]
+Method = Literal["GET", "POST"]
+
+
 class SendRequest(BaseModel):
     from_: str
     to: str
     text: str | None = None
     media: list[str] = Field(default_factory=list)
-    receipt_requested: Literal["none", "all", "error"] | None = None
+    receipt_requested: Receipt | None = None
     callback_url: str | None = None
-    callback_method: Literal["GET", "POST"] = "POST"
+    callback_method: Method = "POST"
     callback_timeout: int | None = None
     fallback_url: str | None = None
     tag: str | None = None
@@ -181,9 +185,9 @@ def parse_send_item(item: Any) -> SendRequest:
         to=to,
         text=text,
         media=media,
-        receipt_requested=receipt,
+        receipt_requested=cast(Receipt | None, receipt),
         callback_url=_url(item, "callbackUrl"),
-        callback_method=method,
+        callback_method=cast(Method, method),
         callback_timeout=_timeout(item),
         fallback_url=_url(item, "fallbackUrl"),
         tag=tag,

@@ -9,25 +9,11 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from shim.core import v1_json_bytes
 from shim.errors import BadRequest, ShimError, error_body
 
 BODY_ENCODINGS = ("", "identity", "gzip", "deflate")
 _LONG_NUMBER = re.compile(rb"[0-9]{19}")
-
-
-def v1_json_bytes(data: Any) -> bytes:
-    """JSON for the wire that never fails on a string Python holds but UTF-8 cannot carry (a lone
-    surrogate from a ``\\ud800`` escape): such characters become ``?``. orjson first (the common
-    case, several times faster); the stdlib for what it refuses."""
-    try:
-        return orjson.dumps(data)
-    except (TypeError, orjson.JSONEncodeError):
-        pass
-    text = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
-    try:
-        return text.encode()
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "replace")
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:

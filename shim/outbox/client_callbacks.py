@@ -3,7 +3,6 @@ headers and the outbound address policy. The engine decides what to attempt and 
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ from standardwebhooks import Webhook
 from yarl import URL
 
 from shim.basic_auth import basic_header
-from shim.core import DeliverySpec, parse_retry_after
+from shim.core import DeliverySpec, parse_retry_after, v1_json_bytes
 from shim.ops import scrub
 
 from ._url_safety import AddressPolicy, RefusedAddress, SafeResolver, UnsafeUrl
@@ -107,8 +106,8 @@ class CallbackClient:
             target = URL(str(target.with_query(None)) + ("?" + query if query else ""), encoded=True)
             signed = query
         else:
-            signed = json.dumps(spec.body, separators=(",", ":"), ensure_ascii=False)
-            body = signed.encode()
+            body = v1_json_bytes(spec.body)
+            signed = body.decode()
             headers["Content-Type"] = "application/json; charset=utf-8"
         if self.secrets:
             headers["webhook-signature"] = signature(self.secrets, spec.event_id, ts, signed)
