@@ -123,6 +123,8 @@ class SandboxState:
     searches: int = 0
     search_limit: int = 0
     search_retry_after: str = "1"
+    # Seconds each search takes (tests: a run slow enough to be interrupted).
+    search_delay_s: float = 0.0
 
 
 
@@ -325,6 +327,8 @@ def _offset(token: str) -> int | None:
 async def search_messages(request: web.Request) -> web.StreamResponse:
     state = request.app[SANDBOX]
     state.searches += 1
+    if state.search_delay_s:
+        await asyncio.sleep(state.search_delay_s)
     if state.search_limit > 0:
         state.search_limit -= 1
         resp = v2_error(429, "rate_limit_exceeded", "Too many requests: retry later")
