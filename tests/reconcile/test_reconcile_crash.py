@@ -14,7 +14,6 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
