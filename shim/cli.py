@@ -1,4 +1,4 @@
-"""Command line: ``shim serve | check-config | sandbox | dead-letters``."""
+"""Command line: ``shim serve | check-config | sandbox | dead-letters | reconcile``."""
 
 from __future__ import annotations
 
@@ -186,6 +186,60 @@ async def dead_letters(cfg: Config, action: str, ids: list[int]) -> Any:
         await store.close()
 
 
+async def store_exists(url: str) -> bool:
+    """Whether ``store.url`` names a store shim created (operator commands never create one)."""
+    if url.startswith("sqlite:"):
+        from shim.store._sqlite import sqlite_path
+
+        path = sqlite_path(url)
+        return path == ":memory:" or await asyncio.to_thread(os.path.isfile, path)
+    import asyncpg
+
+    conn = await asyncpg.connect(url.replace("postgres://", "postgresql://", 1))
+    try:
+        return bool(await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL"))
+    finally:
+        await conn.close()
+
+
+async def reconcile(cfg: Config, user_id: str | None, since: str | None, dry_run: bool) -> dict[str, Any]:
+    """One reconcile run on the store (``shim reconcile``): what it looked up, repaired, gave up on."""
+    from shim.core import parse_time_us
+    from shim.gateway import Gateway
+    from shim.ops import Metrics
+    from shim.reconcile import Reconciler
+    from shim.store import open_store
+    from shim.upstream import UpstreamClient
+
+    since_us = None
+    if since is not None:
+        since_us = parse_time_us(since)
+        if since_us is None:
+            raise ConfigError(f"--since: not a date or ISO-8601 time: {since!r}")
+    if user_id is not None and cfg.user(user_id) is None:
+        raise ConfigError(f"--user: no users[] entry has user_id {user_id!r}")
+    if cfg.upstream.mode == "sandbox":
+        raise ConfigError("upstream.mode: sandbox: the embedded simulator lives in `shim serve`; "
+                          "point upstream.base_url at a v2 API (mode bandwidth) to reconcile")
+    try:
+        exists = await store_exists(cfg.store.url)
+    except Exception as e:
+        raise StartupError(f"cannot open the store: {type(e).__name__}") from None
+    if not exists:
+        raise StartupError(f"no store at {mask_userinfo(cfg.store.url)} (shim reconcile never creates one)")
+    store = open_store(cfg.store.url, Gateway(cfg), pool_size=2)
+    upstream = UpstreamClient(cfg.upstream, cfg.upstream.base_url)
+    await store.open()
+    await upstream.start()
+    try:
+        report = await Reconciler(cfg, store, upstream, Metrics()).run(
+            user_id=user_id, since_us=since_us, dry_run=dry_run)
+        return report.as_dict() | {"balance": await store.outbound_balance(user_id)}
+    finally:
+        await upstream.close()
+        await store.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="shim", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -207,6 +261,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("ids", nargs="*", type=int)
     p.add_argument("--all", action="store_true", help="replay every dead letter")
     p.add_argument("--config")
+    p = sub.add_parser("reconcile", help="repair messages whose v2 events never came (v2 message search)")
+    p.add_argument("--user", help="only this users[].user_id (does not move the periodic run's cursor)")
+    p.add_argument("--since", help="only messages sent since this time (ISO-8601 or yyyy-MM-dd)")
+    p.add_argument("--dry-run", action="store_true", help="look up and report, change nothing")
+    p.add_argument("--config")
     args = parser.parse_args(argv)
     setup_logging(os.environ.get("SHIM_LOG_LEVEL", "INFO"))
     try:
@@ -223,6 +282,10 @@ def main(argv: list[str] | None = None) -> int:
             with asyncio.Runner(loop_factory=_loop_factory()) as runner:
                 runner.run(serve(cfg, demo))
             return 0
+        if args.cmd == "reconcile":
+            result = asyncio.run(reconcile(cfg, args.user, args.since, args.dry_run))
+            print(json.dumps(result, indent=2))
+            return 0 if result["errors"] == 0 and not result["skipped"] else 1
         if args.action == "replay" and not args.ids and not args.all:
             print("shim: dead-letters replay needs ids or --all", file=sys.stderr)
             return 2

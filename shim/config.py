@@ -282,6 +282,29 @@ class RetentionConfig(_Model):
         return self
 
 
+class ReconcileConfig(_Model):
+    """Reconciliation with v2's message search (SPEC §9)."""
+
+    # The periodic run in ``serve`` (``shim reconcile`` works either way).
+    enabled: bool = True
+    # A message not final this long after it was sent is looked up (default 2 h 15 m: past
+    # Bandwidth's receipt window).
+    after_s: float = Field(8100, gt=0)
+    # How often a replica tries to take the lease and run.
+    interval_s: float = Field(900, gt=0)
+    # Messages per batch (one search, paged, per account in the batch).
+    batch_size: int = Field(100, ge=1, le=1000)
+    # Search results per page (v2 allows up to 10 000 per query).
+    page_size: int = Field(1000, ge=1, le=10000)
+    # Pages read at most per batch and account.
+    max_pages: int = Field(20, ge=1)
+    # The lease of the replica reconciling; renewed after every batch.
+    lease_s: float = Field(300, ge=5)
+    # Waits after a 429 from the search (each at least its Retry-After); the run stops (and
+    # resumes next time) when they run out.
+    retry_schedule_s: list[float] = Field(default_factory=lambda: [1.0, 5.0, 15.0, 60.0, 300.0], min_length=1)
+
+
 class SandboxConfig(_Model):
     # Delay before the simulator posts its callbacks (seconds).
     callback_delay_s: float = Field(0.05, ge=0)
@@ -295,6 +318,7 @@ class Config(_Model):
     admin: AdminConfig = Field(default_factory=AdminConfig)
     users: list[UserConfig] = Field(default_factory=list)
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
+    reconcile: ReconcileConfig = Field(default_factory=ReconcileConfig)
     sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
 
     def user(self, user_id: str) -> UserConfig | None:

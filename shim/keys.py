@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from shim.gateway import Gateway
     from shim.ops import AccessLog, Metrics
     from shim.outbox import DeliveryEngine
+    from shim.reconcile import Reconciler
     from shim.sandbox import SandboxState
     from shim.store import Store
     from shim.upstream import UpstreamClient
@@ -27,6 +28,7 @@ DELIVERY: web.AppKey[DeliveryEngine] = web.AppKey("delivery")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 GATEWAY: web.AppKey[Gateway] = web.AppKey("gateway")
 SENDER: web.AppKey[Sender] = web.AppKey("sender")
+RECONCILER: web.AppKey[Reconciler] = web.AppKey("reconciler")
 # On the admin listener's app: the main app whose state it serves.
 MAIN_APP: web.AppKey[web.Application] = web.AppKey("main_app")
 ACCESS_LOG: web.AppKey[AccessLog] = web.AppKey("access_log")

@@ -18,9 +18,22 @@ from shim.errors import BodyTooLarge, MethodNotAllowed, NotFound, ShimError
 from shim.facade import Sender, web_media, web_messages
 from shim.facade.web_v1 import v1_error_response
 from shim.gateway import Gateway, web_ingest
-from shim.keys import ACCESS_LOG, CONFIG, DELIVERY, MAIN_APP, METRICS, REQUEST_ID, SENDER, STORE, UPSTREAM, USER_ID
+from shim.keys import (
+    ACCESS_LOG,
+    CONFIG,
+    DELIVERY,
+    MAIN_APP,
+    METRICS,
+    RECONCILER,
+    REQUEST_ID,
+    SENDER,
+    STORE,
+    UPSTREAM,
+    USER_ID,
+)
 from shim.ops import AccessLog, Metrics, web_ops
 from shim.outbox import DeliveryEngine
+from shim.reconcile import Reconciler
 from shim.store import Store, open_store
 from shim.upstream import Transport, UpstreamClient
 from shim.web_server import V1AppRunner, undecodable_body
@@ -117,6 +130,8 @@ def build_app(
     app[DELIVERY] = DeliveryEngine(cfg, app[STORE], app[METRICS], clock=clock)
     app[SENDER] = Sender(cfg, app[UPSTREAM], app[STORE], clock, on_enqueued=app[DELIVERY].wake,
                          url_refused=app[DELIVERY].policy.refuses_literal)
+    app[RECONCILER] = Reconciler(cfg, app[STORE], app[UPSTREAM], app[METRICS], clock=clock,
+                                 on_enqueued=app[DELIVERY].wake)
     web_ops.setup(app)
     web_messages.setup(app)
     web_media.setup(app)
@@ -128,7 +143,10 @@ def build_app(
         await app[UPSTREAM].start()
         if start_workers:
             await app[DELIVERY].start()
+            if cfg.reconcile.enabled:
+                await app[RECONCILER].start()
         yield
+        await app[RECONCILER].stop()
         await app[DELIVERY].stop()
         await app[UPSTREAM].close()
         await app[STORE].close()

@@ -34,6 +34,8 @@ class DeliverySpec(BaseModel):
     body: Any
     # The request that caused this callback (sent as X-Request-Id, logged on failure).
     request_id: str | None = None
+    # Caused by reconciliation (SPEC §9), not by a received event: sent with ``X-Shim-Reconciled: true``.
+    reconciled: bool = False
 
     @classmethod
     def to(

@@ -41,6 +41,18 @@ class Metrics:
                                  registry=r)
         self.build_info = Gauge("shim_build_info", "shim's version and upstream mode (sandbox = no real SMS)",
                                 ["version", "upstream_mode"], registry=r)
+        # Reconciliation (SPEC §9): what the runs looked up, repaired, gave up on, failed at.
+        self.reconcile_looked_up = Counter(
+            "shim_reconcile_looked_up", "Messages looked up in v2's message search", registry=r)
+        self.reconcile_repaired = Counter(
+            "shim_reconcile_repaired", "Messages whose state reconciliation repaired", ["outcome"], registry=r)
+        self.reconcile_unresolvable = Counter(
+            "shim_reconcile_unresolvable", "Messages marked unresolvable (older than v2's search window)",
+            registry=r)
+        self.reconcile_errors = Counter(
+            "shim_reconcile_errors", "Reconcile runs stopped by an error (resumed at the next run)", registry=r)
+        self.reconcile_rate_limited = Counter(
+            "shim_reconcile_rate_limited", "429 answers from v2's message search (waited out)", registry=r)
 
         # Label children bound once per label set: ``labels()`` on every request is a measurable
         # part of a send (issue 9); a child's ``inc``/``observe`` alone is cheap.

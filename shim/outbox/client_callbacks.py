@@ -15,7 +15,7 @@ from standardwebhooks import Webhook
 from yarl import URL
 
 from shim.basic_auth import basic_header
-from shim.core import DeliverySpec, parse_retry_after, v1_json_bytes
+from shim.core import RECONCILED_HEADER, DeliverySpec, parse_retry_after, v1_json_bytes
 from shim.ops import scrub
 
 from ._url_safety import AddressPolicy, RefusedAddress, SafeResolver, UnsafeUrl
@@ -91,6 +91,8 @@ class CallbackClient:
         headers = {"User-Agent": USER_AGENT, "webhook-id": spec.event_id}
         if spec.request_id:
             headers["X-Request-Id"] = spec.request_id
+        if spec.reconciled:
+            headers[RECONCILED_HEADER] = "true"
         if target.user is not None:
             headers["Authorization"] = basic_header(target.user, target.password or "")
             target = target.with_user(None)

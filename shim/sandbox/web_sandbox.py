@@ -9,7 +9,16 @@ Test numbers (the ``to`` of a send):
   is accepted, then fails with ``message-failed`` errorCode XXXX (e.g. ``+15550004432``).
   ``+15550000429`` → the send is answered 429; ``+15550000500`` → 500;
   ``+15550000408`` → the send hangs for 60 s (upstream timeout).
-Admin: ``POST /sandbox/inbound`` ``{"accountId","applicationId","from","to":[...],"text",
+  ``+15550000504`` → the message is accepted (its callbacks posted), then the answer hangs for
+  60 s: a send whose outcome shim cannot know (found again by reconciliation through its tag).
+Message search: ``GET /users/{accountId}/messages`` (``listMessages``) serves what the sandbox
+was sent, in the spec's ``messagesList`` shape (``totalCount``, ``pageInfo`` with page tokens,
+one ``listMessageItem`` per recipient with its final status, ``errorCode``, ``tag``…), with
+the filters reconciliation uses and a 14-day range limit.
+Admin: ``POST /sandbox/lose`` ``{"to":[...]}`` (``"clear": true`` to forget them) drops every
+callback of messages to those numbers (as if Bandwidth gave up); ``POST /sandbox/search-rate-limit``
+``{"count": n, "retryAfter": "1"}`` answers the next n searches 429 with that ``Retry-After``;
+``POST /sandbox/inbound`` ``{"accountId","applicationId","from","to":[...],"text",
 "media":[{"name","contentType","base64"}]}`` injects an inbound message (media stored and served).
 """
 
@@ -33,7 +42,7 @@ import aiohttp
 from aiohttp import web
 
 from shim.basic_auth import basic_credentials, basic_header
-from shim.core import message_request_errors
+from shim.core import message_request_errors, parse_time_us
 from shim.keys import SANDBOX, SANDBOX_SESSION, SANDBOX_TASKS
 
 log = logging.getLogger("shim.sandbox")
@@ -107,7 +116,15 @@ class SandboxState:
     media: BoundedMedia = field(default_factory=BoundedMedia)
     sent: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=MAX_SENT))
     callbacks_posted: int = 0
-
+    # Message search: every item by message id (oldest dropped first), and the test controls.
+    searchable: OrderedDict[str, list[dict[str, Any]]] = field(default_factory=OrderedDict)
+    lose_to: set[str] = field(default_factory=set)
+    callbacks_lost: int = 0
+    searches: int = 0
+    search_limit: int = 0
+    search_retry_after: str = "1"
+    # Seconds each search takes (tests: a run slow enough to be interrupted).
+    search_delay_s: float = 0.0
 
 
 
@@ -179,8 +196,11 @@ async def create_message(request: web.Request) -> web.StreamResponse:
         msg["tag"] = body["tag"]
     state = request.app[SANDBOX]
     state.sent.append(msg)
+    remember(state, request.match_info["accountId"], msg)
     if state.target is not None:
         _spawn(request.app, _emit_status(request.app, msg))
+    if "+15550000504" in to:
+        await asyncio.sleep(60)
     return web.json_response(msg, status=202)
 
 
@@ -218,8 +238,12 @@ def _spawn(app: web.Application, coro: Awaitable[None]) -> None:
 
 
 async def _emit_status(app: web.Application, msg: dict[str, Any]) -> None:
-    await asyncio.sleep(app[SANDBOX].delay_s)
+    state = app[SANDBOX]
+    await asyncio.sleep(state.delay_s)
     for event in status_events(msg):
+        if event["to"] in state.lose_to:
+            state.callbacks_lost += 1
+            continue
         await post_callback(app, [event])
 
 
@@ -250,6 +274,135 @@ async def post_callback(app: web.Application, events: list[dict[str, Any]]) -> b
             log.warning("sandbox callback failed", extra={"error": type(e).__name__})
         await asyncio.sleep(min(2.0, 0.2 * (attempt + 1)))
     return False
+
+
+# -- message search ----------------------------------------------------------------------------
+MAX_SEARCHABLE = 200_000
+SEARCH_WINDOW_US = 14 * 24 * 3600 * 1_000_000
+STATUSES = {"RECEIVED", "QUEUED", "SENDING", "SENT", "FAILED", "DELIVERED", "ACCEPTED", "UNDELIVERED"}
+
+
+def remember(state: SandboxState, account: str, msg: dict[str, Any]) -> None:
+    """The ``listMessageItem`` of each recipient, with the status its callbacks end in."""
+    items = []
+    for to in msg["to"]:
+        code = _failure_code(to)
+        item: dict[str, Any] = {
+            "messageId": msg["id"], "accountId": account, "sourceTn": msg["from"], "destinationTn": to,
+            "messageStatus": "FAILED" if code is not None else "DELIVERED", "messageDirection": "OUTBOUND",
+            "messageType": "mms" if msg["media"] else "sms", "segmentCount": msg["segmentCount"],
+            "errorCode": code or 0, "receiveTime": msg["time"], "carrierName": None,
+            "messageSize": len(msg["text"].encode()), "messageLength": len(msg["text"]),
+            "attachmentCount": len(msg["media"]), "recipientCount": len(msg["to"]), "campaignClass": None,
+            "campaignId": None, "bwLatency": None, "media": list(msg["media"]), "priority": msg["priority"],
+        }
+        if "tag" in msg:
+            item["tag"] = msg["tag"]
+        items.append(item)
+    state.searchable[msg["id"]] = items
+    while len(state.searchable) > MAX_SEARCHABLE:
+        state.searchable.popitem(last=False)
+
+
+def _numbers_match(value: str, number: str) -> bool:
+    """``sourceTn``/``destinationTn``: a full number, a comma-separated list, or a partial number."""
+    wanted = [v.strip() for v in value.split(",") if v.strip()]
+    if len(wanted) == 1 and len(wanted[0]) < 12:
+        return wanted[0] in number
+    return number in wanted
+
+
+def _token(offset: int) -> str:
+    return base64.urlsafe_b64encode(str(offset).encode()).decode().rstrip("=")
+
+
+def _offset(token: str) -> int | None:
+    try:
+        value = int(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode())
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return value if value >= 0 else None
+
+
+async def search_messages(request: web.Request) -> web.StreamResponse:
+    state = request.app[SANDBOX]
+    state.searches += 1
+    if state.search_delay_s:
+        await asyncio.sleep(state.search_delay_s)
+    if state.search_limit > 0:
+        state.search_limit -= 1
+        resp = v2_error(429, "rate_limit_exceeded", "Too many requests: retry later")
+        resp.headers["Retry-After"] = state.search_retry_after
+        return resp
+    q = request.query
+    if not q:
+        return v2_error(400, "request-validation", "You must include at least one query parameter")
+    try:
+        limit = int(q.get("limit", "100"))
+    except ValueError:
+        return v2_error(400, "request-validation", "limit must be an integer")
+    offset = _offset(q["pageToken"]) if "pageToken" in q else 0
+    if not 1 <= limit <= 10000 or offset is None or offset + limit > 10000:
+        return v2_error(400, "request-validation", "limit and pageToken must stay within 10000 results")
+    status = q.get("messageStatus")
+    if status is not None and status not in STATUSES:
+        return v2_error(400, "request-validation", f"messageStatus must be one of {' '.join(sorted(STATUSES))}")
+    bounds = []
+    for key in ("fromDateTime", "toDateTime"):
+        value = parse_time_us(q[key]) if key in q else None
+        if key in q and value is None:
+            return v2_error(400, "request-validation", f"{key} must be an ISO 8601 date-time")
+        bounds.append(value)
+    lo, hi = bounds
+    if lo is not None and hi is not None and hi - lo > SEARCH_WINDOW_US:
+        return v2_error(400, "request-validation", "The date range to search in is at most 14 days")
+    account = request.match_info["accountId"]
+    found = []
+    for items in state.searchable.values():
+        for item in items:
+            t = parse_time_us(item["receiveTime"]) or 0
+            if (item["accountId"] == account
+                    and q.get("messageId", item["messageId"]) == item["messageId"]
+                    and ("sourceTn" not in q or _numbers_match(q["sourceTn"], item["sourceTn"]))
+                    and ("destinationTn" not in q or _numbers_match(q["destinationTn"], item["destinationTn"]))
+                    and status in (None, item["messageStatus"])
+                    and q.get("messageDirection", item["messageDirection"]) == item["messageDirection"]
+                    and q.get("messageType", item["messageType"]) == item["messageType"]
+                    and q.get("errorCode", str(item["errorCode"])) == str(item["errorCode"])
+                    and (lo is None or t >= lo) and (hi is None or t <= hi)):
+                found.append((t, item))
+    found.sort(key=lambda f: (f[0], f[1]["messageId"], f[1]["destinationTn"]))
+    page = [item for _, item in found[offset:offset + limit]]
+    info: dict[str, str] = {}
+    base = request.url.with_scheme(request.url.scheme)
+    if offset + limit < len(found):
+        info["nextPageToken"] = _token(offset + limit)
+        info["nextPage"] = str(base.update_query(pageToken=info["nextPageToken"]))
+    if offset > 0:
+        info["prevPageToken"] = _token(max(0, offset - limit))
+        info["prevPage"] = str(base.update_query(pageToken=info["prevPageToken"]))
+    return web.json_response({"totalCount": len(found), "pageInfo": info, "messages": page})
+
+
+async def lose_callbacks(request: web.Request) -> web.StreamResponse:
+    """Drop every callback of messages sent to the given numbers (``clear`` forgets them)."""
+    body = await request.json()
+    numbers = set(body.get("to") or [])
+    state = request.app[SANDBOX]
+    if body.get("clear"):
+        state.lose_to -= numbers if numbers else set(state.lose_to)
+    else:
+        state.lose_to |= numbers
+    return web.json_response({"lose_to": sorted(state.lose_to), "callbacks_lost": state.callbacks_lost})
+
+
+async def search_rate_limit(request: web.Request) -> web.StreamResponse:
+    """Answer the next ``count`` searches 429 with ``Retry-After: retryAfter``."""
+    body = await request.json()
+    state = request.app[SANDBOX]
+    state.search_limit = int(body.get("count", 1))
+    state.search_retry_after = str(body.get("retryAfter", "1"))
+    return web.json_response({"count": state.search_limit, "retryAfter": state.search_retry_after})
 
 
 # -- media ------------------------------------------------------------------------------------
@@ -332,11 +485,14 @@ def build_sandbox_app(
     app[SANDBOX_TASKS] = set()
     app.router.add_get("/", healthz)
     app.router.add_post("/users/{accountId}/messages", create_message)
+    app.router.add_get("/users/{accountId}/messages", search_messages)
     app.router.add_get("/users/{accountId}/media", list_media)
     app.router.add_put("/users/{accountId}/media/{mediaId:.+}", put_media)
     app.router.add_get("/users/{accountId}/media/{mediaId:.+}", get_media)
     app.router.add_delete("/users/{accountId}/media/{mediaId:.+}", delete_media)
     app.router.add_post("/sandbox/inbound", inject_inbound)
+    app.router.add_post("/sandbox/lose", lose_callbacks)
+    app.router.add_post("/sandbox/search-rate-limit", search_rate_limit)
 
     async def session_ctx(app: web.Application) -> Any:
         app[SANDBOX_SESSION] = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15))

@@ -2,7 +2,7 @@
 
 Every transaction is written once, as a sans-io generator that yields SQL operations (``_ops``)
 and receives their results, grouped by concern: ``_messages``, ``_events``, ``_outbox``,
-``_retention``, and the schema in ``migrations``. Backends only drive generators: SQLite runs a
+``_retention``, ``_reconcile``, and the schema in ``migrations``. Backends only drive generators: SQLite runs a
 whole batch of them in its writer thread in one hop and one commit (group commit); PostgreSQL
 drives them with asyncpg. Both pass the same contract suite (``tests/test_store_contract.py``).
 """
@@ -19,12 +19,13 @@ from ._events import EventTxs
 from ._messages import MessageTxs
 from ._ops import Tx, all_tx, exec_tx, one_tx
 from ._outbox import OutboxTxs
+from ._reconcile import ReconcileTxs
 from ._retention import RetentionTxs
 
 log = logging.getLogger("shim.store")
 
 
-class Store(MessageTxs, EventTxs, OutboxTxs, RetentionTxs):
+class Store(ReconcileTxs, MessageTxs, EventTxs, OutboxTxs, RetentionTxs):
     """Every transaction; subclasses drive them (``_write``/``_read``) and open the database."""
 
     # The backend's column types for ``{serial}`` and ``{bigint}`` in migrations.

@@ -120,6 +120,24 @@ CREATE TABLE IF NOT EXISTS rejected_events (
 );
 CREATE INDEX IF NOT EXISTS rejected_events_received ON rejected_events (received_us)
 """),
+    # Reconciliation (SPEC §9): outbound messages not final yet are found through a partial index
+    # (final and unresolvable ones drop out of it); one lease row says which replica reconciles
+    # and where its run is (the cursor, a message seq), so a crashed run resumes.
+    Migration(6, "reconciliation: unresolvable marks, candidates index, lease and cursor", """
+ALTER TABLE messages ADD COLUMN reconcile TEXT;
+CREATE INDEX IF NOT EXISTS messages_unfinal ON messages (seq)
+    WHERE direction = 'out' AND state <> 'error' AND delivery_state IS NULL AND reconcile IS NULL;
+CREATE TABLE IF NOT EXISTS reconcile_lease (
+    name TEXT PRIMARY KEY,
+    owner TEXT,
+    lease_until_us {bigint},
+    cursor_seq {bigint} NOT NULL DEFAULT 0,
+    run_started_us {bigint},
+    updated_us {bigint} NOT NULL DEFAULT 0
+);
+INSERT INTO reconcile_lease (name, cursor_seq, updated_us) VALUES ('reconcile', 0, 0)
+    ON CONFLICT (name) DO NOTHING
+"""),
 )
 
 LEDGER = """

@@ -13,7 +13,8 @@ from ._transport import (
     Transport,
     TransportError,
 )
-from .client_v2 import LatencyObserver, UpstreamClient
+from .client_v2 import LatencyObserver, SearchFailed, SearchRateLimited, UpstreamClient
 
 __all__ = ["AiohttpTransport", "ConnectFailed", "LatencyObserver", "MockResponse", "MockTransport", "Request",
-           "RequestFailed", "Response", "Timeout", "Transport", "TransportError", "UpstreamClient"]
+           "RequestFailed", "Response", "SearchFailed", "SearchRateLimited", "Timeout", "Transport", "TransportError",
+           "UpstreamClient"]

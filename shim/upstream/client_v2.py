@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import urlencode
 
 from pydantic import ValidationError
 
@@ -24,6 +25,18 @@ from shim.errors import MediaUnavailable, OutcomeUnknown, Unavailable
 from ._transport import AiohttpTransport, Body, ConnectFailed, RequestFailed, Response, Timeout, Transport
 
 log = logging.getLogger("shim.upstream")
+
+
+class SearchFailed(Exception):
+    """The v2 message search gave no usable answer."""
+
+
+class SearchRateLimited(SearchFailed):
+    """The v2 message search answered 429; ``retry_after`` is its ``Retry-After`` header."""
+
+    def __init__(self, retry_after: str | None) -> None:
+        super().__init__(f"HTTP 429 (Retry-After: {retry_after})")
+        self.retry_after = retry_after
 
 # (operation, seconds, HTTP status or an error word): read by the metrics.
 LatencyObserver = Callable[[str, float, int | str], None]
@@ -109,6 +122,32 @@ class UpstreamClient:
                 "v2_password", status,
             )
         raise v2_error_to_v1(status, parsed)
+
+    # -- message search (reconciliation) -------------------------------------------------------
+    async def search_messages(self, user: UserConfig, params: dict[str, str]) -> dict[str, Any]:
+        """``GET /users/{accountId}/messages`` (``listMessages``): the ``messagesList`` body.
+        Raises ``SearchRateLimited`` on 429 (with its ``Retry-After``), ``SearchFailed`` on any
+        other failure. Reads only: safe to retry."""
+        url = f"{self.base_url}/users/{user.account_id}/messages?{urlencode(params)}"
+        started = time.perf_counter()
+        try:
+            async with self.transport.request("GET", url, headers=self._auth(user)) as resp:
+                raw = await resp.read()
+                self._observe("search", started, resp.status)
+                if resp.status == 429:
+                    raise SearchRateLimited(resp.headers.get("Retry-After"))
+                if resp.status != 200:
+                    raise SearchFailed(f"HTTP {resp.status}")
+        except (ConnectFailed, RequestFailed) as e:
+            self._observe("search", started, "error")
+            raise SearchFailed(type(e).__name__) from None
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            raise SearchFailed("the answer is not JSON") from None
+        if not isinstance(data, dict) or not isinstance(data.get("messages", []), list):
+            raise SearchFailed("the answer is not a messagesList")
+        return data
 
     # -- media -----------------------------------------------------------------------------
     def media_url(self, user: UserConfig, name: str = "") -> str:
