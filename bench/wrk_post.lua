@@ -1,17 +1,34 @@
 -- wrk script for `make bench`: POSTs whose body varies per request.
 --   BENCH_MODE=send   a v1 send, its "to" and text varying per request
 --   BENCH_MODE=event  a v2 message-delivered event (one per POST) for each id of the file
---                     BENCH_IDS, in order; the thread stops once every event is answered (the
---                     few requests issued after the last id are GET /healthz, not events)
+--                     BENCH_IDS, in order, each once; the thread stops once every event is
+--                     answered (a connection with no id left waits instead of sending: an
+--                     extra request would be cut short by the stop, and a cut event is lost)
 --   BENCH_AUTH        the Authorization header
 --   BENCH_LIMIT       stop after this many responses (0: run for wrk's -d only)
+--   BENCH_DONE        a file written at the stop: "<first request> <last response>" (epoch
+--                     seconds), since wrk itself reports its whole -d (bench/run.py then sends
+--                     SIGINT to end wrk early)
 -- done() prints one line "WRK_JSON {...}" that bench/run.py parses. Use with -t 1.
 
 local mode = os.getenv("BENCH_MODE") or "send"
 local limit = tonumber(os.getenv("BENCH_LIMIT") or "0")
 local ids = {}
 local issued = 0
+local reserved = 0
 local answered = 0
+
+local ffi = require("ffi")
+ffi.cdef[[
+typedef struct { long tv_sec; long tv_nsec; } bench_timespec;
+int clock_gettime(int clk_id, bench_timespec *tp);
+]]
+local ts = ffi.new("bench_timespec")
+local function now()
+  ffi.C.clock_gettime(0, ts)
+  return tonumber(ts.tv_sec) + tonumber(ts.tv_nsec) / 1e9
+end
+local first = nil
 
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
@@ -29,12 +46,19 @@ local event = '[{"type":"message-delivered","time":"2026-01-01T00:00:00Z","to":"
   '"time":"2026-01-01T00:00:00Z","segmentCount":1,"direction":"out","to":["+15550000000"],' ..
   '"from":"+15551230001","text":""}}]'
 
+if mode == "event" then
+  -- Called once before each request: a connection takes an id here or waits.
+  delay = function()
+    if reserved >= #ids then return 3600000 end
+    reserved = reserved + 1
+    return 0
+  end
+end
+
 request = function()
   issued = issued + 1
+  if first == nil then first = now() end
   if mode == "event" then
-    if issued > #ids then
-      return wrk.format("GET", "/healthz", nil, "")
-    end
     return wrk.format(nil, nil, nil, string.format(event, ids[issued]))
   end
   return wrk.format(nil, nil, nil, string.format(
@@ -44,7 +68,12 @@ end
 if limit > 0 then
   response = function()
     answered = answered + 1
-    if answered >= limit then wrk.thread:stop() end
+    if answered >= limit then
+      local f = io.open(os.getenv("BENCH_DONE"), "w")
+      f:write(string.format("%.6f %.6f\n", first, now()))
+      f:close()
+      wrk.thread:stop()
+    end
   end
 end
 
