@@ -16,6 +16,7 @@ local limit = tonumber(os.getenv("BENCH_LIMIT") or "0")
 local ids = {}
 local issued = 0
 local reserved = 0
+local queue, head = {}, 1   -- ids reserved by delay(), taken in order by request()
 local answered = 0
 
 local ffi = require("ffi")
@@ -51,6 +52,7 @@ if mode == "event" then
   delay = function()
     if reserved >= #ids then return 3600000 end
     reserved = reserved + 1
+    queue[#queue + 1] = reserved
     return 0
   end
 end
@@ -59,7 +61,14 @@ request = function()
   issued = issued + 1
   if first == nil then first = now() end
   if mode == "event" then
-    return wrk.format(nil, nil, nil, string.format(event, ids[issued]))
+    local i = queue[head]
+    if i == nil then
+      -- wrk calls request() once before the run to check the script: not sent, no id taken.
+      return wrk.format(nil, nil, nil, string.format(event, ids[1]))
+    end
+    queue[head] = nil
+    head = head + 1
+    return wrk.format(nil, nil, nil, string.format(event, ids[i]))
   end
   return wrk.format(nil, nil, nil, string.format(
     '{"from":"+15551230001","to":"+1555%07d","text":"bench %d"}', issued % 10000000, issued))
