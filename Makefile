@@ -32,7 +32,11 @@ lint: $(TEST_STAMP)
 test: $(TEST_STAMP) lint
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
+# `make bench` is the quick run (under ~10 minutes); `make bench BENCH_ARGS=` the full one. Add
+# `--baseline PATH` (a checkout, e.g. a `git worktree`) to print its figures beside the current ones.
+BENCH_ARGS ?= --quick
 bench: $(TEST_STAMP)
+	sh bench/setup.sh
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:

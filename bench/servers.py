@@ -1,8 +1,10 @@
 """Helper servers for the benchmarks, each run as its own process:
 
-- ``upstream``: a fast v2 stand-in (202 + message JSON), optional fixed delay;
+- ``upstream``: a fast v2 stand-in (202 + message JSON), optional fixed delay, optional TLS (the
+  fallback when nginx is missing, and the slow upstream of the batch figures);
 - ``forwarder``: a bare aiohttp forwarder (parse, forward, return 201) — the baseline;
-- ``receiver``: a legacy callback endpoint that records arrival times (or never answers).
+- ``receiver``: a legacy callback endpoint that records arrival times (or never answers);
+  ``GET /summary`` gives the count of distinct message ids and the first and last arrival.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import argparse
 import asyncio
 import json
 import random
+import ssl
 import string
 import time
 
@@ -80,12 +83,18 @@ def receiver_app(hang: bool) -> web.Application:
     async def stats(request: web.Request) -> web.Response:
         return web.json_response(arrivals)
 
+    async def summary(request: web.Request) -> web.Response:
+        times = arrivals.values()
+        return web.json_response({"count": len(arrivals), "first": min(times, default=0.0),
+                                  "last": max(times, default=0.0)})
+
     async def reset(request: web.Request) -> web.Response:
         arrivals.clear()
         return web.Response()
 
     app = web.Application()
     app.router.add_get("/stats", stats)
+    app.router.add_get("/summary", summary)
     app.router.add_post("/reset", reset)
     app.router.add_post("/{tail:.*}", callback)
     return app
@@ -98,14 +107,20 @@ def main() -> None:
     p.add_argument("--delay", type=float, default=0.0)
     p.add_argument("--upstream", default="")
     p.add_argument("--hang", action="store_true")
+    p.add_argument("--cert", help="serve TLS with this certificate (PEM) ...")
+    p.add_argument("--key", help="... and this key")
     a = p.parse_args()
+    tls: ssl.SSLContext | None = None
+    if a.cert:
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(a.cert, a.key)
     if a.role == "upstream":
         app = upstream_app(a.delay)
     elif a.role == "forwarder":
         app = forwarder_app(a.upstream)
     else:
         app = receiver_app(a.hang)
-    web.run_app(app, host="127.0.0.1", port=a.port, access_log=None, print=None)
+    web.run_app(app, host="127.0.0.1", port=a.port, access_log=None, print=None, ssl_context=tls)
 
 
 if __name__ == "__main__":
