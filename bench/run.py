@@ -736,8 +736,9 @@ async def main_async(args: argparse.Namespace, srcs: list[Src]) -> None:
         try:
             if not args.sqlite_only and pg.start() is not None:
                 backends.append(("PostgreSQL", pg.fresh))
+            phases = set(args.phases.split(","))
             for backend, make_store in backends:
-                for src in srcs:
+                for src in srcs if "send" in phases else []:
                     if backend == "SQLite":
                         store_fn: Callable[[], str] = make_store
                         await send_path(tmp, src, backend, store_fn, ups, args.quick)
@@ -746,15 +747,15 @@ async def main_async(args: argparse.Namespace, srcs: list[Src]) -> None:
                         urls = iter([await pg.fresh() for _ in ups])
                         await send_path(tmp, src, backend, functools.partial(next, urls), ups, args.quick)
                     print()
-                if backend == "SQLite":
+                if backend == "SQLite" and "batch" in phases:
                     for src in srcs:
                         await batch_path(tmp, src)
                     print()
-                for src in srcs:
+                for src in srcs if "callback" in phases else []:
                     store = make_store() if backend == "SQLite" else await pg.fresh()
                     await callback_path(tmp, src, backend, store, ups["plain"], args.quick)
                     print()
-                if backend == "PostgreSQL":
+                if backend == "PostgreSQL" and "replicas" in phases:
                     for src in srcs:
                         await callback_path(tmp, src, backend, await pg.fresh(), ups["plain"], args.quick, replicas=2)
                         print()
@@ -777,6 +778,8 @@ def main() -> None:
     p.add_argument("--shim-src", action="append", metavar="PATH",
                    help="also run the shim package of this checkout, labelled by its directory name (repeatable)")
     p.add_argument("--sqlite-only", action="store_true", help="no PostgreSQL figures")
+    p.add_argument("--phases", default="send,batch,callback,replicas",
+                   help="comma-separated subset of send,batch,callback,replicas (default: all)")
     p.add_argument("--python-load", action="store_true", help="the Python load generator even if wrk is there")
     p.add_argument("--keep-tmp", action="store_true", help="keep the tmp dir (configs, shim logs, stores)")
     args = p.parse_args()
