@@ -136,23 +136,23 @@ async def make_client(name: str, url: str, cafile: str | None) -> tuple[Send, Ca
             await client.connector.cleanup()
         return send, close
     if name == "niquests":
-        session = mod.AsyncSession(pool_maxsize=100, disable_http2=True, disable_http3=True)
+        lib_session: Any = mod.AsyncSession(pool_maxsize=100, disable_http2=True, disable_http3=True)
 
         async def send() -> bytes:
-            r = await session.post(url, data=BODY, headers=HEADERS, verify=cafile or True)
+            r = await lib_session.post(url, data=BODY, headers=HEADERS, verify=cafile or True)
             return bytes(r.content)
-        return send, session.close
+        return send, lib_session.close
     if name == "curl_cffi":
-        session = importlib.import_module("curl_cffi.requests").AsyncSession(max_clients=32)
+        lib_session = importlib.import_module("curl_cffi.requests").AsyncSession(max_clients=32)
 
         async def send() -> bytes:
-            r = await session.post(url, data=BODY, headers=HEADERS, verify=cafile or True)
+            r = await lib_session.post(url, data=BODY, headers=HEADERS, verify=cafile or True)
             return bytes(r.content)
-        return send, session.close
+        return send, lib_session.close
     if name == "pyreqwest":
         builder = importlib.import_module("pyreqwest.client").ClientBuilder().http1_only()
         if cafile:
-            builder = builder.add_root_certificate_pem(Path(cafile).read_bytes())
+            builder = builder.add_root_certificate_pem(Path(cafile).read_bytes())  # noqa: ASYNC240
         client = builder.build()
 
         async def send() -> bytes:
