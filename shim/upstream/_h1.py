@@ -345,7 +345,7 @@ class _Response:
 
     async def read(self) -> bytes:
         conn, parts, size = self._conn, [], 0
-        if conn.done and len(conn.chunks) <= 1 and not conn.read_paused:  # the usual: all here at once
+        if conn.done and len(conn.chunks) <= 1 and conn.buffered <= MAX_READ:  # the usual: all here at once
             return conn.take() if conn.chunks else b""
         while (chunk := await self._next()) is not None:
             size += len(chunk)
