@@ -188,6 +188,7 @@ class _Pool:
         self.key, self.ctx = key, ctx
         self.slots = asyncio.Semaphore(limit)  # requests in flight; idle + busy connections never exceed it
         self.idle: list[_Conn] = []
+        self.closed = False
 
     async def connect(self, limit_s: float | None) -> _Conn:
         _, host, port = self.key
@@ -307,7 +308,7 @@ class _Exchange:
             return
         if conn is not None:
             conn.active = False
-            if conn.reusable:
+            if conn.reusable and not pool.closed:
                 conn.idle_since = asyncio.get_running_loop().time()
                 pool.idle.append(conn)
             else:
@@ -387,6 +388,7 @@ class H1Transport:
 
     async def close(self) -> None:
         for pool in self._pools.values():
+            pool.closed = True  # a connection still in use is closed when released
             for conn in pool.idle:
                 conn.close()
             pool.idle.clear()
