@@ -1,9 +1,10 @@
 """A small HTTP/1.1 keep-alive client for the one v2 upstream, on httptools' response parser (llhttp).
 
-Why not a library: aiohttp's client costs 70–80 µs of CPU per request, most of shim's send; the
-maintained async clients measured by ``bench/bench_client.py`` (httpx, aiosonic, niquests,
-curl_cffi, pyreqwest) cost as much or more on asyncio. This one does only what v2 needs: a pool
-per (scheme, host, port), Content-Length and chunked bodies both ways, TLS, and timeouts.
+Why not a library (``bench/bench_client.py``): aiohttp's client, even tuned, costs about four
+times this one's CPU per send; httpx, aiosonic, niquests and curl_cffi cost as much or more.
+pyreqwest (Rust reqwest, pre-1.0) measured slightly cheaper still and is the one to re-measure.
+This one does only what v2 needs: a pool per (scheme, host, port), Content-Length and chunked
+bodies both ways, TLS, and timeouts.
 
 Failures keep ``AiohttpTransport``'s meaning: ``ConnectFailed`` only when no connection was made
 (refused, DNS, TLS handshake), so nothing reached v2; anything later — a timeout (the connect
