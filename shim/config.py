@@ -98,6 +98,8 @@ class UpstreamConfig(_Model):
     base_url: str = "https://messaging.bandwidth.com/api/v2"
     timeout_s: float = Field(10, gt=0)
     max_connections: int = Field(100, ge=1)
+    # The HTTP client to v2: auto (= httptools, shim's small keep-alive client) or aiohttp.
+    http_client: Literal["auto", "httptools", "aiohttp"] = "auto"
     # Sends inside one v1 batch that may be in flight at once.
     batch_concurrency: int = Field(50, ge=1)
     # Retries of a send that failed to *connect* (it cannot have reached v2).

@@ -1,6 +1,8 @@
 """The v2 client: shim's calls to Bandwidth's v2 messaging and media APIs, over a swappable
-transport (``AiohttpTransport`` for real, ``MockTransport`` for socket-free unit tests)."""
+transport (``H1Transport`` for real, ``AiohttpTransport`` its fallback, ``MockTransport`` for
+socket-free unit tests)."""
 
+from ._h1 import H1Transport
 from ._transport import (
     AiohttpTransport,
     ConnectFailed,
@@ -15,6 +17,6 @@ from ._transport import (
 )
 from .client_v2 import LatencyObserver, SearchFailed, SearchRateLimited, UpstreamClient
 
-__all__ = ["AiohttpTransport", "ConnectFailed", "LatencyObserver", "MockResponse", "MockTransport", "Request",
-           "RequestFailed", "Response", "SearchFailed", "SearchRateLimited", "Timeout", "Transport", "TransportError",
-           "UpstreamClient"]
+__all__ = ["AiohttpTransport", "ConnectFailed", "H1Transport", "LatencyObserver", "MockResponse", "MockTransport",
+           "Request", "RequestFailed", "Response", "SearchFailed", "SearchRateLimited", "Timeout", "Transport",
+           "TransportError", "UpstreamClient"]

@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import urlencode
 
+import orjson
 from pydantic import ValidationError
 
 from shim.basic_auth import basic_header
@@ -22,6 +23,7 @@ from shim.config import UpstreamConfig, UserConfig
 from shim.core import V2Message, v2_error_to_v1
 from shim.errors import MediaUnavailable, OutcomeUnknown, Unavailable
 
+from ._h1 import H1Transport
 from ._transport import AiohttpTransport, Body, ConnectFailed, RequestFailed, Response, Timeout, Transport
 
 log = logging.getLogger("shim.upstream")
@@ -42,6 +44,14 @@ class SearchRateLimited(SearchFailed):
 LatencyObserver = Callable[[str, float, int | str], None]
 
 
+def _dumps(body: dict[str, Any]) -> bytes:
+    """Compact UTF-8 JSON, as ``json.dumps(separators=(",", ":"), ensure_ascii=False)`` writes it, faster."""
+    try:
+        return orjson.dumps(body)
+    except TypeError:  # what orjson refuses (an int over 64 bits, a lone surrogate): json's own verdict
+        return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+
+
 class UpstreamClient:
     def __init__(
         self, cfg: UpstreamConfig, base_url: str, *, transport: Transport | None = None,
@@ -55,7 +65,8 @@ class UpstreamClient:
 
     async def start(self) -> None:
         if self._transport is None:
-            self._transport = AiohttpTransport(self.cfg.max_connections, self.cfg.timeout_s)
+            make = AiohttpTransport if self.cfg.http_client == "aiohttp" else H1Transport
+            self._transport = make(self.cfg.max_connections, self.cfg.timeout_s)
 
     async def close(self) -> None:
         if self._transport is not None and self._owns_transport:
@@ -80,7 +91,7 @@ class UpstreamClient:
         headers = self._auth(user) | {"Content-Type": "application/json"}
         if request_id:
             headers["X-Request-Id"] = request_id
-        data = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+        data = _dumps(body)
         attempt = 0
         while True:
             started = time.perf_counter()
@@ -106,7 +117,7 @@ class UpstreamClient:
     def _send_result(self, status: int, raw: bytes) -> V2Message:
         parsed: Any = None
         try:
-            parsed = json.loads(raw) if raw else None
+            parsed = orjson.loads(raw) if raw else None
         except ValueError:
             parsed = None
         if status in (200, 201, 202):
