@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import string
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -12,7 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from shim import __version__
-from shim.clock import Clock, now_us
+from shim.clock import Clock, new_request_id, now_us
 from shim.config import Config
 from shim.errors import BodyTooLarge, MethodNotAllowed, NotFound, ShimError
 from shim.facade import Sender, web_media, web_messages
@@ -65,7 +64,7 @@ def request_id(given: str | None) -> str:
     v2 and callbacks), else a fresh one."""
     if given and len(given) <= MAX_REQUEST_ID and _REQUEST_ID_CHARS.issuperset(given):
         return given
-    return os.urandom(12).hex()
+    return new_request_id()
 
 
 @web.middleware

@@ -185,7 +185,7 @@ def parse_send_item(item: Any) -> SendRequest:
         to=to,
         text=text,
         media=media,
-        receipt_requested=cast(Receipt | None, receipt),
+        receipt_requested=cast("Receipt | None", receipt),
         callback_url=_url(item, "callbackUrl"),
         callback_method=cast(Method, method),
         callback_timeout=_timeout(item),

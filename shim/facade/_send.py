@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 from collections.abc import Callable
 from typing import Any
 
-from shim.clock import Clock
+from shim.clock import Clock, new_token
 from shim.config import Config, UserConfig
 from shim.core import bind_v2, parse_send_item, record_from_send, to_v2_request
 from shim.errors import CallbackInvalidUrl, MultiMessageLimit, OutcomeUnknown, ShimError, StoreUnavailable, error_body
@@ -28,7 +27,7 @@ BATCH_LIMIT = 50
 
 def new_send_key() -> str:
     """22 URL-safe random characters (132 bits): the correlation key of one send."""
-    return secrets.token_urlsafe(16)[:22]
+    return new_token(16)[:22]
 
 
 def message_path(user_id: str, message_id: str = "") -> str:

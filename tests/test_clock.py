@@ -1,0 +1,22 @@
+"""Random ids come from OS randomness drawn in blocks; they never repeat across a refill."""
+
+from __future__ import annotations
+
+import re
+
+from shim.clock import RandomBytes, new_request_id, new_token
+
+
+def test_random_bytes_span_refills_without_reuse() -> None:
+    source = RandomBytes(block=64)
+    chunks = [source.take(12) for _ in range(100)]  # 1200 bytes: many refills, some straddling one
+    assert all(len(c) == 12 for c in chunks)
+    assert len(set(chunks)) == len(chunks)
+    assert len(source.take(100)) == 100  # larger than the block
+
+
+def test_ids_have_their_shapes_and_differ() -> None:
+    ids = {new_request_id() for _ in range(2000)}
+    assert len(ids) == 2000 and all(re.fullmatch(r"[0-9a-f]{24}", i) for i in ids)
+    tokens = {new_token(16) for _ in range(2000)}
+    assert len(tokens) == 2000 and all(re.fullmatch(r"[A-Za-z0-9_-]{22}", t) for t in tokens)
