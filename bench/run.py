@@ -201,7 +201,8 @@ async def start_shim(src: Src, upstream: str, store_url: str, tmp: Path, name: s
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     log = tmp / f"{name}.log"
-    env = child_env(SHIM_LOG_LEVEL=os.environ.get("SHIM_LOG_LEVEL", "WARNING"), PYTHONPATH=str(src.path))
+    # INFO: one access line per request, as in production (a guarantee the figures must include).
+    env = child_env(SHIM_LOG_LEVEL=os.environ.get("SHIM_LOG_LEVEL", "INFO"), PYTHONPATH=str(src.path))
     # cwd is the bench's tmp dir: `python -m` puts the cwd first on sys.path, which would shadow PYTHONPATH.
     proc = subprocess.Popen([*TOOLS.on(PROXY_CORE), sys.executable, "-m", "shim", "serve", "--config", str(path)],
                             stdout=subprocess.DEVNULL, stderr=open(log, "wb"), env=env, cwd=tmp)
@@ -233,7 +234,8 @@ def rss_mb(proc: subprocess.Popen[bytes]) -> float:
 def log_tail(path: Path, n: int = 25) -> str:
     if not path.exists():
         return "(no log)"
-    return "\n".join("      | " + x for x in path.read_text(errors="replace").splitlines()[-n:])
+    lines = [x for x in path.read_text(errors="replace").splitlines() if '"logger":"shim.access"' not in x]
+    return "\n".join("      | " + x for x in lines[-n:])
 
 
 # -- load generators -----------------------------------------------------------------------------
