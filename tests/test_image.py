@@ -273,3 +273,51 @@ def test_receiver_prints_each_callback(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.communicate(timeout=30)
+
+
+def test_the_sandbox_profile_loop_on_loopback(tmp_path: Path) -> None:
+    """The sandbox profile's three services as processes, its compose hostnames mapped to loopback:
+    a v1 send goes through the simulator and its v1 callback reaches the receiver."""
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    env = {**os.environ, **env_example()}
+    ports = {"shim-sandbox": free_port(), "sandbox": free_port(), "receiver": free_port()}
+    text = (ROOT / "deploy" / "config.sandbox.yaml").read_text()
+    text = text.replace("http://sandbox:9090", f"http://127.0.0.1:{ports['sandbox']}")
+    text = text.replace("http://receiver:9000", f"http://127.0.0.1:{ports['receiver']}")
+    text = text.replace('allow_cidrs: ["', 'allow_cidrs: ["127.0.0.0/8", "')
+    (tmp_path / "config.yaml").write_text(text)
+    env |= {"SHIM_CONFIG": str(tmp_path / "config.yaml"), "SHIM_PORT": str(ports["shim-sandbox"])}
+
+    def command(name: str) -> list[str]:
+        """The service's compose command, its variables expanded, the compose hostnames and ports mapped."""
+        args = [re.sub(r"\$\{(\w+)\}", lambda m: env[m.group(1)], a)
+                .replace("http://shim-sandbox:8080", f"http://127.0.0.1:{ports['shim-sandbox']}")
+                for a in compose[name]["command"]]
+        args[args.index("--port") + 1] = str(ports[name])
+        return [sys.executable, "-m", "shim", *args]
+
+    procs = {name: subprocess.Popen(command(name), env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                                    stderr=subprocess.DEVNULL, text=True) for name in ("receiver", "sandbox")}
+    shim = subprocess.Popen([sys.executable, "-m", "shim", "serve"], env=env, cwd=tmp_path, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        receiver, sandbox = procs["receiver"], procs["sandbox"]
+        assert receiver.stdout is not None and sandbox.stdout is not None and shim.stderr is not None
+        assert "shim receiver on" in receiver.stdout.readline()
+        assert "shim sandbox (v2 simulator) on" in sandbox.stdout.readline()
+        for line in shim.stderr:
+            if "shim started" in line:
+                break
+        body = json.dumps({"from": "+15551230001", "to": "+15551230002", "text": "hi", "receiptRequested": "all",
+                           "callbackUrl": f"http://127.0.0.1:{ports['receiver']}/cb"}).encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{ports['shim-sandbox']}/v1/users/u-sandbox/messages", data=body,
+                                     headers={"Content-Type": "application/json", "Authorization": "Basic " + b64encode(
+                                         f"t-sandbox:{env['SHIM_SANDBOX_API_SECRET']}".encode()).decode()})
+        with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(req, timeout=10) as r:
+            assert r.status == 201
+        callback = json.loads(receiver.stdout.readline())
+        assert callback["path"] == "/cb" and callback["webhook-id"] and '"hi"' in callback["body"]
+    finally:
+        for p in [*procs.values(), shim]:
+            p.terminate()
+            p.communicate(timeout=30)
