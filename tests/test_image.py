@@ -321,3 +321,13 @@ def test_the_sandbox_profile_loop_on_loopback(tmp_path: Path) -> None:
         for p in [*procs.values(), shim]:
             p.terminate()
             p.communicate(timeout=30)
+
+
+def test_the_runbook_names_every_metric() -> None:
+    source = (ROOT / "shim" / "ops" / "_metrics.py").read_text()
+    runbook = (ROOT / "docs" / "runbook.md").read_text()
+    metrics = re.findall(r'(Counter|Gauge|Histogram)\(\s*"(shim_\w+)"', source)
+    assert len(metrics) >= 10
+    for kind, name in metrics:
+        shown = f"{name}_total" if kind == "Counter" else name  # how Prometheus exposes it
+        assert f"`{shown}" in runbook, f"docs/runbook.md does not describe {shown}"
