@@ -153,7 +153,9 @@ def test_image_install_and_entry_steps(tmp_path: Path) -> None:
     build, final = stages()
     prefix = tmp_path / "opt" / "shim"
     # The install step: the Dockerfile's RUN, from a local copy of the lock's wheels.
-    install = dict(os.environ, PIP_NO_INDEX="1", PIP_FIND_LINKS=str(wheelhouse()), PIP_NO_COMPILE="1")
+    # `python` is this interpreter (3.11, as in the image), whatever else is on PATH.
+    install = dict(os.environ, PIP_NO_INDEX="1", PIP_FIND_LINKS=str(wheelhouse()), PIP_NO_COMPILE="1",
+                   PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     run = [{"/opt/shim": str(prefix), "/src": str(ROOT)}.get(word, word) for word in shlex.split(one(build, "RUN"))]
     res = subprocess.run(run, cwd=ROOT, env=install, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
