@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 RUN_STAMP := $(VENV)/.installed-run
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench lock clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -38,6 +38,14 @@ BENCH_ARGS ?= --quick
 bench: $(TEST_STAMP)
 	sh bench/setup.sh
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+# requirements.lock: what the image installs, hash-pinned (pip-tools in a throwaway venv).
+lock:
+	$(PY) -m venv .lock-venv && .lock-venv/bin/pip install -q pip-tools
+	.lock-venv/bin/pip-compile -q --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url \
+	  --no-emit-find-links --no-header -o requirements.lock.new pyproject.toml deploy/build-requirements.in
+	{ sed -n '1,2p' requirements.lock; cat requirements.lock.new; } > requirements.lock.tmp
+	mv requirements.lock.tmp requirements.lock && rm -rf requirements.lock.new .lock-venv
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache shim.db shim.db-wal shim.db-shm

@@ -1,20 +1,24 @@
-"""Command line: ``shim serve | check-config | sandbox | dead-letters | reconcile``."""
+"""Command line: ``shim serve | check-config | healthcheck | sandbox | receiver | dead-letters | reconcile``."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import gc
+import ipaddress
 import json
 import logging
 import os
+import secrets
 import signal
 import sys
+import urllib.request
 from collections.abc import Callable
 from typing import Any
 
 import yaml
 from aiohttp import web
+from pydantic import SecretStr
 
 from shim import __version__
 from shim.config import Config, ConfigError, demo_config, load_config, mask_userinfo, masked, parse_listen
@@ -47,6 +51,57 @@ def _load(path: str | None) -> Config:
     return load_config(path) if path else demo_config()
 
 
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def harden_demo(cfg: Config) -> bool:
+    """The embedded demo's credentials are public (README, banner). Bound beyond loopback (in a
+    container: ``SHIM_HOST=0.0.0.0``) they would open the API and the callback endpoint to anyone
+    on the network, so the demo user's ``api_secret`` and the callback password are replaced with
+    random ones for this run, shown only in the banner. Returns whether it did."""
+    if is_loopback(cfg.server.host):
+        return False
+    for u in cfg.users:
+        u.api_secret = SecretStr(secrets.token_urlsafe(18))
+    cfg.callbacks.password = SecretStr(secrets.token_urlsafe(18))
+    return True
+
+
+def probe_url(cfg: Config) -> str:
+    """Where this process's own ``/healthz`` answers: a wildcard bind is probed on loopback."""
+    host = cfg.server.host
+    if host in ("0.0.0.0", ""):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    if ":" in host:
+        host = f"[{host.strip('[]')}]"
+    return f"http://{host}:{cfg.server.port}/healthz"
+
+
+def healthcheck(cfg: Config, timeout: float) -> int:
+    """The container's HEALTHCHECK: GET /healthz on the effective host and port (config file from
+    ``SHIM_CONFIG`` or the demo, ``SHIM_*`` overrides). Exit 0 when it answers 200, else 1."""
+    url = probe_url(cfg)
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via a proxy
+    try:
+        with opener.open(url, timeout=timeout) as r:
+            status = r.status
+    except (OSError, ValueError) as e:
+        print(f"shim: healthcheck {url}: {e}", file=sys.stderr)
+        return 1
+    if status != 200:
+        print(f"shim: healthcheck {url}: HTTP {status}", file=sys.stderr)
+        return 1
+    return 0
+
+
 async def start_sandbox(cfg: Config, shim_port: int) -> tuple[web.AppRunner, str]:
     """The embedded simulator on an ephemeral loopback port, calling back into shim."""
     creds = {(u.v2_username, u.v2_password.get_secret_value()) for u in cfg.users}
@@ -69,10 +124,14 @@ def start_record(cfg: Config) -> dict[str, Any]:
             "store": mask_userinfo(cfg.store.url), "users": len(cfg.users)}
 
 
-def banner(cfg: Config, sandbox_url: str | None) -> str:
-    """The embedded demo's banner (credentials and a curl line: the demo user is public)."""
+def banner(cfg: Config, sandbox_url: str | None, hardened: bool = False) -> str:
+    """The embedded demo's banner (credentials and a curl line: the demo user is public, or made
+    up for this run when the demo listens beyond loopback)."""
     base = cfg.server.public_url
     lines = [f"shim listening on {base}"]
+    if hardened:
+        lines.append(f"bound to {cfg.server.host}: the demo's published credentials are replaced by random ones"
+                     " for this run (use a config file, SHIM_CONFIG, for fixed credentials)")
     if sandbox_url:
         lines.append(f"upstream: SANDBOX v2 simulator at {sandbox_url} (development aid, no real SMS)")
     else:
@@ -108,6 +167,7 @@ async def until_signalled() -> None:
 async def serve(cfg: Config, demo: bool = False) -> None:
     from shim.web_app import build_admin_app, build_app, make_runner
 
+    hardened = demo and harden_demo(cfg)
     sandbox_runner = None
     sandbox_url = None
     runners: list[web.AppRunner] = []
@@ -135,7 +195,7 @@ async def serve(cfg: Config, demo: bool = False) -> None:
         detail = " ".join(mask_userinfo(str(e)).split()) or type(e).__name__
         raise StartupError(f"cannot start: {type(e).__name__}: {detail}"[:300]) from None
     if demo:
-        print(banner(cfg, sandbox_url), flush=True)
+        print(banner(cfg, sandbox_url, hardened), flush=True)
     sandbox_note = " (SANDBOX upstream: the built-in v2 simulator, no real SMS)" if sandbox_url else ""
     log.info(f"shim started{sandbox_note}", extra=start_record(cfg))
     # Startup objects (modules, schemas, config) never die: keep them out of GC passes, which
@@ -165,6 +225,25 @@ async def run_sandbox(args: argparse.Namespace) -> None:
     await runner.setup()
     await web.TCPSite(runner, args.host, args.port).start()
     print(f"shim sandbox (v2 simulator) on http://{args.host}:{args.port}", flush=True)
+    await until_signalled()
+    await runner.cleanup()
+
+
+async def run_receiver(host: str, port: int) -> None:
+    """A callback receiver for the sandbox loop: prints each request as one JSON line, answers 200."""
+
+    async def receive(request: web.Request) -> web.Response:
+        body = await request.text()
+        print(json.dumps({"method": request.method, "path": request.path, "query": request.query_string,
+                          "webhook-id": request.headers.get("webhook-id"), "body": body}), flush=True)
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", receive)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    print(f"shim receiver on http://{host}:{port} (prints every callback it receives)", flush=True)
     await until_signalled()
     await runner.cleanup()
 
@@ -247,6 +326,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", help="YAML config (default: $SHIM_CONFIG, else embedded demo)")
     p = sub.add_parser("check-config", help="validate a config and print it, secrets masked")
     p.add_argument("path")
+    p = sub.add_parser("healthcheck", help="GET /healthz on the configured host and port (exit 0 when healthy)")
+    p.add_argument("--config", help="YAML config (default: $SHIM_CONFIG, else embedded demo)")
+    p.add_argument("--timeout", type=float, default=3.0)
+    p = sub.add_parser("receiver", help="print every callback received (development aid for the sandbox loop)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=9000)
     p = sub.add_parser("sandbox", help="run the v2 simulator alone")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=9090)
@@ -276,7 +361,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "sandbox":
             asyncio.run(run_sandbox(args))
             return 0
+        if args.cmd == "receiver":
+            asyncio.run(run_receiver(args.host, args.port))
+            return 0
         cfg = _load(args.config)
+        if args.cmd == "healthcheck":
+            return healthcheck(cfg, args.timeout)
         if args.cmd == "serve":
             demo = _config_path(args.config) is None
             with asyncio.Runner(loop_factory=_loop_factory()) as runner:

@@ -88,7 +88,9 @@ class ServerConfig(_Model):
     @model_validator(mode="after")
     def _default_public_url(self) -> ServerConfig:
         if not self.public_url:
-            self.public_url = f"http://{self.host}:{self.port}"
+            # A wildcard bind (a container) is reached on loopback, never at "0.0.0.0".
+            host = {"0.0.0.0": "127.0.0.1", "::": "[::1]", "": "127.0.0.1"}.get(self.host, self.host)
+            self.public_url = f"http://{host}:{self.port}"
         self.public_url = self.public_url.rstrip("/")
         return self
 
@@ -387,6 +389,34 @@ def expand_env(value: Any, env: dict[str, str], where: str = "", problems: list[
     return value
 
 
+# Environment variables that override one config value each, over the file or the embedded demo
+# (a container is configured by its environment). Empty counts as unset, as in ``${VAR}``.
+ENV_OVERRIDES: dict[str, tuple[str, str]] = {
+    "SHIM_HOST": ("server", "host"),
+    "SHIM_PORT": ("server", "port"),
+    "SHIM_PUBLIC_URL": ("server", "public_url"),
+    "SHIM_STORE_URL": ("store", "url"),
+}
+
+
+def apply_env_overrides(data: dict[str, Any], env: dict[str, str]) -> dict[str, str]:
+    """Set each value named in ``ENV_OVERRIDES`` whose variable is set (and not empty) in ``env``,
+    in place; the value is validated like any other. Returns ``{"section.key": VARIABLE}`` of what
+    was overridden, so a problem with such a value names the variable."""
+    applied: dict[str, str] = {}
+    for var, (section, key) in ENV_OVERRIDES.items():
+        value = env.get(var, "").strip()
+        if not value:
+            continue
+        if data.get(section) is None:
+            data[section] = {}
+        elif not isinstance(data[section], dict):
+            continue  # reported by validation: the section must be a mapping
+        data[section][key] = value
+        applied[f"{section}.{key}"] = var
+    return applied
+
+
 def parse_config(raw: Any, env: dict[str, str] | None = None, *, default_mode: str = "sandbox") -> Config:
     """Validate raw config data. ``default_mode`` is the upstream mode when none is given: a
     config file (``load_config``) defaults to ``bandwidth``."""
@@ -395,7 +425,9 @@ def parse_config(raw: Any, env: dict[str, str] | None = None, *, default_mode: s
     if not isinstance(raw, dict):
         raise ConfigError("config: the top level must be a mapping")
     problems: list[str] = []
-    data = expand_env(raw, dict(os.environ) if env is None else env, problems=problems)
+    env = dict(os.environ) if env is None else env
+    data = expand_env(raw, env, problems=problems)
+    overridden = apply_env_overrides(data, env)
     bad_keys = {p.split(":", 1)[0] for p in problems}
     for (section, key), new in MOVED_KEYS.items():
         if isinstance(data.get(section), dict) and key in data[section]:
@@ -411,7 +443,9 @@ def parse_config(raw: Any, env: dict[str, str] | None = None, *, default_mode: s
             loc = ".".join(str(p) for p in err["loc"]) or "config"
             if loc not in bad_keys:
                 msg = str(err["msg"]).removeprefix("Value error, ")
-                problems.append(f"{loc}: {msg}")
+                source = next((f" (set by environment variable {var})" for key, var in overridden.items()
+                               if loc == key or loc.startswith(key + ".")), "")
+                problems.append(f"{loc}: {msg}{source}")
         raise ConfigError(*problems) from None
     problems += [p for p in cross_checks(cfg) if p.split(":", 1)[0] not in bad_keys]
     if problems:

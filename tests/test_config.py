@@ -272,3 +272,80 @@ def test_lease_outlasts_primary_and_fallback_attempts() -> None:
     assert problem.startswith("callbacks.lease_s") and "25" in problem
     assert parse_config({"callbacks": {"lease_s": 25}, "users": [USER]}).callbacks.lease_s == 25
     assert parse_config({"users": [USER]}).callbacks.lease_s == 60
+
+
+def test_env_overrides_apply_over_the_file_and_the_demo(tmp_path: Path) -> None:
+    env = {"SHIM_HOST": "0.0.0.0", "SHIM_PORT": "9099", "SHIM_STORE_URL": f"sqlite:///{tmp_path}/o.db",
+           "SHIM_PUBLIC_URL": "https://shim.example.com/"}
+    cfg = load_config(sandbox_file(tmp_path, 8080), env=env)
+    assert (cfg.server.host, cfg.server.port) == ("0.0.0.0", 9099)
+    assert cfg.store.url == f"sqlite:///{tmp_path}/o.db" and cfg.server.public_url == "https://shim.example.com"
+    # Empty counts as unset; a wildcard bind without SHIM_PUBLIC_URL hands out loopback URLs.
+    cfg = parse_config({}, env={"SHIM_HOST": "0.0.0.0", "SHIM_PORT": "", "SHIM_PUBLIC_URL": ""})
+    assert cfg.server.port == 8080 and cfg.server.public_url == "http://127.0.0.1:8080"
+    assert parse_config({"server": {"host": "::"}}, env={}).server.public_url == "http://[::1]:8080"
+
+
+@pytest.mark.parametrize(("var", "value", "key"), [
+    ("SHIM_PORT", "eighty", "server.port"), ("SHIM_PORT", "70000", "server.port"),
+    ("SHIM_STORE_URL", "mysql://db/shim", "store.url"), ("SHIM_PUBLIC_URL", "shim.example.com", "server.public_url"),
+])
+def test_a_bad_override_names_the_key_and_the_variable(var: str, value: str, key: str) -> None:
+    (problem,) = problems({}, {var: value})
+    assert problem.startswith(f"{key}:") and f"environment variable {var}" in problem and "\n" not in problem
+
+
+def test_overrides_reach_the_cli(tmp_path: Path) -> None:
+    import os
+
+    good = sandbox_file(tmp_path, 8080)
+    env = {**os.environ, "SHIM_PORT": "9321", "SHIM_STORE_URL": "postgresql://shim:db-pass-99@db:5432/shim"}
+    res = subprocess.run([sys.executable, "-m", "shim", "check-config", str(good)], capture_output=True, text=True,
+                         timeout=60, env=env)
+    assert res.returncode == 0, res.stderr
+    assert "port: 9321" in res.stdout and "postgresql://shim:***@db" in res.stdout and "db-pass-99" not in res.stdout
+    res = subprocess.run([sys.executable, "-m", "shim", "check-config", str(good)], capture_output=True, text=True,
+                         timeout=60, env={**os.environ, "SHIM_PORT": "x"})
+    assert res.returncode == 2 and "server.port" in res.stderr and "SHIM_PORT" in res.stderr
+
+
+def test_healthcheck_follows_the_configured_port(tmp_path: Path) -> None:
+    import os
+
+    port = free_port()
+    path = sandbox_file(tmp_path, 8080)
+    env = {**os.environ, "SHIM_CONFIG": str(path), "SHIM_PORT": str(port), "SHIM_HOST": "0.0.0.0"}
+    proc = subprocess.Popen([sys.executable, "-m", "shim", "serve"], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if "shim started" in line:
+                break
+        check = subprocess.run([sys.executable, "-m", "shim", "healthcheck"], env=env, capture_output=True, text=True,
+                               timeout=30)
+        assert check.returncode == 0, check.stderr
+        check = subprocess.run([sys.executable, "-m", "shim", "healthcheck"], capture_output=True, text=True, timeout=30,
+                               env={**env, "SHIM_PORT": str(free_port())})
+        assert check.returncode == 1 and "healthcheck http://127.0.0.1:" in check.stderr
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+
+
+def test_the_demo_beyond_loopback_gets_random_credentials() -> None:
+    from shim.cli import banner, harden_demo
+
+    cfg = demo_config()
+    assert not harden_demo(cfg) and cfg.users[0].api_secret.get_secret_value() == "demo-secret"
+    cfg.server.host = "0.0.0.0"
+    assert harden_demo(cfg)
+    secret = cfg.users[0].api_secret.get_secret_value()
+    assert secret != "demo-secret" and len(secret) >= 20
+    assert cfg.callbacks.password is not None and cfg.callbacks.password.get_secret_value() != "callback-secret"
+    text = banner(cfg, None, hardened=True)
+    assert f"api_secret={secret}" in text and "demo-secret" not in text and "random" in text
+    other = demo_config()
+    other.server.host = "::"
+    harden_demo(other)
+    assert other.users[0].api_secret.get_secret_value() != secret
