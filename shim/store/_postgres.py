@@ -4,10 +4,20 @@ Work on one message id is serialized with a transaction-scoped advisory lock (so
 the send record it belongs to can never miss each other), outbox rows are leased with
 ``FOR UPDATE SKIP LOCKED``, and migrations run under a transaction-scoped advisory lock so
 replicas starting together do not race.
+
+Group commit: the write transactions submitted in one turn of the event loop run on one
+connection inside one database transaction (one commit, one WAL flush). The advisory locks
+their first ``Lock`` ops ask for are taken for the whole batch at once, in one order (of the lock
+keys), in the same round trip as ``BEGIN``; a lock asked for later is only tried (never waited
+for). When anything in a batch fails (an error, a lock another holds, a deadlock with another
+replica's batch, which PostgreSQL breaks), the batch is rolled back and each of its transactions
+runs again on its own. The only session state shim uses is transaction-scoped advisory locks,
+gone with the transaction, so connections go back to the pool without a reset.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import re
 from collections.abc import Mapping, Sequence
@@ -18,14 +28,21 @@ import asyncpg
 from shim.clock import Clock, now_us
 
 from ._base import Store
-from ._ops import All, Exec, Op, Tx, step
+from ._ops import All, Exec, Op, Tx, TxFn, step
 from ._types import EventRules
 
 T = TypeVar("T")
 
 SCHEMA_LOCK = 7_240_311_001
+# Transactions per group commit at most.
+MAX_BATCH = 64
 
 _PLACEHOLDER = re.compile(r"\?")
+# Advisory locks on message ids, in the order of their keys (one order for every batch of every
+# replica: batches cannot deadlock on them). The volatile lock function runs after the sort.
+_LOCK_KEYS = ("SELECT pg_advisory_xact_lock(k) FROM (SELECT DISTINCT hashtext(m) AS k"
+              " FROM unnest({ids}::text[]) AS m) AS s ORDER BY k")
+_TRY_LOCK = "SELECT m FROM unnest($1::text[]) AS m WHERE pg_try_advisory_xact_lock(hashtext(m))"
 
 
 @functools.lru_cache(maxsize=512)
@@ -35,12 +52,45 @@ def to_pg(sql: str) -> str:
     return _PLACEHOLDER.sub(lambda _: f"${next(counter)}", sql)
 
 
-async def drive(conn: asyncpg.Connection, tx: Tx[T]) -> T:
-    """Run a sans-io transaction generator on an asyncpg connection."""
-    out = step(tx)
-    while isinstance(out, Op):
-        out = step(tx, await run(conn, out))
-    return out.value
+def literal(text: str) -> str:
+    """``text`` as an SQL string literal (escape syntax: right whatever
+    ``standard_conforming_strings`` is); for the one statement sent with ``BEGIN``."""
+    if "\x00" in text:
+        raise ValueError("a NUL character cannot be stored in PostgreSQL text")
+    return "E'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+def begin_sql(ids: Sequence[str]) -> str:
+    """``BEGIN`` and the advisory locks on ``ids``, in one round trip (simple query protocol)."""
+    if not ids:
+        return "BEGIN"
+    return "BEGIN; " + _LOCK_KEYS.format(ids="ARRAY[" + ", ".join(literal(i) for i in ids) + "]")
+
+
+class Contended(Exception):
+    """A lock a batched transaction asked for late is held by another transaction."""
+
+
+async def drive(conn: asyncpg.Connection, tx: Tx[T], out: Op | None = None, held: set[str] | None = None,
+                batched: bool = False) -> T:
+    """Run a sans-io transaction generator on an asyncpg connection (``out``: its first Op,
+    when stepped already; ``held``: the message locks this transaction holds)."""
+    result = out if out is not None else step(tx)
+    while isinstance(result, Op):
+        if result.kind == "lock":
+            held = set() if held is None else held
+            need = [i for i in result.args if i not in held]
+            if need and batched:  # never wait with a batch's locks held: try, or run apart
+                got = await conn.fetch(_TRY_LOCK, need)
+                if len(got) != len(need):
+                    raise Contended(need)
+            elif need:
+                await conn.execute(_LOCK_KEYS.format(ids="$1"), need)
+            held.update(need)
+            result = step(tx, None)
+        else:
+            result = step(tx, await run(conn, result))
+    return result.value
 
 
 async def run(conn: asyncpg.Connection, op: Op) -> Any:
@@ -54,6 +104,13 @@ async def run(conn: asyncpg.Connection, op: Op) -> Any:
     return [tuple(r) for r in await conn.fetch(sql, *op.args)]
 
 
+async def _no_reset(conn: asyncpg.Connection) -> None:
+    """Connections come back with no state to reset (asyncpg still rolls back an open transaction)."""
+
+
+Item = tuple[TxFn[Any], "asyncio.Future[Any]"]
+
+
 class PostgresStore(Store):
     skip_locked = " FOR UPDATE SKIP LOCKED"
     column_types: ClassVar[Mapping[str, str]] = {"serial": "BIGSERIAL PRIMARY KEY", "bigint": "BIGINT"}
@@ -65,29 +122,90 @@ class PostgresStore(Store):
         self.min_size = min_size
         self.max_size = max_size
         self._pool: asyncpg.Pool | None = None
+        self._submitted: list[Item] = []
+        self._batches: set[asyncio.Future[None]] = set()
 
     async def open(self) -> None:
-        self._pool = await asyncpg.create_pool(self.url, min_size=self.min_size, max_size=self.max_size)
+        self._pool = await asyncpg.create_pool(self.url, min_size=self.min_size, max_size=self.max_size,
+                                               reset=_no_reset)
         await self.migrate()
 
     async def close(self) -> None:
+        while self._batches:
+            await asyncio.gather(*self._batches, return_exceptions=True)
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
 
-    async def _write(self, tx: Tx[T]) -> T:
+    async def _write(self, make: TxFn[T]) -> T:
         if self._pool is None:
-            tx.close()
             raise RuntimeError("store is not open")
-        async with self._pool.acquire() as conn, conn.transaction():
-            return await drive(conn, tx)
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[T] = loop.create_future()
+        self._submitted.append((make, fut))
+        if len(self._submitted) == 1:  # the first of this turn: run them all in the next one
+            loop.call_soon(self._flush)
+        return await fut
 
-    async def _read(self, tx: Tx[T]) -> T:
+    def _flush(self) -> None:
+        submitted, self._submitted = self._submitted, []
+        for start in range(0, len(submitted), MAX_BATCH):
+            task = asyncio.ensure_future(self._run_batch(submitted[start:start + MAX_BATCH]))
+            self._batches.add(task)
+            task.add_done_callback(self._batches.discard)
+
+    async def _run_batch(self, batch: list[Item]) -> None:
+        if len(batch) == 1:
+            await self._run_alone(*batch[0])
+            return
+        try:
+            values = await self._run_together(batch)
+        except Exception:  # any of it: each again on its own
+            await asyncio.gather(*(self._run_alone(make, fut) for make, fut in batch))
+            return
+        for (_, fut), value in zip(batch, values, strict=True):
+            if not fut.done():
+                fut.set_result(value)
+
+    async def _run_alone(self, make: TxFn[Any], fut: asyncio.Future[Any]) -> None:
+        try:
+            value = await self._run_together([(make, fut)], batched=False)
+        except Exception as e:
+            if not fut.done():
+                fut.set_exception(e)
+        else:
+            if not fut.done():
+                fut.set_result(value[0])
+
+    async def _run_together(self, batch: list[Item], batched: bool = True) -> list[Any]:
+        """Every transaction of ``batch`` in one database transaction (raises if any fails)."""
         if self._pool is None:
-            tx.close()
+            raise RuntimeError("store is not open")
+        txs = [make() for make, _ in batch]
+        try:
+            firsts = [step(tx) for tx in txs]
+            wanted = sorted({i for out in firsts if isinstance(out, Op) and out.kind == "lock" for i in out.args})
+            async with self._pool.acquire() as conn:
+                await conn.execute(begin_sql(wanted))
+                try:
+                    held = set(wanted)
+                    values = [await drive(conn, tx, out, held, batched) if isinstance(out, Op) else out.value
+                              for tx, out in zip(txs, firsts, strict=True)]
+                    await conn.execute("COMMIT")
+                except BaseException:
+                    if not conn.is_closed():
+                        await conn.execute("ROLLBACK")
+                    raise
+            return values
+        finally:
+            for tx in txs:
+                tx.close()
+
+    async def _read(self, make: TxFn[T]) -> T:
+        if self._pool is None:
             raise RuntimeError("store is not open")
         async with self._pool.acquire() as conn:
-            return await drive(conn, tx)
+            return await drive(conn, make())
 
     async def analyze(self) -> None:
         if self._pool is None:
@@ -97,9 +215,6 @@ class PostgresStore(Store):
 
     async def take_back_orphaned_leases(self) -> None:
         """Nothing to do: other replicas may hold live leases; a dead one's leases expire."""
-
-    def _lock_message(self, message_id: str) -> Tx[None]:
-        yield Exec("SELECT pg_advisory_xact_lock(hashtext(?))", message_id)
 
     def _try_lock_messages(self, message_ids: Sequence[str]) -> Tx[set[str]]:
         if not message_ids:

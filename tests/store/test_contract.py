@@ -691,7 +691,8 @@ async def test_periodic_work_uses_indexes_not_history(store_url: str, monkeypatc
         original = module.run
 
         def recording(conn: Any, op: Any) -> Any:
-            ops.append((op.sql, op.args))
+            if op.kind != "lock":
+                ops.append((op.sql, op.args))
             return original(conn, op)
 
         monkeypatch.setattr(module, "run", recording)
@@ -711,6 +712,46 @@ async def test_periodic_work_uses_indexes_not_history(store_url: str, monkeypatc
         for sql, args in ops:
             plan = await explain(store_url, sql, args)
             assert not reads_history(store_url, plan), f"{sql}\n{plan}"
+
+
+async def test_sends_and_events_read_no_history(store_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every statement of a send (intent, bind, an event before it) and of an ingest finds its
+    rows through an index: none scans the events or messages (history), however many there are."""
+    async with opened(store_url) as store:
+        numbers = f"WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {HISTORY})"
+        await store.run_sql(
+            f"{numbers} INSERT INTO events (dedupe_key, message_id, payload, status, received_us)"
+            " SELECT 'old-' || i, 'om-' || i, '{}', 'applied', i FROM n")
+        await store.run_sql(
+            f"{numbers} INSERT INTO messages (id, user_id, direction, from_number, to_number, state, time_us,"
+            " created_us, doc, send_key) SELECT 'om-' || i, 'u-test', 'out', '+1', '+2', 'sent', i, i, '{}', 'ok-' || i FROM n")
+        await store.run_sql("ANALYZE")
+        ops: list[tuple[str, tuple[Any, ...]]] = []
+        module: Any = sqlite_backend if store_url.startswith("sqlite:") else postgres_backend
+        original = module.run
+
+        def recording(conn: Any, op: Any) -> Any:
+            if op.kind != "lock":
+                ops.append((op.sql, op.args))
+            return original(conn, op)
+
+        monkeypatch.setattr(module, "run", recording)
+        await store.record_intent(intent(1))
+        assert await store.bind_send(bind_v2(intent(1), "v2-1")) == 0
+        await store.ingest([GW.prepare(status("v2-2", "message-sent", key(2)))])  # before its send
+        await store.record_intent(intent(2))
+        assert await store.bind_send(bind_v2(intent(2), "v2-2")) == 1
+        assert await store.insert_message(msg(3)) == 0
+        assert await store.ingest([GW.prepare(status("v2-1", "message-delivered", key(1)))]) == 2
+        monkeypatch.undo()
+        assert len(ops) >= 8
+        for sql, args in ops:
+            plan = await explain(store_url, sql, args)
+            if store_url.startswith("sqlite:"):
+                scans = [line for line in plan.splitlines() if re.match(r"\s*SCAN (events|messages)\b", line)]
+                assert scans == [], f"{sql}\n{plan}"
+            else:
+                assert not reads_history(store_url, plan), f"{sql}\n{plan}"
 
 
 # -- the unmatched sweep against a send recorded late ("Trust" 3) --------------------------------
@@ -744,7 +785,7 @@ async def test_sqlite_writes_wait_for_a_slot_when_the_queue_is_full(tmp_path: Pa
         yield Exec("SELECT 1")
 
     try:
-        first = asyncio.create_task(store._write(blocking()))
+        first = asyncio.create_task(store._write(blocking))
         assert await asyncio.to_thread(entered.wait, 10)
         writes = [asyncio.create_task(store.enqueue([spec(i, f"k{i}")])) for i in range(50)]
         await asyncio.sleep(0.3)
