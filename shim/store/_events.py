@@ -29,6 +29,8 @@ class EventTxs(StoreCore):
 
     def _tx_record_intent(self, rec: MessageRecord) -> Tx[None]:
         assert rec.send_key is not None
+        # Its pending id is the send's alone: nobody waits, but a batch may run it in lockstep.
+        yield from self._lock_message(rec.id)
         yield from insert_row(rec, self.clock, bound=False)
 
     async def bind_send(self, rec: MessageRecord, request_id: str | None = None) -> int:

@@ -28,7 +28,7 @@ import asyncpg
 from shim.clock import Clock, now_us
 
 from ._base import Store
-from ._ops import All, Exec, Op, Tx, TxFn, step
+from ._ops import All, Done, Exec, Op, Tx, TxFn, step
 from ._types import EventRules
 
 T = TypeVar("T")
@@ -71,26 +71,63 @@ class Contended(Exception):
     """A lock a batched transaction asked for late is held by another transaction."""
 
 
-async def drive(conn: asyncpg.Connection, tx: Tx[T], out: Op | None = None, held: set[str] | None = None,
-                batched: bool = False) -> T:
+async def take_locks(conn: asyncpg.Connection, op: Op, held: set[str], batched: bool) -> None:
+    """A ``Lock`` op: the advisory locks not held yet (in a batch only tried: a batch never waits
+    with its locks held, it runs apart instead)."""
+    need = [i for i in op.args if i not in held]
+    if need and batched:
+        if len(await conn.fetch(_TRY_LOCK, need)) != len(need):
+            raise Contended(need)
+    elif need:
+        await conn.execute(_LOCK_KEYS.format(ids="$1"), need)
+    held.update(need)
+
+
+async def drive(conn: asyncpg.Connection, tx: Tx[T], out: Op | Done[T] | None = None,
+                held: set[str] | None = None, batched: bool = False) -> T:
     """Run a sans-io transaction generator on an asyncpg connection (``out``: its first Op,
     when stepped already; ``held``: the message locks this transaction holds)."""
+    held = set() if held is None else held
     result = out if out is not None else step(tx)
     while isinstance(result, Op):
         if result.kind == "lock":
-            held = set() if held is None else held
-            need = [i for i in result.args if i not in held]
-            if need and batched:  # never wait with a batch's locks held: try, or run apart
-                got = await conn.fetch(_TRY_LOCK, need)
-                if len(got) != len(need):
-                    raise Contended(need)
-            elif need:
-                await conn.execute(_LOCK_KEYS.format(ids="$1"), need)
-            held.update(need)
+            await take_locks(conn, result, held, batched)
             result = step(tx, None)
         else:
             result = step(tx, await run(conn, result))
     return result.value
+
+
+async def drive_lockstep(conn: asyncpg.Connection, txs: list[Tx[Any]], held: set[str]) -> list[Any]:
+    """Transactions on disjoint messages (their locks held), stepped together: the statements
+    whose results they do not read (``Exec``) that several ask for at once go in one round trip
+    (``executemany``); the others one by one."""
+    cur: list[Op | Done[Any]] = [step(tx, None) for tx in txs]  # each first asked for its locks
+    while True:
+        active = [j for j, out in enumerate(cur) if isinstance(out, Op)]
+        if not active:
+            return [out.value for out in cur if isinstance(out, Done)]
+        groups: dict[str, list[int]] = {}
+        for j in active:
+            op = cur[j]
+            assert isinstance(op, Op)
+            if op.kind == "exec":
+                groups.setdefault(op.sql, []).append(j)
+                continue
+            if op.kind == "lock":
+                await take_locks(conn, op, held, batched=True)
+                cur[j] = step(txs[j], None)
+            else:
+                cur[j] = step(txs[j], await run(conn, op))
+        for sql, js in groups.items():
+            if len(js) == 1:
+                op = cur[js[0]]
+                assert isinstance(op, Op)
+                await run(conn, op)
+            else:
+                await conn.executemany(to_pg(sql), [cur[j].args for j in js])  # type: ignore[union-attr]
+            for j in js:
+                cur[j] = step(txs[j], None)
 
 
 async def run(conn: asyncpg.Connection, op: Op) -> Any:
@@ -189,8 +226,10 @@ class PostgresStore(Store):
                 await conn.execute(begin_sql(wanted))
                 try:
                     held = set(wanted)
-                    values = [await drive(conn, tx, out, held, batched) if isinstance(out, Op) else out.value
-                              for tx, out in zip(txs, firsts, strict=True)]
+                    if batched:
+                        values = await self._drive_batch(conn, txs, firsts, held)
+                    else:
+                        values = [await drive(conn, txs[0], firsts[0], held)]
                     await conn.execute("COMMIT")
                 except BaseException:
                     if not conn.is_closed():
@@ -200,6 +239,35 @@ class PostgresStore(Store):
         finally:
             for tx in txs:
                 tx.close()
+
+    @staticmethod
+    async def _drive_batch(conn: asyncpg.Connection, txs: list[Tx[Any]], firsts: list[Op | Done[Any]],
+                           held: set[str]) -> list[Any]:
+        """A batch's transactions, in order, inside its database transaction: consecutive ones
+        that started by locking messages no other of them locks run in lockstep (a wave)."""
+        values: list[Any] = [None] * len(txs)
+        wave: list[int] = []
+        wave_keys: set[str] = set()
+
+        async def flush() -> None:
+            for j, value in zip(wave, await drive_lockstep(conn, [txs[j] for j in wave], held), strict=True):
+                values[j] = value
+            wave.clear()
+            wave_keys.clear()
+
+        for i, out in enumerate(firsts):
+            if isinstance(out, Done):
+                values[i] = out.value
+            elif out.kind == "lock":
+                if wave_keys.intersection(out.args):
+                    await flush()
+                wave.append(i)
+                wave_keys.update(out.args)
+            else:
+                await flush()
+                values[i] = await drive(conn, txs[i], out, held, batched=True)
+        await flush()
+        return values
 
     async def _read(self, make: TxFn[T]) -> T:
         if self._pool is None:
