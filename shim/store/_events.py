@@ -15,8 +15,8 @@ from ._ops import All, Exec, One, Tx, one_tx
 from ._outbox import enqueue_rows
 from ._types import IncomingEvent
 
-# Whether any event waits for a message being recorded (``RETURNING`` it, args: its id and its
-# send key): each test on its own partial index, so a send that nobody waits for costs no more.
+# Whether any event waits for a message being recorded (``RETURNING`` its id and this; args: its id
+# and its send key): each test on its own partial index, so a send nobody waits for costs no more.
 PENDING = ("EXISTS (SELECT 1 FROM events WHERE message_id = ? AND status = 'pending')"
            " OR EXISTS (SELECT 1 FROM events WHERE send_key = ? AND status = 'pending')")
 
@@ -48,7 +48,7 @@ class EventTxs(StoreCore):
                 return 0  # an event bound it already (and applied itself)
             # The intent is gone (purged): record the message as it is now.
             yield from insert_row(rec, self.clock)
-        elif not row[0]:
+        elif not row[1]:
             return 0
         return (yield from self._apply_pending(rec.id, rec.send_key, request_id))
 
@@ -65,7 +65,7 @@ class EventTxs(StoreCore):
     def _tx_insert_message(self, rec: MessageRecord, request_id: str | None) -> Tx[int]:
         yield from self._lock_message(rec.id)
         row = yield from insert_row(rec, self.clock, returning=PENDING)
-        if row is not None and not row[0]:
+        if row is not None and not row[1]:
             return 0  # recorded, and no event waits for it
         return (yield from self._apply_pending(rec.id, rec.send_key, request_id))
 
@@ -87,11 +87,11 @@ class EventTxs(StoreCore):
             # status event reads its message in the same statement.
             fresh = yield One(
                 "INSERT INTO events (dedupe_key, message_id, payload, status, received_us, send_key)"
-                " VALUES (?, ?, ?, 'applied', ?, ?) ON CONFLICT (dedupe_key) DO NOTHING RETURNING "
-                + ("1" if ev.inbound is not None else
-                   "(SELECT seq FROM messages WHERE id = ?), (SELECT doc FROM messages WHERE id = ?)"),
+                " VALUES (?, ?, ?, 'applied', ?, ?) ON CONFLICT (dedupe_key) DO NOTHING RETURNING dedupe_key"
+                + ("" if ev.inbound is not None else
+                   ", (SELECT seq FROM messages WHERE id = ?), (SELECT doc FROM messages WHERE id = ?)"),
                 ev.dedupe_key, ev.message_id, ev.payload_json, self.clock(), ev.send_key,
-                *(() if ev.inbound is not None else (ev.message_id, ev.message_id)),
+                *(() if ev.inbound is not None else (ev.message_id, ev.message_id)), key=ev.dedupe_key,
             )
             if not fresh:
                 continue
@@ -99,8 +99,8 @@ class EventTxs(StoreCore):
                 yield from insert_row(ev.inbound, self.clock)
                 count += yield from enqueue_rows(ev.inbound_deliveries, self.clock, ev.request_id)
                 continue
-            if fresh[0] is not None:
-                count += yield from self._apply(record(fresh), ev.payload, ev.request_id)
+            if fresh[1] is not None:
+                count += yield from self._apply(record(fresh[1:]), ev.payload, ev.request_id)
                 continue
             if ev.send_key is None:
                 count += yield from enqueue_rows(self.rules.route_native(ev.payload), self.clock, ev.request_id)

@@ -24,7 +24,7 @@ def record(row: Sequence[Any]) -> MessageRecord:
 
 def insert_row(rec: MessageRecord, clock: Clock, bound: bool = True, returning: str = "") -> Tx[Any]:
     """``bound=False``: a send's intent, under its pending id until its v2 id is known.
-    ``returning``: the ``PENDING`` test (``_events``), its row returned (None: not inserted)."""
+    ``returning``: the ``PENDING`` test (``_events``), (id, its value) returned (None: not inserted)."""
     sql = ("INSERT INTO messages (id, user_id, direction, from_number, to_number, state,"
            " delivery_state, time_us, created_us, text_cleared, doc, send_key, bound)"
            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?) ON CONFLICT (id) DO NOTHING")
@@ -33,7 +33,7 @@ def insert_row(rec: MessageRecord, clock: Clock, bound: bool = True, returning: 
     if not returning:
         yield Exec(sql, *args)
         return None
-    return (yield One(f"{sql} RETURNING {returning}", *args, rec.id, rec.send_key))
+    return (yield One(f"{sql} RETURNING id, {returning}", *args, rec.id, rec.send_key, key=rec.id))
 
 
 def bind_row(rec: MessageRecord, returning: str = "") -> Tx[Any]:
@@ -46,7 +46,7 @@ def bind_row(rec: MessageRecord, returning: str = "") -> Tx[Any]:
     if not returning:
         yield Exec(sql, *args)
         return None
-    return (yield One(f"{sql} RETURNING {returning}", *args, rec.id, rec.send_key))
+    return (yield One(f"{sql} RETURNING id, {returning}", *args, rec.id, rec.send_key, key=rec.id))
 
 
 def update_row(rec: MessageRecord, text_cleared: bool = False) -> Tx[None]:

@@ -26,14 +26,18 @@ class Op:
     kind: Literal["exec", "one", "all", "lock"]
     sql: str
     args: tuple[Any, ...]
+    # ``One`` only: the value the first column of its row will hold, if a row comes back. A
+    # backend running many transactions together may then run the same statement of several in
+    # one round trip and hand each its row (PostgreSQL's lockstep batches).
+    key: Any = None
 
 
 def Exec(sql: str, *args: Any) -> Op:
     return Op("exec", sql, args)
 
 
-def One(sql: str, *args: Any) -> Op:
-    return Op("one", sql, args)
+def One(sql: str, *args: Any, key: Any = None) -> Op:
+    return Op("one", sql, args, key)
 
 
 def All(sql: str, *args: Any) -> Op:

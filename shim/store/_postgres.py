@@ -100,25 +100,42 @@ async def drive(conn: asyncpg.Connection, tx: Tx[T], out: Op | Done[T] | None = 
 
 async def drive_lockstep(conn: asyncpg.Connection, txs: list[Tx[Any]], held: set[str]) -> list[Any]:
     """Transactions on disjoint messages (their locks held), stepped together: the statements
-    whose results they do not read (``Exec``) that several ask for at once go in one round trip
-    (``executemany``); the others one by one."""
+    that several ask for at once go in one round trip when their results need no telling apart
+    (``Exec``: ``executemany``) or tell whose they are (``One`` with a ``key``: ``fetchmany``);
+    the others one by one."""
     cur: list[Op | Done[Any]] = [step(tx, None) for tx in txs]  # each first asked for its locks
     while True:
         active = [j for j, out in enumerate(cur) if isinstance(out, Op)]
         if not active:
             return [out.value for out in cur if isinstance(out, Done)]
         groups: dict[str, list[int]] = {}
+        keyed: dict[str, list[int]] = {}
         for j in active:
             op = cur[j]
             assert isinstance(op, Op)
             if op.kind == "exec":
                 groups.setdefault(op.sql, []).append(j)
                 continue
+            if op.kind == "one" and op.key is not None:
+                keyed.setdefault(op.sql, []).append(j)
+                continue
             if op.kind == "lock":
                 await take_locks(conn, op, held, batched=True)
                 cur[j] = step(txs[j], None)
             else:
                 cur[j] = step(txs[j], await run(conn, op))
+        for sql, js in keyed.items():
+            ops = [cur[j] for j in js]
+            keys = [op.key for op in ops if isinstance(op, Op)]
+            if len(js) == 1 or len(set(keys)) != len(keys):
+                for j in js:
+                    op = cur[j]
+                    assert isinstance(op, Op)
+                    cur[j] = step(txs[j], await run(conn, op))
+                continue
+            rows = {r[0]: tuple(r) for r in await conn.fetchmany(to_pg(sql), [op.args for op in ops if isinstance(op, Op)])}
+            for j, k in zip(js, keys, strict=True):
+                cur[j] = step(txs[j], rows.get(k))
         for sql, js in groups.items():
             if len(js) == 1:
                 op = cur[js[0]]
