@@ -2,9 +2,11 @@
 
 Every transaction is written once, as a sans-io generator that yields SQL operations (``_ops``)
 and receives their results, grouped by concern: ``_messages``, ``_events``, ``_outbox``,
-``_retention``, and the schema in ``migrations``. Backends only drive generators: SQLite runs a
-whole batch of them in its writer thread in one hop and one commit (group commit); PostgreSQL
-drives them with asyncpg. Both pass the same contract suite (``tests/test_store_contract.py``).
+``_retention``, and the schema in ``migrations``. Backends only drive generators, and both group
+commit: SQLite runs a whole batch of them in its writer thread in one hop and one commit;
+PostgreSQL runs the writes submitted in one turn of the event loop in one database transaction
+on one connection. Either runs a failed batch's transactions again apart, so one failing
+transaction fails alone. Both pass the same contract suite (``tests/store/test_contract.py``).
 """
 
 from __future__ import annotations
