@@ -2,9 +2,11 @@
 
 Every transaction is written once, as a sans-io generator that yields SQL operations (``_ops``)
 and receives their results, grouped by concern: ``_messages``, ``_events``, ``_outbox``,
-``_retention``, ``_reconcile``, and the schema in ``migrations``. Backends only drive generators: SQLite runs a
-whole batch of them in its writer thread in one hop and one commit (group commit); PostgreSQL
-drives them with asyncpg. Both pass the same contract suite (``tests/test_store_contract.py``).
+``_retention``, ``_reconcile``, and the schema in ``migrations``. Backends only drive generators, and both group
+commit: SQLite runs a whole batch of them in its writer thread in one hop and one commit;
+PostgreSQL runs the writes submitted in one turn of the event loop in one database transaction
+on one connection. Either runs a failed batch's transactions again apart, so one failing
+transaction fails alone. Both pass the same contract suite (``tests/store/test_contract.py``).
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ class Store(ReconcileTxs, MessageTxs, EventTxs, OutboxTxs, RetentionTxs):
         """Apply the migrations the database lacks, each in its own transaction under the schema
         lock. Returns the versions applied (none when another replica got there first)."""
         applied: list[int] = []
-        while (m := await self._write(self._tx_migrate_step())) is not None:
+        while (m := await self._write(self._tx_migrate_step)) is not None:
             log.info("schema migration applied", extra={"version": m.version, "migration": m.name})
             applied.append(m.version)
         return applied
@@ -58,11 +60,11 @@ class Store(ReconcileTxs, MessageTxs, EventTxs, OutboxTxs, RetentionTxs):
 
     async def applied_migrations(self) -> list[tuple[int, str, int]]:
         """(version, name, applied_us) of every recorded migration, in order."""
-        rows = await self._timed_read(all_tx("SELECT version, name, applied_us FROM schema_migrations ORDER BY version"))
+        rows = await self._timed_read(all_tx, "SELECT version, name, applied_us FROM schema_migrations ORDER BY version")
         return [(int(r[0]), r[1], int(r[2])) for r in rows]
 
     async def ping(self) -> None:
-        await self._timed_read(one_tx("SELECT 1"))
+        await self._timed_read(one_tx, "SELECT 1")
 
     async def analyze(self) -> None:
         """Refresh planner statistics (the outbox changes fast; a stale plan sorts the whole
@@ -70,8 +72,8 @@ class Store(ReconcileTxs, MessageTxs, EventTxs, OutboxTxs, RetentionTxs):
 
     async def run_sql(self, sql: str, *args: Any) -> None:
         """Maintenance hook (and tests): one statement in its own transaction."""
-        await self._timed_write(exec_tx(sql, *args))
+        await self._timed_write(exec_tx, sql, *args)
 
     async def query(self, sql: str, *args: Any) -> list[Any]:
         """Read-only inspection (``?`` placeholders, any backend): tests and operators' tools."""
-        return list(await self._timed_read(all_tx(sql, *args)))
+        return list(await self._timed_read(all_tx, sql, *args))

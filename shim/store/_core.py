@@ -4,16 +4,18 @@ backend's two ways to run a transaction (``_write``/``_read``), timing, and back
 from __future__ import annotations
 
 import abc
+import functools
 import time
 from collections.abc import Callable, Sequence
-from typing import Literal, TypeVar
+from typing import ParamSpec, TypeVar
 
 from shim.clock import Clock, now_us
 
-from ._ops import Tx
+from ._ops import Lock, Tx, TxFn
 from ._types import EventRules
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 
 class StoreCore(abc.ABC):
@@ -27,31 +29,41 @@ class StoreCore(abc.ABC):
         self.observer: Callable[[str, float], None] | None = None
 
     @abc.abstractmethod
-    async def _write(self, tx: Tx[T]) -> T:
-        """Run a transaction that writes; committed before this returns."""
+    async def _write(self, make: TxFn[T]) -> T:
+        """Run a transaction that writes (``make()`` makes it, maybe more than once: see
+        ``_ops``); committed before this returns."""
 
     @abc.abstractmethod
-    async def _read(self, tx: Tx[T]) -> T:
-        """Run a read-only transaction."""
+    async def _read(self, make: TxFn[T]) -> T:
+        """Run a read-only transaction (made by ``make()``, like a write's)."""
 
-    async def _timed(self, op: Literal["write", "read"], tx: Tx[T]) -> T:
+    def _observe(self, op: str, started: float) -> None:
+        if self.observer is not None:
+            self.observer(op, time.perf_counter() - started)
+
+    async def _timed_write(self, make: Callable[P, Tx[T]], *args: P.args, **kwargs: P.kwargs) -> T:
+        """``make(*args, **kwargs)``: the transaction, run as a write."""
         started = time.perf_counter()
         try:
-            return await (self._write(tx) if op == "write" else self._read(tx))
+            return await self._write(functools.partial(make, *args, **kwargs))
         finally:
-            if self.observer is not None:
-                self.observer(op, time.perf_counter() - started)
+            self._observe("write", started)
 
-    async def _timed_write(self, tx: Tx[T]) -> T:
-        return await self._timed("write", tx)
-
-    async def _timed_read(self, tx: Tx[T]) -> T:
-        return await self._timed("read", tx)
+    async def _timed_read(self, make: Callable[P, Tx[T]], *args: P.args, **kwargs: P.kwargs) -> T:
+        started = time.perf_counter()
+        try:
+            return await self._read(functools.partial(make, *args, **kwargs))
+        finally:
+            self._observe("read", started)
 
     def _lock_message(self, message_id: str) -> Tx[None]:
         """Serialize work on one message id (nothing to do where the backend has one writer)."""
-        return
-        yield  # pragma: no cover - makes this a generator
+        yield Lock(message_id)
+
+    def _lock_messages(self, message_ids: Sequence[str]) -> Tx[None]:
+        """``_lock_message`` on each id, all at once (in one order: no deadlock between two)."""
+        if message_ids:
+            yield Lock(*message_ids)
 
     def _try_lock_messages(self, message_ids: Sequence[str]) -> Tx[set[str]]:
         """Take ``_lock_message``'s lock on each id that nobody else holds, without waiting:

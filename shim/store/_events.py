@@ -15,47 +15,58 @@ from ._ops import All, Exec, One, Tx, one_tx
 from ._outbox import enqueue_rows
 from ._types import IncomingEvent
 
+# Whether any event waits for a message being recorded (``RETURNING`` its id and this; args: its id
+# and its send key): each test on its own partial index, so a send nobody waits for costs no more.
+PENDING = ("EXISTS (SELECT 1 FROM events WHERE message_id = ? AND status = 'pending')"
+           " OR EXISTS (SELECT 1 FROM events WHERE send_key = ? AND status = 'pending')")
+
 
 class EventTxs(StoreCore):
     # -- sends: intent, bind, drop ----------------------------------------------------------
     async def record_intent(self, rec: MessageRecord) -> None:
         """Durably record a send before v2 is called, under its pending id and correlation key."""
-        await self._timed_write(self._tx_record_intent(rec))
+        await self._timed_write(self._tx_record_intent, rec)
 
     def _tx_record_intent(self, rec: MessageRecord) -> Tx[None]:
         assert rec.send_key is not None
+        # Its pending id is the send's alone: nobody waits, but a batch may run it in lockstep.
+        yield from self._lock_message(rec.id)
         yield from insert_row(rec, self.clock, bound=False)
 
     async def bind_send(self, rec: MessageRecord, request_id: str | None = None) -> int:
         """v2 accepted the send ``rec.send_key`` as ``rec.id``: bind the intent to that id (unless an
         event did first) and apply the events that arrived before. Returns deliveries enqueued."""
-        return await self._timed_write(self._tx_bind_send(rec, request_id))
+        return await self._timed_write(self._tx_bind_send, rec, request_id)
 
     def _tx_bind_send(self, rec: MessageRecord, request_id: str | None) -> Tx[int]:
         assert rec.send_key is not None
         yield from self._lock_message(rec.id)
-        row = yield One("SELECT bound FROM messages WHERE send_key = ?", rec.send_key)
-        if row is None:  # the intent is gone (purged): record the message as it is now
+        # One statement in the common case: bind, and learn whether any event waits for it.
+        row = yield from bind_row(rec, returning=PENDING)
+        if row is None:
+            if (yield One("SELECT 1 FROM messages WHERE send_key = ?", rec.send_key)) is not None:
+                return 0  # an event bound it already (and applied itself)
+            # The intent is gone (purged): record the message as it is now.
             yield from insert_row(rec, self.clock)
-        elif int(row[0]) == 0:
-            yield from bind_row(rec)
-        else:  # an event bound it already, and applied itself
+        elif not row[1]:
             return 0
         return (yield from self._apply_pending(rec.id, rec.send_key, request_id))
 
     async def drop_intent(self, send_key: str) -> bool:
         """v2 refused the send (or was never reached): forget its intent."""
         return bool(await self._timed_write(
-            one_tx("DELETE FROM messages WHERE send_key = ? AND bound = 0 RETURNING 1", send_key)))
+            one_tx, "DELETE FROM messages WHERE send_key = ? AND bound = 0 RETURNING 1", send_key))
 
     async def insert_message(self, rec: MessageRecord, request_id: str | None = None) -> int:
         """Store a message known by its id and apply any callback that arrived before it.
         Returns the number of deliveries enqueued."""
-        return await self._timed_write(self._tx_insert_message(rec, request_id))
+        return await self._timed_write(self._tx_insert_message, rec, request_id)
 
     def _tx_insert_message(self, rec: MessageRecord, request_id: str | None) -> Tx[int]:
         yield from self._lock_message(rec.id)
-        yield from insert_row(rec, self.clock)
+        row = yield from insert_row(rec, self.clock, returning=PENDING)
+        if row is not None and not row[1]:
+            return 0  # recorded, and no event waits for it
         return (yield from self._apply_pending(rec.id, rec.send_key, request_id))
 
     # -- v2 events ----------------------------------------------------------------------------
@@ -64,20 +75,23 @@ class EventTxs(StoreCore):
         enqueued. An event of shim's send finds its message by id, or by the send's correlation
         key (binding it); an event without a key belongs to a message sent natively on v2 and is
         routed at once."""
-        return await self._timed_write(self._tx_ingest(events))
+        return await self._timed_write(self._tx_ingest, events)
 
     def _tx_ingest(self, events: Sequence[IncomingEvent]) -> Tx[int]:
         # Every lock up front, in one order: arrays touching the same messages in any order
         # cannot deadlock.
-        for message_id in sorted({ev.message_id for ev in events}):
-            yield from self._lock_message(message_id)
+        yield from self._lock_messages([ev.message_id for ev in events])
         count = 0
         for ev in events:
-            # Recording the event is also the duplicate check: a known key inserts nothing.
+            # Recording the event is also the duplicate check: a known key inserts nothing. A
+            # status event reads its message in the same statement.
             fresh = yield One(
                 "INSERT INTO events (dedupe_key, message_id, payload, status, received_us, send_key)"
-                " VALUES (?, ?, ?, 'applied', ?, ?) ON CONFLICT (dedupe_key) DO NOTHING RETURNING 1",
+                " VALUES (?, ?, ?, 'applied', ?, ?) ON CONFLICT (dedupe_key) DO NOTHING RETURNING dedupe_key"
+                + ("" if ev.inbound is not None else
+                   ", (SELECT seq FROM messages WHERE id = ?), (SELECT doc FROM messages WHERE id = ?)"),
                 ev.dedupe_key, ev.message_id, ev.payload_json, self.clock(), ev.send_key,
+                *(() if ev.inbound is not None else (ev.message_id, ev.message_id)), key=ev.dedupe_key,
             )
             if not fresh:
                 continue
@@ -85,9 +99,8 @@ class EventTxs(StoreCore):
                 yield from insert_row(ev.inbound, self.clock)
                 count += yield from enqueue_rows(ev.inbound_deliveries, self.clock, ev.request_id)
                 continue
-            row = yield One("SELECT seq, doc FROM messages WHERE id = ?", ev.message_id)
-            if row:
-                count += yield from self._apply(record(row), ev.event or ev.payload, ev.request_id)
+            if fresh[1] is not None:
+                count += yield from self._apply(record(fresh[1:]), ev.event or ev.payload, ev.request_id)
                 continue
             if ev.send_key is None:
                 count += yield from enqueue_rows(self.rules.route_native(ev.payload), self.clock, ev.request_id)
@@ -105,7 +118,7 @@ class EventTxs(StoreCore):
     async def keep_rejected(self, rejected: Sequence[tuple[str, str, str | None]]) -> None:
         """Malformed v2 events, kept for inspection: (reason, body as escaped ASCII, request id).
         Their text is gone with them after ``retention.text_days``."""
-        await self._timed_write(self._tx_keep_rejected(rejected))
+        await self._timed_write(self._tx_keep_rejected, rejected)
 
     def _tx_keep_rejected(self, rejected: Sequence[tuple[str, str, str | None]]) -> Tx[None]:
         now = self.clock()
@@ -117,7 +130,7 @@ class EventTxs(StoreCore):
         """Events stored pending by versions of shim before correlation keys (no key, no record)
         belong to messages sent natively on v2: hand them to the native route once their grace
         period is over. New events without a key are routed at ingest."""
-        return await self._timed_write(self._tx_route_unmatched(older_than_us, limit))
+        return await self._timed_write(self._tx_route_unmatched, older_than_us, limit)
 
     def _tx_route_unmatched(self, older_than_us: int, limit: int) -> Tx[int]:
         # Candidates are read without row locks: each is then taken under its message's lock
@@ -142,7 +155,7 @@ class EventTxs(StoreCore):
         return count
 
     async def pending_event_count(self) -> int:
-        row = await self._timed_read(one_tx("SELECT COUNT(*) FROM events WHERE status = 'pending'"))
+        row = await self._timed_read(one_tx, "SELECT COUNT(*) FROM events WHERE status = 'pending'")
         return int(row[0]) if row else 0
 
     def _apply(self, rec: MessageRecord, event: dict[str, Any] | V2Event, request_id: str | None) -> Tx[int]:
@@ -153,18 +166,16 @@ class EventTxs(StoreCore):
 
     def _apply_pending(self, message_id: str, send_key: str | None, request_id: str | None) -> Tx[int]:
         """Events that arrived before their message was recorded (found by id or by key)."""
-        if send_key is None:
-            rows = yield All(
-                "SELECT dedupe_key, payload FROM events WHERE message_id = ? AND status = 'pending' ORDER BY received_us",
-                message_id,
-            )
-        else:
-            rows = yield All(
-                "SELECT dedupe_key, payload FROM events WHERE status = 'pending' AND (message_id = ? OR send_key = ?)"
-                " ORDER BY received_us", message_id, send_key,
-            )
+        # Each lookup on its own partial index (an OR of the two would scan every event).
+        rows = yield All(
+            "SELECT dedupe_key, payload, received_us FROM events WHERE message_id = ? AND status = 'pending'"
+            + ("" if send_key is None else
+               " UNION SELECT dedupe_key, payload, received_us FROM events WHERE send_key = ? AND status = 'pending'")
+            + " ORDER BY received_us",
+            message_id, *(() if send_key is None else (send_key,)),
+        )
         count = 0
-        for key, payload in rows:
+        for key, payload, _ in rows:
             row = yield One("SELECT seq, doc FROM messages WHERE id = ?", message_id)
             if row is None:
                 break

@@ -9,7 +9,7 @@ from shim.clock import Clock
 from shim.core import ListQuery, MessageRecord
 
 from ._core import StoreCore
-from ._ops import Exec, Tx, all_tx, one_tx
+from ._ops import Exec, One, Tx, all_tx, one_tx
 
 
 def doc(rec: MessageRecord) -> str:
@@ -22,25 +22,31 @@ def record(row: Sequence[Any]) -> MessageRecord:
     return rec
 
 
-def insert_row(rec: MessageRecord, clock: Clock, bound: bool = True) -> Tx[None]:
-    """``bound=False``: a send's intent, under its pending id until its v2 id is known."""
-    yield Exec(
-        "INSERT INTO messages (id, user_id, direction, from_number, to_number, state,"
-        " delivery_state, time_us, created_us, text_cleared, doc, send_key, bound)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
-        rec.id, rec.user_id, rec.direction, rec.from_, rec.to, rec.state,
-        rec.delivery_state, rec.time_us, clock(), doc(rec), rec.send_key, 1 if bound else 0,
-    )
+def insert_row(rec: MessageRecord, clock: Clock, bound: bool = True, returning: str = "") -> Tx[Any]:
+    """``bound=False``: a send's intent, under its pending id until its v2 id is known.
+    ``returning``: the ``PENDING`` test (``_events``), (id, its value) returned (None: not inserted)."""
+    sql = ("INSERT INTO messages (id, user_id, direction, from_number, to_number, state,"
+           " delivery_state, time_us, created_us, text_cleared, doc, send_key, bound)"
+           " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?) ON CONFLICT (id) DO NOTHING")
+    args = (rec.id, rec.user_id, rec.direction, rec.from_, rec.to, rec.state,
+            rec.delivery_state, rec.time_us, clock(), doc(rec), rec.send_key, 1 if bound else 0)
+    if not returning:
+        yield Exec(sql, *args)
+        return None
+    return (yield One(f"{sql} RETURNING id, {returning}", *args, rec.id, rec.send_key, key=rec.id))
 
 
-def bind_row(rec: MessageRecord) -> Tx[None]:
-    """An intent becomes the message ``rec.id`` (its v2 id)."""
+def bind_row(rec: MessageRecord, returning: str = "") -> Tx[Any]:
+    """An intent becomes the message ``rec.id`` (its v2 id). ``returning``: as ``insert_row``'s
+    (None: there was no unbound intent)."""
     assert rec.send_key is not None
-    yield Exec(
-        "UPDATE messages SET id = ?, bound = 1, state = ?, delivery_state = ?, time_us = ?, doc = ?"
-        " WHERE send_key = ? AND bound = 0",
-        rec.id, rec.state, rec.delivery_state, rec.time_us, doc(rec), rec.send_key,
-    )
+    sql = ("UPDATE messages SET id = ?, bound = 1, state = ?, delivery_state = ?, time_us = ?, doc = ?"
+           " WHERE send_key = ? AND bound = 0")
+    args = (rec.id, rec.state, rec.delivery_state, rec.time_us, doc(rec), rec.send_key)
+    if not returning:
+        yield Exec(sql, *args)
+        return None
+    return (yield One(f"{sql} RETURNING id, {returning}", *args, rec.id, rec.send_key, key=rec.id))
 
 
 def update_row(rec: MessageRecord, text_cleared: bool = False) -> Tx[None]:
@@ -56,7 +62,7 @@ class MessageTxs(StoreCore):
     arrived before it; redacting one is in ``_retention``: its text is kept in events and outbox too)."""
 
     async def get_message(self, user_id: str, message_id: str) -> MessageRecord | None:
-        row = await self._timed_read(one_tx("SELECT seq, doc FROM messages WHERE id = ? AND user_id = ?", message_id, user_id))
+        row = await self._timed_read(one_tx, "SELECT seq, doc FROM messages WHERE id = ? AND user_id = ?", message_id, user_id)
         return record(row) if row else None
 
     async def list_messages(self, user_id: str, q: ListQuery) -> list[MessageRecord]:
@@ -84,5 +90,5 @@ class MessageTxs(StoreCore):
             extra.append(q.after_seq)
         order = "DESC" if q.descending else "ASC"
         sql = f"SELECT seq, doc FROM messages WHERE {' AND '.join(where)} ORDER BY seq {order} LIMIT ? OFFSET ?"
-        rows = await self._timed_read(all_tx(sql, *args, *extra, q.size + 1, q.offset))
+        rows = await self._timed_read(all_tx, sql, *args, *extra, q.size + 1, q.offset)
         return [record(r) for r in rows]

@@ -1,13 +1,18 @@
 """Sans-io SQL: what a transaction yields, and the one place a transaction is stepped.
 
 A transaction is a generator that yields ``Op``s and receives their results (``None`` for
-``Exec``, a row tuple or ``None`` for ``One``, a list of row tuples for ``All``). Backends run
-each ``Op`` their own way (sqlite3 in a thread, asyncpg awaited) around ``step``.
+``Exec`` and ``Lock``, a row tuple or ``None`` for ``One``, a list of row tuples for ``All``).
+Backends run each ``Op`` their own way (sqlite3 in a thread, asyncpg awaited) around ``step``.
+
+A write transaction is handed to a backend as a ``TxFn``, a function making the generator, so
+that a backend may run it again: both group several transactions into one database transaction
+(one commit) and, when that batch fails, roll it back and run each transaction again on its own.
+A transaction's code must therefore only depend on what it reads (its clock and rules aside).
 """
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar
 
@@ -18,25 +23,38 @@ T = TypeVar("T")
 class Op:
     """One SQL statement (``?`` placeholders) and what the transaction wants back."""
 
-    kind: Literal["exec", "one", "all"]
+    kind: Literal["exec", "one", "all", "lock"]
     sql: str
     args: tuple[Any, ...]
+    # ``One`` only: the value the first column of its row will hold, if a row comes back. A
+    # backend running many transactions together may then run the same statement of several in
+    # one round trip and hand each its row (PostgreSQL's lockstep batches).
+    key: Any = None
 
 
 def Exec(sql: str, *args: Any) -> Op:
     return Op("exec", sql, args)
 
 
-def One(sql: str, *args: Any) -> Op:
-    return Op("one", sql, args)
+def One(sql: str, *args: Any, key: Any = None) -> Op:
+    return Op("one", sql, args, key)
 
 
 def All(sql: str, *args: Any) -> Op:
     return Op("all", sql, args)
 
 
+def Lock(*message_ids: str) -> Op:
+    """Serialize work on these message ids until the transaction ends (args: the ids, sorted,
+    once each). Where the backend has one writer it does nothing; PostgreSQL takes advisory
+    locks, those of a whole batch at once in one order when this is a transaction's first Op."""
+    return Op("lock", "", tuple(sorted(set(message_ids))))
+
+
 # A transaction: yields Ops, receives None / a row tuple or None / a list of row tuples.
 Tx = Generator[Op, Any, T]
+# What makes a transaction (again): a write handed to a backend.
+TxFn = Callable[[], Tx[T]]
 
 
 @dataclass(frozen=True)

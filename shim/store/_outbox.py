@@ -13,31 +13,38 @@ from ._core import StoreCore
 from ._ops import All, Exec, One, Tx, all_tx, exec_tx, one_tx
 from ._types import DeadLetter, host_key
 
+# Rows per outbox insert (8 parameters each: well under any backend's limit).
+ENQUEUE_CHUNK = 200
+
 
 def enqueue_rows(specs: Sequence[DeliverySpec], clock: Clock, request_id: str | None = None) -> Tx[int]:
+    """Insert deliveries, many rows per statement."""
     now = clock()
-    for spec in specs:
-        if request_id and spec.request_id is None:
-            spec = spec.model_copy(update={"request_id": request_id})
+    for start in range(0, len(specs), ENQUEUE_CHUNK):
+        args: list[Any] = []
+        chunk = specs[start:start + ENQUEUE_CHUNK]
+        for spec in chunk:
+            if request_id and spec.request_id is None:
+                spec = spec.model_copy(update={"request_id": request_id})
+            args += (spec.event_id, spec.order_key, spec.user_id, host_key(spec.url), spec.model_dump_json(), now, now, now)
         yield Exec(
             "INSERT INTO outbox (event_id, order_key, user_id, host, status, spec, attempts,"
-            " next_attempt_us, created_us, updated_us)"
-            " VALUES (?, ?, ?, ?, 'pending', ?, 0, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING",
-            spec.event_id, spec.order_key, spec.user_id, host_key(spec.url), spec.model_dump_json(),
-            now, now, now,
+            " next_attempt_us, created_us, updated_us) VALUES "
+            + ", ".join("(?, ?, ?, ?, 'pending', ?, 0, ?, ?, ?)" for _ in chunk)
+            + " ON CONFLICT (event_id) DO NOTHING", *args,
         )
     return len(specs)
 
 
 class OutboxTxs(StoreCore):
     async def enqueue(self, specs: Sequence[DeliverySpec]) -> int:
-        return await self._timed_write(enqueue_rows(specs, self.clock))
+        return await self._timed_write(enqueue_rows, specs, self.clock)
 
     async def claim(self, owner: str, limit: int, lease_us: int, per_host: int = 1_000_000,
                     skip_hosts: Sequence[str] = ()) -> list[Delivery]:
         """Lease up to ``limit`` due deliveries (at most ``per_host`` per host, none for
         ``skip_hosts``) whose earlier siblings of the same message are all done."""
-        rows = await self._timed_write(self._tx_claim(owner, limit, lease_us, per_host, skip_hosts))
+        rows = await self._timed_write(self._tx_claim, owner, limit, lease_us, per_host, skip_hosts)
         out = [Delivery(id=r[0], spec=DeliverySpec.model_validate_json(r[1]), attempts=r[2]) for r in rows]
         out.sort(key=lambda d: d.id)
         return out
@@ -74,18 +81,18 @@ class OutboxTxs(StoreCore):
     async def expire_leases(self) -> int:
         """Free the work of replicas that died holding it (their leases ran out); claims only
         look at unleased rows, which keeps them cheap however much is in flight."""
-        rows = await self._timed_write(all_tx(
+        rows = await self._timed_write(all_tx,
             "UPDATE outbox SET lease_owner = NULL, lease_until_us = NULL"
             " WHERE status = 'pending' AND lease_owner IS NOT NULL AND lease_until_us < ? RETURNING id",
             self.clock(),
-        ))
+        )
         return len(rows)
 
     async def renew_leases(self, owner: str, lease_us: int, ids: Sequence[int] | None = None) -> int:
         """Keep the leases ``owner`` holds alive (all of them, or just ``ids``) for another
         ``lease_us``: work in flight or waiting locally is never taken over by another claim.
         Indexed by owner (or by id): the cost follows what is held, not the outbox's history."""
-        return await self._timed_write(self._tx_renew(owner, lease_us, ids))
+        return await self._timed_write(self._tx_renew, owner, lease_us, ids)
 
     def _tx_renew(self, owner: str, lease_us: int, ids: Sequence[int] | None) -> Tx[int]:
         until = self.clock() + lease_us
@@ -113,21 +120,21 @@ class OutboxTxs(StoreCore):
         single-process, so all of them; where replicas share the store, leases expire instead)."""
 
     async def release(self, delivery_id: int, owner: str) -> None:
-        await self._timed_write(exec_tx(
+        await self._timed_write(exec_tx,
             "UPDATE outbox SET lease_owner = NULL, lease_until_us = NULL WHERE id = ? AND lease_owner = ?",
             delivery_id, owner,
-        ))
+        )
 
     async def release_all(self, owner: str | None = None) -> None:
         if owner is None:
-            await self._timed_write(exec_tx(
+            await self._timed_write(exec_tx,
                 "UPDATE outbox SET lease_owner = NULL, lease_until_us = NULL"
-                " WHERE status = 'pending' AND lease_owner IS NOT NULL"))
+                " WHERE status = 'pending' AND lease_owner IS NOT NULL")
         else:
-            await self._timed_write(exec_tx(
+            await self._timed_write(exec_tx,
                 "UPDATE outbox SET lease_owner = NULL, lease_until_us = NULL"
                 " WHERE lease_owner = ? AND status = 'pending'", owner,
-            ))
+            )
 
     async def mark_delivered(self, delivery_id: int, owner: str) -> bool:
         return await self.mark_delivered_many([delivery_id], owner) == 1
@@ -137,29 +144,29 @@ class OutboxTxs(StoreCore):
         if not delivery_ids:
             return 0
         marks = ", ".join("?" for _ in delivery_ids)
-        rows = await self._timed_write(all_tx(
+        rows = await self._timed_write(all_tx,
             "UPDATE outbox SET status = 'delivered', lease_owner = NULL, lease_until_us = NULL,"
             f" attempts = attempts + 1, updated_us = ? WHERE id IN ({marks}) AND lease_owner = ? RETURNING id",
             self.clock(), *delivery_ids, owner,
-        ))
+        )
         return len(rows)
 
     async def mark_failed(self, delivery_id: int, owner: str, error: str, next_attempt_us: int | None) -> bool:
         """Schedule a retry, or dead-letter when ``next_attempt_us`` is None."""
         status = "pending" if next_attempt_us is not None else "dead"
-        row = await self._timed_write(one_tx(
+        row = await self._timed_write(one_tx,
             "UPDATE outbox SET status = ?, lease_owner = NULL, lease_until_us = NULL,"
             " attempts = attempts + 1, next_attempt_us = ?, last_error = ?, updated_us = ?"
             " WHERE id = ? AND lease_owner = ? RETURNING id",
             status, next_attempt_us or 0, error[:1000], self.clock(), delivery_id, owner,
-        ))
+        )
         return row is not None
 
     async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
-        rows = await self._timed_read(all_tx(
+        rows = await self._timed_read(all_tx,
             "SELECT id, event_id, spec, attempts, last_error, updated_us FROM outbox"
             " WHERE status = 'dead' ORDER BY id LIMIT ?", limit,
-        ))
+        )
         return [
             DeadLetter(id=r[0], event_id=r[1], url=DeliverySpec.model_validate_json(r[2]).url,
                        attempts=r[3], last_error=r[4], updated_us=r[5])
@@ -168,7 +175,7 @@ class OutboxTxs(StoreCore):
 
     async def replay(self, ids: Sequence[int] | None = None) -> int:
         """Put dead letters (all, or the given ids) back in the queue for a fresh schedule."""
-        return await self._timed_write(self._tx_replay(ids))
+        return await self._timed_write(self._tx_replay, ids)
 
     def _tx_replay(self, ids: Sequence[int] | None) -> Tx[int]:
         now = self.clock()
@@ -191,7 +198,7 @@ class OutboxTxs(StoreCore):
         """What the sweeper publishes, at a cost that follows the live queue, not the history:
         ``pending`` and ``dead`` counted on their partial indexes, and ``max_id`` (primary key)
         for how many rows were ever enqueued. Delivered rows are never counted."""
-        return await self._timed_read(self._tx_gauges())
+        return await self._timed_read(self._tx_gauges)
 
     def _tx_gauges(self) -> Tx[dict[str, int]]:
         pending = yield One("SELECT COUNT(*) FROM outbox WHERE status = 'pending'")
@@ -202,7 +209,7 @@ class OutboxTxs(StoreCore):
     async def outbox_counts(self) -> dict[str, int]:
         """Every row by status: a scan of the whole outbox, for inspection (tests, operators),
         never for periodic work (see ``outbox_gauges``)."""
-        rows = await self._timed_read(all_tx("SELECT status, COUNT(*) FROM outbox GROUP BY status"))
+        rows = await self._timed_read(all_tx, "SELECT status, COUNT(*) FROM outbox GROUP BY status")
         counts = {"pending": 0, "delivered": 0, "dead": 0}
         counts.update({r[0]: int(r[1]) for r in rows})
         return counts

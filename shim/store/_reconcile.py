@@ -32,11 +32,10 @@ class ReconcileTxs(EventTxs):
         """Take the reconcile lease (free, expired, or already ``owner``'s): the cursor to resume
         from (0: from the start), or None when another replica holds it."""
         now = self.clock()
-        row = await self._timed_write(one_tx(
-            "UPDATE reconcile_lease SET owner = ?, lease_until_us = ?, updated_us = ?"
+        row = await self._timed_write(one_tx, "UPDATE reconcile_lease SET owner = ?, lease_until_us = ?, updated_us = ?"
             " WHERE name = ? AND (owner IS NULL OR owner = ? OR lease_until_us < ?) RETURNING cursor_seq",
             owner, now + lease_us, now, LEASE, owner, now,
-        ))
+        )
         return None if row is None else int(row[0])
 
     async def reconcile_renew(self, owner: str, lease_us: int, cursor: int | None = None) -> bool:
@@ -44,30 +43,27 @@ class ReconcileTxs(EventTxs):
         False when the lease was lost (expired and taken): the run must stop."""
         now = self.clock()
         if cursor is None:
-            row = await self._timed_write(one_tx(
+            row = await self._timed_write(one_tx,
                 "UPDATE reconcile_lease SET lease_until_us = ?, updated_us = ? WHERE name = ? AND owner = ? RETURNING 1",
-                now + lease_us, now, LEASE, owner))
+                now + lease_us, now, LEASE, owner)
         else:
-            row = await self._timed_write(one_tx(
-                "UPDATE reconcile_lease SET lease_until_us = ?, cursor_seq = ?, updated_us = ?"
-                " WHERE name = ? AND owner = ? RETURNING 1", now + lease_us, cursor, now, LEASE, owner))
+            row = await self._timed_write(one_tx, "UPDATE reconcile_lease SET lease_until_us = ?, cursor_seq = ?, updated_us = ?"
+                " WHERE name = ? AND owner = ? RETURNING 1", now + lease_us, cursor, now, LEASE, owner)
         return row is not None
 
     async def reconcile_release(self, owner: str, cursor: int | None = None) -> None:
         """Give the lease up; ``cursor`` 0 when the run finished (the next starts over)."""
         if cursor is None:
-            await self._timed_write(one_tx(
+            await self._timed_write(one_tx,
                 "UPDATE reconcile_lease SET owner = NULL, lease_until_us = NULL WHERE name = ? AND owner = ? RETURNING 1",
-                LEASE, owner))
+                LEASE, owner)
         else:
-            await self._timed_write(one_tx(
-                "UPDATE reconcile_lease SET owner = NULL, lease_until_us = NULL, cursor_seq = ?"
-                " WHERE name = ? AND owner = ? RETURNING 1", cursor, LEASE, owner))
+            await self._timed_write(one_tx, "UPDATE reconcile_lease SET owner = NULL, lease_until_us = NULL, cursor_seq = ?"
+                " WHERE name = ? AND owner = ? RETURNING 1", cursor, LEASE, owner)
 
     async def reconcile_lease_state(self) -> tuple[str | None, int | None, int]:
         """(owner, lease_until_us, cursor_seq): for inspection and tests."""
-        row = await self._timed_read(one_tx(
-            "SELECT owner, lease_until_us, cursor_seq FROM reconcile_lease WHERE name = ?", LEASE))
+        row = await self._timed_read(one_tx, "SELECT owner, lease_until_us, cursor_seq FROM reconcile_lease WHERE name = ?", LEASE)
         return (row[0], None if row[1] is None else int(row[1]), int(row[2]))
 
     # -- candidates, repairs, marks ------------------------------------------------------------
@@ -85,8 +81,8 @@ class ReconcileTxs(EventTxs):
         if since_us is not None:
             where.append("time_us >= ?")
             args.append(since_us)
-        rows = await self._timed_read(all_tx(
-            f"SELECT seq, doc, bound FROM messages WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?", *args, limit))
+        rows = await self._timed_read(all_tx,
+            f"SELECT seq, doc, bound FROM messages WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?", *args, limit)
         return [(record(r), bool(int(r[2]))) for r in rows]
 
     async def reconcile_apply(self, seq: int, lock_id: str, fix: Callable[[MessageRecord], Repair]) -> ApplyResult:
@@ -94,7 +90,7 @@ class ReconcileTxs(EventTxs):
         takes): ``fix`` is applied to the record as stored now, so an event that came meanwhile
         is never undone. Stores the synthesized events (status ``reconciled``) and enqueues the
         callbacks; an intent that becomes bound also meets the events that waited for it."""
-        return await self._timed_write(self._tx_reconcile_apply(seq, lock_id, fix))
+        return await self._timed_write(self._tx_reconcile_apply, seq, lock_id, fix)
 
     def _tx_reconcile_apply(self, seq: int, lock_id: str, fix: Callable[[MessageRecord], Repair]) -> Tx[ApplyResult]:
         yield from self._lock_message(lock_id)
@@ -134,15 +130,15 @@ class ReconcileTxs(EventTxs):
         if not seqs:
             return 0
         marks = ", ".join("?" for _ in seqs)
-        rows = await self._timed_write(all_tx(
+        rows = await self._timed_write(all_tx,
             f"UPDATE messages SET reconcile = 'unresolvable' WHERE seq IN ({marks}) AND {_UNFINAL} RETURNING seq",
-            *seqs))
+            *seqs)
         return len(rows)
 
     async def outbound_balance(self, user_id: str | None = None) -> dict[str, int]:
         """Every outbound message (bound or not) by where it stands: ``final``, ``unresolvable``,
         ``open`` (``sent`` is their sum). A scan of the messages: for operators and tests."""
-        return await self._timed_read(self._tx_balance(user_id))
+        return await self._timed_read(self._tx_balance, user_id)
 
     def _tx_balance(self, user_id: str | None) -> Tx[dict[str, int]]:
         extra, args = ("", ()) if user_id is None else (" AND user_id = ?", (user_id,))

@@ -156,7 +156,7 @@ class RetentionTxs(StoreCore):
     async def _drain(self, step: Callable[[int, int], Tx[Batch]], before_us: int) -> RetentionReport:
         report = RetentionReport()
         while True:
-            seen, done, did = await self._timed_write(step(before_us, self.retention_batch))
+            seen, done, did = await self._timed_write(step, before_us, self.retention_batch)
             report.add(did)
             # A short batch: nothing left (but rows other replicas hold, which they finish).
             if seen < self.retention_batch or done == 0:
@@ -214,7 +214,7 @@ class RetentionTxs(StoreCore):
     async def redact_text(self, user_id: str, message_id: str) -> bool:
         """Clear a message's text everywhere it is kept (doc, stored events, outbox bodies), in
         one transaction. Its pending callbacks are still delivered, with empty text."""
-        return await self._timed_write(self._tx_redact(user_id, message_id))
+        return await self._timed_write(self._tx_redact, user_id, message_id)
 
     def _tx_redact(self, user_id: str, message_id: str) -> Tx[bool]:
         yield from self._lock_message(message_id)

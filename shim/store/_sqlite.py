@@ -1,7 +1,9 @@
 """SQLite backend: the embedded default.
 
 One writer thread owns the write connection and runs whole transactions there, many per commit
-(group commit; each in its own SAVEPOINT so one failing transaction rolls back alone). At most
+(group commit). A batch runs first as it is, in one transaction; only when one of its
+transactions fails is it rolled back and run again with each transaction in its own SAVEPOINT,
+so the failing one rolls back alone. The event loop is woken once per batch. At most
 ``max_queued`` transactions wait for it; further writers wait for a slot (backpressure). Reads run
 on a small pool of reader connections. WAL with ``synchronous=NORMAL`` keeps every committed
 transaction across a process crash (``kill -9``); only an OS crash can lose the last commits.
@@ -23,7 +25,7 @@ from typing import Any, ClassVar, TypeVar
 from shim.clock import Clock, now_us
 
 from ._base import Store
-from ._ops import Op, Tx, step
+from ._ops import Op, Tx, TxFn, step
 from ._types import EventRules
 
 T = TypeVar("T")
@@ -31,6 +33,12 @@ MAX_BATCH = 256
 # Transactions queued for (or running on) the writer at most; further writers wait their turn, so
 # an overload backs up into callers (who hold their requests) instead of growing memory.
 MAX_QUEUED = 4096
+# Prepared statements kept per connection (sqlite3's default is 128; shim's are a few dozen
+# shapes, but ``IN (?, ?, …)`` lists of every length add up).
+CACHED_STATEMENTS = 512
+
+# (make the transaction, its caller's future, the caller's loop)
+Item = tuple[TxFn[Any], "asyncio.Future[Any]", asyncio.AbstractEventLoop]
 
 
 def sqlite_path(url: str) -> str:
@@ -49,6 +57,8 @@ def drive(conn: sqlite3.Connection, tx: Tx[T]) -> T:
 
 
 def run(conn: sqlite3.Connection, op: Op) -> Any:
+    if op.kind == "lock":  # one writer: nothing to serialize
+        return None
     cur = conn.execute(op.sql, op.args)
     if op.kind == "exec":
         cur.fetchall()
@@ -69,8 +79,7 @@ class SqliteStore(Store):
         self._slots = asyncio.Semaphore(max_queued)
         self.path = sqlite_path(url)
         self.memory = self.path == ":memory:"
-        self._queue: queue.SimpleQueue[tuple[Tx[Any], asyncio.Future[Any], asyncio.AbstractEventLoop] | None] = (
-            queue.SimpleQueue())
+        self._queue: queue.SimpleQueue[Item | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._write_conn: sqlite3.Connection | None = None
         self._readers: ThreadPoolExecutor | None = None
@@ -81,7 +90,8 @@ class SqliteStore(Store):
         self._closing = threading.Event()
 
     def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10)
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10,
+                               cached_statements=CACHED_STATEMENTS)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA busy_timeout=10000")
@@ -129,36 +139,30 @@ class SqliteStore(Store):
         # Single-process: leases left by a crashed run are ours to take back.
         await self.release_all()
 
-    async def _write(self, tx: Tx[T]) -> T:
+    async def _write(self, make: TxFn[T]) -> T:
         if self._writer is None:
-            tx.close()
             raise RuntimeError("store is not open")
-        try:
-            await self._slots.acquire()  # released by the writer once this transaction is done
-        except BaseException:
-            tx.close()
-            raise
+        await self._slots.acquire()  # released once the writer is done with this transaction
         if self._writer is None:  # closed while this waited for a slot
             self._slots.release()
-            tx.close()
             raise RuntimeError("store is not open")
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[T] = loop.create_future()
-        self._queue.put((tx, fut, loop))
+        self._queue.put((make, fut, loop))
         return await fut
 
-    async def _read(self, tx: Tx[T]) -> T:
+    async def _read(self, make: TxFn[T]) -> T:
         if self.memory or self._readers is None:
-            return await self._write(tx)
-        return await asyncio.get_running_loop().run_in_executor(self._readers, self._read_sync, tx)
+            return await self._write(make)
+        return await asyncio.get_running_loop().run_in_executor(self._readers, self._read_sync, make)
 
-    def _read_sync(self, tx: Tx[T]) -> T:
+    def _read_sync(self, make: TxFn[T]) -> T:
         conn = getattr(self._local, "conn", None)
         if conn is None:
             conn = self._local.conn = self._connect()
             with self._lock:
                 self._reader_conns.append(conn)
-        return drive(conn, tx)
+        return drive(conn, make())
 
     def _checkpoint_loop(self) -> None:
         conn = self._connect()
@@ -197,17 +201,42 @@ class SqliteStore(Store):
             if stop:
                 return
 
-    def _run_batch(
-        self, conn: sqlite3.Connection,
-        batch: list[tuple[Tx[Any], asyncio.Future[Any], asyncio.AbstractEventLoop]],
-    ) -> None:
+    def _run_batch(self, conn: sqlite3.Connection, batch: list[Item]) -> None:
+        try:
+            outcomes = self._run_together(conn, batch)
+        except Exception:  # one failed: again, each in its own SAVEPOINT
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            outcomes = self._run_apart(conn, batch)
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
+        for (_, fut, loop), (ok, value) in zip(batch, outcomes, strict=True):
+            by_loop.setdefault(loop, []).append((fut, ok, value))
+        for loop, settled in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_settle, settled, self._slots)
+            except RuntimeError:  # that event loop is closed; nobody waits for these results
+                pass
+
+    @staticmethod
+    def _run_together(conn: sqlite3.Connection, batch: list[Item]) -> list[tuple[bool, Any]]:
+        """The whole batch in one transaction (raises when any of it fails)."""
+        conn.execute("BEGIN IMMEDIATE")
+        outcomes: list[tuple[bool, Any]] = [(True, drive(conn, make())) for make, _, _ in batch]
+        conn.execute("COMMIT")
+        return outcomes
+
+    @staticmethod
+    def _run_apart(conn: sqlite3.Connection, batch: list[Item]) -> list[tuple[bool, Any]]:
+        """The batch again, each transaction in its own SAVEPOINT: a failing one rolls back alone."""
         outcomes: list[tuple[bool, Any]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for tx, _, _ in batch:
+            for make, _, _ in batch:
                 conn.execute("SAVEPOINT tx")
                 try:
-                    value = drive(conn, tx)
+                    value = drive(conn, make())
                 except Exception as e:  # this transaction only
                     conn.execute("ROLLBACK TO tx")
                     outcomes.append((False, e))
@@ -221,18 +250,15 @@ class SqliteStore(Store):
             except sqlite3.Error:
                 pass
             outcomes = [(False, e)] * len(batch)
-        for (_, fut, loop), (ok, value) in zip(batch, outcomes, strict=True):
-            try:
-                loop.call_soon_threadsafe(_settle, fut, ok, value, self._slots)
-            except RuntimeError:  # that event loop is closed; nobody waits for this result
-                pass
+        return outcomes
 
 
-def _settle(fut: asyncio.Future[Any], ok: bool, value: Any, slots: asyncio.Semaphore) -> None:
-    slots.release()
-    if fut.done():  # its caller gave up waiting (cancelled)
-        return
-    if ok:
-        fut.set_result(value)
-    else:
-        fut.set_exception(value)
+def _settle(settled: list[tuple[asyncio.Future[Any], bool, Any]], slots: asyncio.Semaphore) -> None:
+    for fut, ok, value in settled:
+        slots.release()
+        if fut.done():  # its caller gave up waiting (cancelled)
+            continue
+        if ok:
+            fut.set_result(value)
+        else:
+            fut.set_exception(value)
