@@ -15,8 +15,8 @@ from shim import __version__
 from shim.clock import Clock, now_us
 from shim.config import Config
 from shim.errors import BodyTooLarge, MethodNotAllowed, NotFound, ShimError
-from shim.facade import Sender, web_media, web_messages
-from shim.facade.web_v1 import v1_error_response
+from shim.facade import Sender, web_account, web_media, web_messages
+from shim.facade.web_v1 import add_user_headers, v1_error_response
 from shim.gateway import Gateway, web_ingest
 from shim.keys import ACCESS_LOG, CONFIG, DELIVERY, MAIN_APP, METRICS, REQUEST_ID, SENDER, STORE, UPSTREAM, USER_ID
 from shim.ops import AccessLog, Metrics, web_ops
@@ -75,6 +75,7 @@ async def v1_middleware(request: web.Request, handler: Handler) -> web.StreamRes
         log.exception("unhandled error", extra={"request_id": rid, "path": request.path})
         resp = v1_error_response(request, ShimError("An internal error occurred"))
     resp.headers["X-Request-Id"] = rid
+    add_user_headers(request, resp)
     route = request.match_info.route.resource
     route_name = route.canonical if route is not None else "unmatched"
     app = request.app
@@ -116,6 +117,7 @@ def build_app(
     web_ops.setup(app)
     web_messages.setup(app)
     web_media.setup(app)
+    web_account.setup(app)
     web_ingest.setup(app, gateway)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:

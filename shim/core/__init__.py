@@ -7,7 +7,7 @@ from ._listing import CURSOR_KEYS, DEFAULT_SIZE, FILTER_KEYS, MAX_SIZE, ListQuer
 from ._message import STATE_RANK, MessageRecord, State
 from ._openapi import SPEC_URI, load_spec, message_request_errors, validator
 from ._retry import MAX_RETRY_AFTER_S, next_delay, parse_retry_after
-from ._time import iso_from_us, parse_time_us
+from ._time import iso_from_us, iso_seconds_from_us, parse_time_us
 from ._translate_events import (
     DELIVERED_DESCRIPTION,
     apply_status,
@@ -69,6 +69,7 @@ __all__ = [
     'inbound_record',
     'is_http_url',
     'iso_from_us',
+    'iso_seconds_from_us',
     'load_spec',
     'map_error_code',
     'match_enum',
