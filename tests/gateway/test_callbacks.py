@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 from collections import Counter
 from typing import Any
 
@@ -111,8 +112,11 @@ async def test_sms_receipt_none_gets_one_sent_callback(harness: Harness) -> None
     assert r.json == {
         "eventType": "sms", "direction": "out", "messageId": mid,
         "messageUri": f"{harness.messages_url}/{mid}", "from": "+15551230001", "to": "+15551230002",
-        "text": "hi", "time": stored["time"], "state": "sent", "segmentCount": 1, "tag": "order-1",
+        "text": "hi", "time": r.json["time"], "state": "sent", "segmentCount": 1, "tag": "order-1",
     }
+    # The callback keeps milliseconds (v1's callback examples); GET shows whole seconds (the Java SDK).
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", r.json["time"])
+    assert stored["time"] == r.json["time"][:19] + "Z"
     assert (stored["state"], stored["deliveryState"], stored["deliveryCode"]) == ("sent", "delivered", "0")
 
 
