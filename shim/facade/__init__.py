@@ -1,7 +1,7 @@
 """The v1 facade: the legacy messages and media resources, served the way old SDKs expect.
 
-``web_messages``, ``web_media`` and ``web_account`` (a fixed account body for SDK start-up) are the resources, ``web_auth`` the v1 Basic check, ``web_v1``
-the v1 JSON/error wire helpers.
+``web_messages``, ``web_media`` and ``web_account`` (a fixed account body for SDK start-up) are the
+resources, ``web_auth`` the v1 Basic check, ``web_v1`` the v1 JSON/error wire helpers.
 """
 
 from . import web_account, web_media, web_messages
