@@ -4,7 +4,8 @@ A test proves a row of the matrix with a marker (registered in ``pyproject.toml`
 
     @pytest.mark.compat("POST /v1/users/{userId}/messages", "receiptRequested", "supported", note="...")
 
-(or ``compat = pytest.mark.compat`` then ``@compat(...)``). The arguments must be literals: the
+(or ``compat = pytest.mark.compat`` then ``@compat(...)``). The arguments must be literals (or
+module-level string constants, f-strings and ``+`` of them): the
 markers are read from the source with ``ast`` — no test is run or imported — so the generator is
 fast and deterministic, and ``tests/conftest.py`` checks at collection that what pytest sees is
 what this scanner reads. ``tests/test_compat.py`` fails when the committed document differs from
@@ -84,12 +85,30 @@ def _compat_call(node: ast.expr, aliases: set[str]) -> ast.Call | None:
     return None
 
 
-def _marker(call: ast.Call, test: str, where: str) -> Marker:
+def _eval(node: ast.expr, consts: dict[str, str]) -> object:
+    """A literal, a module-level string constant, or an f-string / ``+`` of those."""
+    if isinstance(node, ast.Name) and node.id in consts:
+        return consts[node.id]
+    if isinstance(node, ast.JoinedStr):
+        parts = []
+        for v in node.values:
+            inner = v.value if isinstance(v, ast.FormattedValue) and v.conversion == -1 and v.format_spec is None else v
+            parts.append(str(_eval(inner, consts)))
+        return "".join(parts)
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+        left, right = _eval(node.left, consts), _eval(node.right, consts)
+        if isinstance(left, str) and isinstance(right, str):
+            return left + right
+        raise ValueError("not a string")
+    return ast.literal_eval(node)
+
+
+def _marker(call: ast.Call, test: str, where: str, consts: dict[str, str]) -> Marker:
     try:
-        args = [ast.literal_eval(a) for a in call.args]
-        kwargs = {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords}
+        args = [_eval(a, consts) for a in call.args]
+        kwargs = {kw.arg: _eval(kw.value, consts) for kw in call.keywords}
     except ValueError:
-        raise MarkerError(f"{where}: compat marker arguments must be literals") from None
+        raise MarkerError(f"{where}: compat marker arguments must be literals or module-level string constants") from None
     if len(args) != 3 or set(kwargs) - {"note"} or not all(isinstance(a, str) and a for a in args):
         raise MarkerError(f"{where}: compat(endpoint, field, status, note=...) with non-empty strings")
     if args[2] not in STATUSES:
@@ -108,13 +127,18 @@ def scan_source(source: str, rel: str) -> tuple[Marker, ...]:
         for t in node.targets if isinstance(t, ast.Name)
         if isinstance(node.value, ast.Attribute) and node.value.attr == "compat"
     }
+    consts = {
+        t.id: node.value.value for node in tree.body if isinstance(node, ast.Assign)
+        and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)
+        for t in node.targets if isinstance(t, ast.Name)
+    }
     out: list[Marker] = []
     for node in ast.walk(tree):
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
             for deco in node.decorator_list:
                 call = _compat_call(deco, aliases)
                 if call is not None:
-                    out.append(_marker(call, f"{rel}::{node.name}", f"{rel}:{deco.lineno}"))
+                    out.append(_marker(call, f"{rel}::{node.name}", f"{rel}:{deco.lineno}", consts))
     return tuple(out)
 
 

@@ -20,7 +20,8 @@ def test_every_v1_endpoint_and_field_has_a_row() -> None:
 
 @pytest.mark.parametrize(("source", "says"), [
     ('@pytest.mark.compat("GET /x", "f", "mostly")', "is not one of"),
-    ('@pytest.mark.compat("GET /x", F, "supported")', "must be literals"),
+    ('@pytest.mark.compat("GET /x", G(), "supported")', "must be literals"),
+    ('@pytest.mark.compat("GET /x", F + 1, "supported")', "must be literals"),
     ('@pytest.mark.compat("GET /x", "supported")', "compat\\(endpoint, field, status"),
     ('@compat("GET /x", "f", "supported", notes="x")', "compat\\(endpoint, field, status"),
 ])
@@ -32,11 +33,12 @@ def test_scanner_rejects_bad_markers(source: str, says: str) -> None:
 
 def test_scanner_reads_both_spellings() -> None:
     module = ("import pytest\ncompat = pytest.mark.compat\n"
-              '@compat("GET /x", "f", "partial", note="a\\n  b")\n@pytest.mark.compat("GET /y", "g", "supported")\n'
+              'N = "n"\n@compat("GET /x", "f", "partial", note="a\\n  b")\n'
+              '@pytest.mark.compat("GET /y", "g", "supported", note=f"{N}!" + N)\n'
               "async def test_a() -> None: pass\n")
     assert compat.scan_source(module, "tests/test_x.py") == (
         compat.Marker("GET /x", "f", "partial", "a b", "tests/test_x.py::test_a"),
-        compat.Marker("GET /y", "g", "supported", "", "tests/test_x.py::test_a"),
+        compat.Marker("GET /y", "g", "supported", "n!n", "tests/test_x.py::test_a"),
     )
 
 

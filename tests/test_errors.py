@@ -14,6 +14,8 @@ import ast
 import inspect
 from pathlib import Path
 
+import pytest
+
 import shim
 from shim import errors
 from shim.errors import V1_CATEGORIES, ShimError, error_body
@@ -34,6 +36,7 @@ def test_the_categories_are_the_csharp_enum() -> None:
             "limit", "payment", "forbidden"} == V1_CATEGORIES
 
 
+@pytest.mark.compat("all v1 endpoints", "error body", "supported")
 def test_every_class_of_the_hierarchy_has_a_known_category() -> None:
     import shim.web_server  # noqa: F401 - defines a subclass of its own
     classes = all_subclasses(ShimError)
@@ -43,6 +46,7 @@ def test_every_class_of_the_hierarchy_has_a_known_category() -> None:
         assert 400 <= cls.status < 600, cls
 
 
+@pytest.mark.compat("all v1 endpoints", "error body", "supported")
 def test_every_category_keyword_in_the_source_is_known() -> None:
     """``category=...`` anywhere in shim: a literal from V1_CATEGORIES (a computed one would escape
     this check, so there is none)."""

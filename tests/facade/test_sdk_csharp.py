@@ -212,6 +212,9 @@ async def test_send_takes_the_id_from_location_absolute_path(harness: Harness) -
 @compat("GET /v1/users/{userId}/messages/{messageId}", "deliveryCode", "supported",
         note='a string of digits ("0", "720"; 999 for a v2 code with no v1 twin, its meaning in deliveryDescription): '
              "C# reads an int, Java a String")
+@compat("GET /v1/users/{userId}/messages/{messageId}", "deliveryDescription", "supported",
+        note="v1's description for a v1 code; for a v2 code with no v1 twin, v2's meaning with its code "
+             "(rejected-forbidden-country (v2 4432))")
 @compat("GET /v1/users/{userId}/messages/{messageId}", "deliveryState", "supported",
         note="delivered | not-delivered (waiting is never shown: v2 has no such state); absent until known")
 @compat("GET /v1/users/{userId}/messages/{messageId}", "state", "supported",

@@ -166,6 +166,8 @@ async def sweep(h: Harness, session: aiohttp.ClientSession) -> int:
         note="every status >= 400 and every non-empty 2xx body is JSON with Content-Type: application/json exactly "
              "(404, 405, 401, aiohttp-level and malformed-HTTP errors, admin, health); except /metrics (Prometheus "
              "text) and media downloads (the file)")
+@pytest.mark.compat("all v1 endpoints", "Content-Type", "supported",
+                    note="application/json exactly, no charset (C# and Python ≤ 3.0.1 compare it)")
 async def test_every_route_and_method_answers_what_ruby_parses(make_harness: HarnessFactory) -> None:
     h = await make_harness(admin={"username": "admin", "password": "admin-password-1"})
     assert await sweep(h, h.session) > 300
