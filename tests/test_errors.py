@@ -77,3 +77,15 @@ def test_batch_items_report_known_categories_for_every_error() -> None:
     internal = error_body(batch_item_error(None))
     assert (internal["category"], internal["code"]) == ("unavailable", "internal-error")
     assert batch_item_error(ShimError("boom")).status == 503
+
+
+def test_every_delivery_code_is_an_int_for_csharp() -> None:
+    """``deliveryCode`` is a string on the wire (v1, Java's ``SmsEvent``) that C#'s ``int DeliveryCode``
+    must parse: digits for every v2 error code Bandwidth lists, for an unknown one and for none."""
+    from shim.core import map_error_code
+    from shim.core._delivery_codes import V1_DESCRIPTIONS, v2_names
+
+    for v2_code in [*v2_names(), 4000, 1, -5, 2**31 - 1, None]:
+        code, description = map_error_code(v2_code, "whatever")
+        assert code.isdigit() and int(code) in V1_DESCRIPTIONS, (v2_code, code)
+        assert description
