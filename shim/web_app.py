@@ -18,7 +18,7 @@ from shim.errors import BodyTooLarge, MethodNotAllowed, NotFound, ShimError
 from shim.facade import Sender, web_account, web_media, web_messages
 from shim.facade.web_v1 import add_user_headers, v1_error_response
 from shim.gateway import Gateway, web_ingest
-from shim.keys import ACCESS_LOG, CONFIG, DELIVERY, MAIN_APP, METRICS, REQUEST_ID, SENDER, STORE, UPSTREAM, USER_ID
+from shim.keys import ACCESS_LOG, CONFIG, DELIVERY, MAIN_APP, METRICS, REQUEST_ID, SENDER, STORE, UPSTREAM, USER_HEADERS, USER_ID
 from shim.ops import AccessLog, Metrics, web_ops
 from shim.outbox import DeliveryEngine
 from shim.store import Store, open_store
@@ -75,7 +75,9 @@ async def v1_middleware(request: web.Request, handler: Handler) -> web.StreamRes
         log.exception("unhandled error", extra={"request_id": rid, "path": request.path})
         resp = v1_error_response(request, ShimError("An internal error occurred"))
     resp.headers["X-Request-Id"] = rid
-    add_user_headers(request, resp)
+    extra = request.get(USER_HEADERS)  # the user's deprecation signals, if configured
+    if extra:
+        add_user_headers(resp, extra)
     route = request.match_info.route.resource
     route_name = route.canonical if route is not None else "unmatched"
     app = request.app

@@ -14,7 +14,7 @@ from aiohttp import web
 from shim.config import UserConfig
 from shim.core import v1_media_url, v2_error_to_v1
 from shim.errors import BadRequest, MediaSizeOverflow
-from shim.keys import CONFIG, UPSTREAM
+from shim.keys import CONFIG, UPSTREAM, USER_HEADERS
 
 from .web_auth import authenticate
 from .web_v1 import add_user_headers, json_response
@@ -91,7 +91,9 @@ async def get_media(request: web.Request) -> web.StreamResponse:
         if request.method == "HEAD":
             # Ruby's Media.get_info: the type and length, no body (the upstream one is not read).
             return out
-        add_user_headers(request, out)  # streamed: the middleware comes after the headers are sent
+        extra = request.get(USER_HEADERS)
+        if extra:  # streamed: the middleware comes after the headers are sent
+            add_user_headers(out, extra)
         await out.prepare(request)
         async for chunk in resp.iter_chunked(CHUNK):
             await out.write(chunk)

@@ -10,7 +10,6 @@ import orjson
 from aiohttp import web
 
 from shim.errors import BadRequest, ShimError, error_body
-from shim.keys import USER_HEADERS
 
 BODY_ENCODINGS = ("", "identity", "gzip", "deflate")
 _LONG_NUMBER = re.compile(rb"[0-9]{19}")
@@ -39,12 +38,11 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
     return web.Response(body=body, status=status, headers=hdrs)
 
 
-def add_user_headers(request: web.Request, resp: web.StreamResponse) -> None:
+def add_user_headers(resp: web.StreamResponse, extra: tuple[tuple[str, str], ...]) -> None:
     """The authenticated user's deprecation headers (``Deprecation``, ``Sunset``,
-    ``Link rel="deprecation"``), appended so a list's ``Link rel="next"`` stays the first ``Link``
-    (the C# SDK reads only the first; Java reads every one). One lookup when none is configured."""
-    extra = request.get(USER_HEADERS)
-    if extra and not resp.prepared:
+    ``Link rel="deprecation"``; ``request[USER_HEADERS]``, set by v1 auth), appended so a list's
+    ``Link rel="next"`` stays the first ``Link`` (the C# SDK reads only the first; Java reads every one)."""
+    if not resp.prepared:
         for name, value in extra:
             resp.headers.add(name, value)
 
