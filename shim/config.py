@@ -12,12 +12,14 @@ import binascii
 import ipaddress
 import os
 import re
+from datetime import UTC, datetime
+from email.utils import format_datetime
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, ValidationError, field_validator, model_validator
 
 DEFAULT_RETRY_SCHEDULE: list[float] = [5, 30, 120, 600, 1800, 3600, 7200, 14400, 28800, 43200]
 MIN_SECRET_LEN = 12
@@ -254,6 +256,51 @@ class NativeEventsConfig(_Model):
     _url = field_validator("url")(_http_url)
 
 
+class DeprecationConfig(_Model):
+    """Deprecation signals on every v1 response to this user (SPEC §8): RFC 9745
+    ``Deprecation: @<unix seconds>``, RFC 8594 ``Sunset: <HTTP-date>``, ``Link: <url>; rel="deprecation"``.
+    The header list is built once here, so a response only looks it up."""
+
+    date: datetime | None = None
+    sunset: datetime | None = None
+    link: str | None = None
+    _headers: tuple[tuple[str, str], ...] = PrivateAttr(default=())
+
+    @field_validator("date", "sunset")
+    @classmethod
+    def _utc(cls, v: datetime | None) -> datetime | None:
+        return v.replace(tzinfo=UTC) if v is not None and v.tzinfo is None else v
+
+    @field_validator("link")
+    @classmethod
+    def _link(cls, v: str | None) -> str | None:
+        if v is not None and any(c in v for c in '<>",; \t'):
+            raise ValueError("must not contain <, >, quotes, commas, semicolons or spaces (percent-encode them)")
+        return _http_url(v)
+
+    @model_validator(mode="after")
+    def _check(self) -> DeprecationConfig:
+        if self.date is None and self.sunset is None and self.link is None:
+            raise ValueError("set at least one of date, sunset, link")
+        if self.date is not None and self.sunset is not None and self.sunset < self.date:
+            raise ValueError("sunset must not be before date")
+        return self
+
+    def model_post_init(self, context: Any, /) -> None:
+        headers = []
+        if self.date is not None:
+            headers.append(("Deprecation", f"@{int(self.date.timestamp())}"))
+        if self.sunset is not None:
+            headers.append(("Sunset", format_datetime(self.sunset.astimezone(UTC), usegmt=True)))
+        if self.link is not None:
+            headers.append(("Link", f'<{self.link}>; rel="deprecation"'))
+        self._headers = tuple(headers)
+
+    @property
+    def headers(self) -> tuple[tuple[str, str], ...]:
+        return self._headers
+
+
 class UserConfig(_Model):
     user_id: str = Field(min_length=1)
     api_token: str = Field(min_length=1)
@@ -264,6 +311,7 @@ class UserConfig(_Model):
     v2_password: SecretStr
     incoming: IncomingConfig | None = None
     native_events: NativeEventsConfig | None = None
+    deprecation: DeprecationConfig | None = None
 
     @field_validator("api_secret")
     @classmethod

@@ -2,7 +2,7 @@
 
 Tree::
 
-    ShimError                       500 backend/internal-error
+    ShimError                       500 unavailable/internal-error
     ├── BadRequest                  400 bad-request/bad-request
     │   ├── MissingProperty         400 bad-request/missing-property
     │   ├── BlankProperty           400 bad-request/blank-property
@@ -17,17 +17,26 @@ Tree::
         └── OutcomeUnknown          503 unavailable/message-gateway-unavailable (sent, no answer)
 
 v1 SDKs read ``message`` (node, Ruby), ``code`` (Python) or ``message ?? code`` (C#), so every
-error carries all four keys ``category``, ``code``, ``message``, ``details``.
+error carries all four keys ``category``, ``code``, ``message``, ``details``. Every ``category`` is
+one of ``V1_CATEGORIES``: the C# SDK (Bandwidth.Net ``Api/Error.cs`` ``ErrorCategory``) parses it
+into a fixed enum and throws on anything else, so an internal error is ``unavailable``, never v1's
+``backend`` (``tests/test_errors.py`` walks the hierarchy and every ``category=`` in the source).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+# The categories every legacy SDK can parse: Bandwidth.Net's ``ErrorCategory`` enum, kebab-cased.
+V1_CATEGORIES = frozenset({
+    "authentication", "authorization", "not-found", "bad-request", "conflict", "unavailable",
+    "credit", "limit", "payment", "forbidden",
+})
+
 
 class ShimError(Exception):
     status: int = 500
-    category: str = "backend"
+    category: str = "unavailable"
     code: str = "internal-error"
 
     def __init__(

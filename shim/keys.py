@@ -35,6 +35,8 @@ ACCESS_LOG: web.AppKey[AccessLog] = web.AppKey("access_log")
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id")
 # The v1 user a request authenticated as (for its access-log line).
 USER_ID: web.RequestKey[str] = web.RequestKey("user_id")
+# Headers every response to that user carries (its configured deprecation signals), set by v1 auth.
+USER_HEADERS: web.RequestKey[tuple[tuple[str, str], ...]] = web.RequestKey("user_headers")
 
 # the sandbox (a separate app)
 SANDBOX: web.AppKey[SandboxState] = web.AppKey("sandbox")

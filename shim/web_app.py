@@ -14,8 +14,8 @@ from shim import __version__
 from shim.clock import Clock, new_request_id, now_us
 from shim.config import Config
 from shim.errors import BodyTooLarge, MethodNotAllowed, NotFound, ShimError
-from shim.facade import Sender, web_media, web_messages
-from shim.facade.web_v1 import v1_error_response
+from shim.facade import Sender, web_account, web_media, web_messages
+from shim.facade.web_v1 import add_user_headers, v1_error_response
 from shim.gateway import Gateway, web_ingest
 from shim.keys import (
     ACCESS_LOG,
@@ -28,6 +28,7 @@ from shim.keys import (
     SENDER,
     STORE,
     UPSTREAM,
+    USER_HEADERS,
     USER_ID,
 )
 from shim.ops import AccessLog, Metrics, web_ops
@@ -89,6 +90,9 @@ async def v1_middleware(request: web.Request, handler: Handler) -> web.StreamRes
         log.exception("unhandled error", extra={"request_id": rid, "path": request.path})
         resp = v1_error_response(request, ShimError("An internal error occurred"))
     resp.headers["X-Request-Id"] = rid
+    extra = request.get(USER_HEADERS)  # the user's deprecation signals, if configured
+    if extra:
+        add_user_headers(resp, extra)
     route = request.match_info.route.resource
     route_name = route.canonical if route is not None else "unmatched"
     app = request.app
@@ -134,6 +138,7 @@ def build_app(
     web_ops.setup(app)
     web_messages.setup(app)
     web_media.setup(app)
+    web_account.setup(app)
     web_ingest.setup(app, gateway)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:

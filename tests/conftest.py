@@ -30,6 +30,7 @@ from shim.keys import SANDBOX
 from shim.sandbox import CallbackTarget, build_sandbox_app
 from shim.web_app import build_app, make_runner
 
+from . import compat
 from .pg import postgres_server  # noqa: F401 - the session's PostgreSQL, for the tests that ask
 
 USER = {
@@ -53,6 +54,19 @@ OTHER_USER = {
 CB_USER, CB_PASS = "bandwidth", "cb-pass-secret"
 # Standard Webhooks form (whsec_ + base64 key), as the reference library requires.
 SIGNING_SECRET = "whsec_c2hpbS10ZXN0LXNpZ25pbmcta2V5LTAxMjM0NTY3ODk="
+
+
+def pytest_itemcollected(item: pytest.Item) -> None:
+    """A ``compat`` marker is what ``tests/compat.py`` reads from the source (literal arguments, a
+    known status), so ``docs/compatibility.md`` lists exactly the markers pytest sees."""
+    seen = [m for m in item.iter_markers("compat")]
+    if not seen or not isinstance(item, pytest.Function):
+        return
+    test = f"{item.path.relative_to(compat.ROOT).as_posix()}::{item.originalname}"
+    scanned = sorted((m.endpoint, m.field, m.status, m.note) for m in compat.scan_file(item.path) if m.test == test)
+    got = sorted((*m.args, " ".join(str(m.kwargs.get("note", "")).split())) for m in seen)
+    if got != scanned:
+        raise compat.MarkerError(f"{test}: compat markers must be literal decorators on the test itself: {got} != {scanned}")
 
 
 def auth(user: str, password: str) -> dict[str, str]:

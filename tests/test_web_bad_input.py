@@ -81,6 +81,9 @@ async def nothing_stored(h: Harness) -> None:
         (b'{"from": "+15551230001", "to": "+15551230002", "media": [1, 2]}', 400, "validation-error", "media"),
     ],
 )
+@pytest.mark.compat("all v1 endpoints", "error body", "supported",
+                    note="{category, code, message, details: [{name, value}]} always; category always one of the C# SDK's "
+                         "enum (internal errors are unavailable, never v1's backend)")
 async def test_bad_send_bodies(harness: Harness, raw: bytes, status: int, code: str, says: str) -> None:
     body = await assert_v1_error(await harness.post(None, raw=raw), status, code)
     assert says in body["message"], body["message"]
@@ -133,6 +136,9 @@ async def test_unknown_paths_and_methods(harness: Harness, method: str, path: st
         {"Authorization": "Bearer abc"},
     ],
 )
+@pytest.mark.compat("all v1 endpoints", "HTTP Basic auth", "supported",
+                    note="api_token:api_secret checked in constant time; unknown user, wrong credentials and someone "
+                         "else's userId are the same 401 authorization/access-denied")
 async def test_wrong_or_missing_auth(harness: Harness, headers: dict[str, str]) -> None:
     for method, url in (("POST", harness.messages_url), ("GET", harness.messages_url),
                         ("GET", harness.messages_url + "/x"), ("GET", f"{harness.url}/v1/users/u-test/media")):

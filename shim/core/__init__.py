@@ -21,7 +21,7 @@ from ._reconcile import (
     synthesize_events,
 )
 from ._retry import MAX_RETRY_AFTER_S, next_delay, parse_retry_after
-from ._time import iso_from_us, parse_time_us
+from ._time import iso_from_us, iso_seconds_from_us, parse_time_us
 from ._translate_events import (
     DELIVERED_DESCRIPTION,
     apply_status,
@@ -89,6 +89,7 @@ __all__ = [
     'is_final',
     'is_http_url',
     'iso_from_us',
+    'iso_seconds_from_us',
     'load_spec',
     'map_error_code',
     'match_enum',

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from ._time import iso_from_us
+from ._time import iso_from_us, iso_seconds_from_us
 
 State = Literal["received", "queued", "sending", "sent", "error"]
 
@@ -64,7 +64,8 @@ class MessageRecord(BaseModel):
             "text": self.text,
             "media": list(self.media),
             "state": self.state,
-            "time": self.time,
+            # GET/list: whole seconds (Java); callbacks keep ``self.time`` with milliseconds.
+            "time": iso_seconds_from_us(self.time_us),
             "segmentCount": self.segment_count,
         }
         optional = {

@@ -12,8 +12,15 @@ _V1_QUERY = re.compile(
 
 
 def iso_from_us(us: int) -> str:
+    """With milliseconds, as v1's callback examples show (``2012-11-14T16:13:06.076Z``)."""
     dt = datetime.fromtimestamp(us / 1_000_000, UTC)
     return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+def iso_seconds_from_us(us: int) -> str:
+    """Without fractional seconds, as v1's ``GET /messages`` served it (``2015-09-14T21:32:25Z``):
+    the Java SDK parses ``time`` with ``yyyy-MM-dd'T'HH:mm:ssZ`` and rejects milliseconds."""
+    return datetime.fromtimestamp(us // 1_000_000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def parse_time_us(value: str) -> int | None:

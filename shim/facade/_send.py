@@ -38,8 +38,8 @@ def message_path(user_id: str, message_id: str = "") -> str:
 def batch_item_error(err: ShimError | None) -> ShimError:
     """The error a batch item reports. The C# SDK knows only the v1 categories (authentication,
     authorization, not-found, bad-request, conflict, unavailable, credit, limit, payment,
-    forbidden): an internal failure of one item is ``unavailable``, never ``backend``."""
-    if err is None or err.category == "backend":
+    forbidden): an internal failure of one item is a 503 ``unavailable``, never ``backend``."""
+    if err is None or err.status == 500:
         return ShimError(
             err.message if err is not None else "An internal error occurred; the message may not have been sent",
             details=err.details if err is not None else None, status=503, category="unavailable",

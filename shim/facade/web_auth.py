@@ -1,4 +1,5 @@
-"""v1 Basic auth: the same 401 for an unknown user, wrong credentials or someone else's userId."""
+"""v1 Basic auth: the same 401 for an unknown user, wrong credentials or someone else's userId.
+Once authenticated, the user's deprecation headers (if configured) go on every response."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from aiohttp import web
 from shim.basic_auth import basic_credentials, check_pair
 from shim.config import Config, UserConfig
 from shim.errors import AccessDenied
-from shim.keys import USER_ID
+from shim.keys import USER_HEADERS, USER_ID
 
 
 def authenticate(request: web.Request, cfg: Config) -> UserConfig:
@@ -20,4 +21,6 @@ def authenticate(request: web.Request, cfg: Config) -> UserConfig:
     if not check_pair(given, user.api_token, user.api_secret.get_secret_value()):
         raise AccessDenied()
     request[USER_ID] = user.user_id
+    if user.deprecation is not None:
+        request[USER_HEADERS] = user.deprecation.headers
     return user

@@ -14,10 +14,10 @@ from aiohttp import web
 from shim.config import UserConfig
 from shim.core import v1_media_url, v2_error_to_v1
 from shim.errors import BadRequest, MediaSizeOverflow
-from shim.keys import CONFIG, UPSTREAM
+from shim.keys import CONFIG, UPSTREAM, USER_HEADERS
 
 from .web_auth import authenticate
-from .web_v1 import json_response
+from .web_v1 import add_user_headers, json_response
 
 CHUNK = 64 * 1024
 
@@ -88,6 +88,12 @@ async def get_media(request: web.Request) -> web.StreamResponse:
         out.content_type = resp.headers.get("Content-Type", "application/octet-stream")
         if resp.content_length is not None:
             out.content_length = resp.content_length
+        if request.method == "HEAD":
+            # Ruby's Media.get_info: the type and length, no body (the upstream one is not read).
+            return out
+        extra = request.get(USER_HEADERS)
+        if extra:  # streamed: the middleware comes after the headers are sent
+            add_user_headers(out, extra)
         await out.prepare(request)
         async for chunk in resp.iter_chunked(CHUNK):
             await out.write(chunk)
@@ -108,5 +114,5 @@ async def delete_media(request: web.Request) -> web.StreamResponse:
 def setup(app: web.Application) -> None:
     app.router.add_get("/v1/users/{userId}/media", list_media, allow_head=False)
     app.router.add_put("/v1/users/{userId}/media/{mediaName:.+}", put_media)
-    app.router.add_get("/v1/users/{userId}/media/{mediaName:.+}", get_media, allow_head=False)
+    app.router.add_get("/v1/users/{userId}/media/{mediaName:.+}", get_media)
     app.router.add_delete("/v1/users/{userId}/media/{mediaName:.+}", delete_media)

@@ -24,6 +24,15 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
     return web.Response(body=body, status=status, headers=hdrs)
 
 
+def add_user_headers(resp: web.StreamResponse, extra: tuple[tuple[str, str], ...]) -> None:
+    """The authenticated user's deprecation headers (``Deprecation``, ``Sunset``,
+    ``Link rel="deprecation"``; ``request[USER_HEADERS]``, set by v1 auth), appended so a list's
+    ``Link rel="next"`` stays the first ``Link`` (the C# SDK reads only the first; Java reads every one)."""
+    if not resp.prepared:
+        for name, value in extra:
+            resp.headers.add(name, value)
+
+
 def request_details(request: web.Request) -> dict[str, str]:
     return {
         "requestMethod": request.method,

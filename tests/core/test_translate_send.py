@@ -82,12 +82,12 @@ def test_record_from_send() -> None:
     assert rec.to_v1() == {
         "id": "14762070468292kw2fuqty55yp2b2", "messageId": "14762070468292kw2fuqty55yp2b2",
         "from": "+15551230001", "to": "+15551230002", "direction": "out", "text": "hi", "media": [],
-        "state": "queued", "time": "2021-07-21T21:00:45.179Z", "segmentCount": 2,
+        "state": "queued", "time": "2021-07-21T21:00:45Z", "segmentCount": 2,  # whole seconds (Java)
         "callbackUrl": "https://cb.example/x", "receiptRequested": "all",
     }
     assert rec.callback_method == "GET"
     # Without a v2 time the intent's (shim's clock at the send) stays.
-    assert bind_v2(intent, "x" * 29).time == "1970-01-01T00:00:00.000Z"
+    assert bind_v2(intent, "x" * 29).time == "1970-01-01T00:00:00.000Z"  # callbacks keep milliseconds
 
 
 @pytest.mark.parametrize("item", [

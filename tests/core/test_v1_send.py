@@ -34,6 +34,15 @@ BASE = {"from": "+15551230001", "to": "+15551230002", "text": "hi"}
         ({"tag": "t" * 1024}, {"tag": "t" * 1024}),
     ],
 )
+@pytest.mark.compat("POST /v1/users/{userId}/messages", "callbackHttpMethod", "supported",
+                    note="GET | POST in any case, default POST (C# never sends it)")
+@pytest.mark.compat("POST /v1/users/{userId}/messages", "callbackTimeout", "supported",
+                    note="milliseconds as an integer or a numeric string, 1..10000, default 10000")
+@pytest.mark.compat("POST /v1/users/{userId}/messages", "tag", "supported",
+                    note="up to 1024 characters (v2's limit); shown in GET and every callback of the message (v1 said "
+                         "tags do not persist beyond the request)")
+@pytest.mark.compat("POST /v1/users/{userId}/messages", "unknown fields", "supported",
+                    note="ignored (skipMMSCarrierValidation included)")
 def test_accepted(extra: dict[str, Any], expected: dict[str, Any]) -> None:
     req = parse_send_item(BASE | extra)
     for key, value in expected.items():
@@ -66,6 +75,23 @@ def test_accepted(extra: dict[str, Any], expected: dict[str, Any]) -> None:
         (BASE | {"tag": 5}, "validation-error"),
     ],
 )
+@pytest.mark.compat("POST /v1/users/{userId}/messages", "from", "supported",
+                    note="required, not blank; v1's ownership check (401 number-access-denied) is v2's: see below")
+@pytest.mark.compat("POST /v1/users/{userId}/messages", "to", "supported",
+                    note="one E.164 string; an array is a 400 validation-error (v1 had no group messages)")
+@pytest.mark.compat("POST /v1/users/{userId}/messages", "text", "supported",
+                    note="up to 2048 characters (longer: 400 validation-error); may be absent or empty when media is set")
+@pytest.mark.compat("POST /v1/users/{userId}/messages", "receiptRequested", "supported",
+                    note="none | all | error (any case); all/error together with media is a 400 validation-error (v1 "
+                         "forbade the pair without documenting the error)")
+@pytest.mark.compat("POST /v1/users/{userId}/messages", "callbackUrl", "supported",
+                    note="absolute http(s) URL; userinfo becomes Basic auth; invalid, or a refused literal address "
+                         "(loopback, private … unless callbacks.allow_cidrs), is 400 callback-invalid-url")
+@pytest.mark.compat("POST /v1/users/{userId}/messages", "fallbackUrl", "supported",
+                    note="as callbackUrl; tried when the callbackUrl attempt fails")
+@pytest.mark.compat("POST /v1/users/{userId}/messages", "v1 validation errors", "supported",
+                    note="400 bad-request with v1 codes missing-property, blank-property, validation-error, "
+                         "callback-invalid-url and v1's messages")
 def test_rejected(item: Any, code: str) -> None:
     with pytest.raises(ShimError) as exc:
         parse_send_item(item)

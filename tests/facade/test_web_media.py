@@ -6,9 +6,19 @@ import io
 import os
 from collections.abc import AsyncIterator
 
+import pytest
+
 from ..conftest import OTHER_USER, USER, Harness, auth
 
 
+@pytest.mark.compat("GET /v1/users/{userId}/media", "mediaName, content, contentLength", "supported",
+                    note="content is shim's URL of the file; v2's continuationToken paging becomes a Link rel=\"next\"")
+@pytest.mark.compat("GET|PUT|DELETE /v1/users/{userId}/media/{mediaName}", "PUT", "supported",
+                    note="the raw body streamed to the v2 media API of the user's account; Content-Length required")
+@pytest.mark.compat("GET|PUT|DELETE /v1/users/{userId}/media/{mediaName}", "GET", "supported",
+                    note="streamed with its stored Content-Type")
+@pytest.mark.compat("GET|PUT|DELETE /v1/users/{userId}/media/{mediaName}", "DELETE", "supported",
+                    note="200, also for a name that is not there")
 async def test_put_get_list_delete_roundtrip(harness: Harness) -> None:
     url = f"{harness.url}/v1/users/u-test/media/cat.png"
     data = os.urandom(3_000_000)
@@ -33,6 +43,9 @@ async def test_put_get_list_delete_roundtrip(harness: Harness) -> None:
     assert (await resp.json())["code"] == "media-not-found"
 
 
+@pytest.mark.compat("GET|PUT|DELETE /v1/users/{userId}/media/{mediaName}", "size limit", "partial",
+                    note="v2's 3.75 MB per file (v1 allowed 65 MB): larger is 403 media-size-overflow before anything is "
+                         "sent upstream")
 async def test_upload_over_limit_refused_before_upstream(harness: Harness) -> None:
     url = f"{harness.url}/v1/users/u-test/media/big.bin"
     resp = await harness.session.put(url, data=io.BytesIO(b"x" * 3_750_001), headers=harness.auth)

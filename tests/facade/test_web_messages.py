@@ -6,6 +6,8 @@ import asyncio
 import re
 from urllib.parse import parse_qs, urlsplit
 
+import pytest
+
 from shim.core import send_key_of
 from shim.keys import UPSTREAM
 
@@ -15,6 +17,15 @@ PY_SDK_KEYS = ("from", "to", "text", "media", "receiptRequested", "callbackUrl",
                "callbackHttpMethod", "callbackTimeout", "fallbackUrl", "tag")
 
 
+@pytest.mark.compat("GET /v1/users/{userId}/messages/{messageId}", "id, messageId", "supported",
+                    note="equal; the v2 message id")
+@pytest.mark.compat("GET /v1/users/{userId}/messages/{messageId}", "from, to, direction", "supported")
+@pytest.mark.compat("GET /v1/users/{userId}/messages/{messageId}", "text", "supported",
+                    note="cleared everywhere after retention.text_days (v1: 3 days)")
+@pytest.mark.compat("GET /v1/users/{userId}/messages/{messageId}", "media", "supported",
+                    note="an array, [] when none")
+@pytest.mark.compat("GET /v1/users/{userId}/messages/{messageId}", "segmentCount", "supported",
+                    note="v2's segment count")
 async def test_single_send_201_location_and_readback(harness: Harness) -> None:
     resp = await harness.post({"from": "+15551230001", "to": "+15551230002", "text": "Hello"})
     assert resp.status == 201
@@ -40,6 +51,8 @@ async def test_single_send_201_location_and_readback(harness: Harness) -> None:
     assert send_key_of(sent["tag"]) is not None  # the send's correlation key
 
 
+@pytest.mark.compat("POST /v1/users/{userId}/messages", "null values", "supported",
+                    note="JSON null means absent (the Python SDK sends all ten keys, unset ones null)")
 async def test_python_sdk_shaped_send_with_nulls(harness: Harness) -> None:
     body = dict.fromkeys(PY_SDK_KEYS)
     body.update({"from": "+15551230001", "to": "+15551230002", "text": "py sdk"})
@@ -56,6 +69,9 @@ async def test_python_sdk_shaped_send_with_nulls(harness: Harness) -> None:
     assert send_key_of(sent["tag"]) is not None and sent["tag"].count(":") == 1  # no app tag to carry
 
 
+@pytest.mark.compat("GET /v1/users/{userId}/messages/{messageId}",
+                    "callbackUrl, callbackTimeout, fallbackUrl, tag, receiptRequested", "supported",
+                    note="present when set, omitted otherwise (never null); callbackTimeout an integer")
 async def test_media_as_string_timeout_as_string_and_all_fields(harness: Harness) -> None:
     mid = await harness.send(
         text=None, media="https://example.com/cat.jpg", callbackTimeout="2000",
@@ -72,6 +88,9 @@ async def test_media_as_string_timeout_as_string_and_all_fields(harness: Harness
     assert send_key_of(sent["tag"]) is not None and sent["tag"].endswith(":t1")  # key, then the app's tag
 
 
+@pytest.mark.compat("GET|PUT|DELETE /v1/users/{userId}/media/{mediaName}", "v1 media URLs in sends", "supported",
+                    note="media URLs pointing at shim's or api.catapult.inetwork.com's media are rewritten to the v2 "
+                         "media URL, so upload-then-send keeps working")
 async def test_own_and_legacy_media_urls_are_rewritten_to_v2(harness: Harness) -> None:
     own = f"{harness.url}/v1/users/u-test/media/pic.png"
     legacy = "https://api.catapult.inetwork.com/v1/users/u-test/media/old.gif"
@@ -135,6 +154,10 @@ async def test_batch_over_50_is_refused_and_nothing_sent(harness: Harness) -> No
     assert len(harness.v2_requests) == before
 
 
+@pytest.mark.compat("POST /v1/users/{userId}/messages", "v2 errors", "supported",
+                    note="v2 400 → 400 validation-error with v2's fieldErrors in details; 429 → 403 "
+                         "limit/message-rate-limit; 5xx, 401/403 (shim's own credentials), no connection → 503 "
+                         "unavailable/message-gateway-unavailable")
 async def test_upstream_error_mapping(harness: Harness) -> None:
     resp = await harness.post({"from": "+15551230001", "to": "+15550000429", "text": "x"})
     assert resp.status == 403
@@ -158,6 +181,9 @@ async def test_wrong_upstream_credentials_are_503(make_harness) -> None:  # type
     assert (await resp.json())["category"] == "unavailable"
 
 
+@pytest.mark.compat("POST /v1/users/{userId}/messages", "outcome unknown", "supported",
+                    note="a timeout after the request left is a 503 whose details say outcome: unknown (with the "
+                         "correlation key); never resent automatically")
 async def test_upstream_timeout_is_503_and_not_retried(make_harness) -> None:  # type: ignore[no-untyped-def]
     h = await make_harness(upstream={"mode": "sandbox", "timeout_s": 0.3, "connect_retries": 2})
     resp = await h.post({"from": "+15551230001", "to": "+15550000408", "text": "x"})
@@ -173,6 +199,8 @@ async def test_upstream_down_is_503(make_harness) -> None:  # type: ignore[no-un
     assert (await resp.json())["code"] == "message-gateway-unavailable"
 
 
+@pytest.mark.compat("GET /v1/users/{userId}/messages/{messageId}", "unknown id", "supported",
+                    note="404 not-found/message-not-found; another user's message is not found either")
 async def test_get_unknown_and_other_users_message(harness: Harness) -> None:
     r, body = await harness.get_json(f"{harness.messages_url}/m-doesnotexist")
     assert r.status == 404
@@ -200,6 +228,12 @@ async def test_patch_redacts_text(harness: Harness) -> None:
     assert r.status == 404
 
 
+@pytest.mark.compat("GET /v1/users/{userId}/messages", "from, to", "supported",
+                    note="exact E.164 match")
+@pytest.mark.compat("GET /v1/users/{userId}/messages", "unknown parameters", "supported",
+                    note="ignored")
+@pytest.mark.compat("GET /v1/users/{userId}/messages", "direction, state, deliveryState, sortOrder", "supported")
+@pytest.mark.compat("GET /v1/users/{userId}/messages", "fromDateTime, toDateTime", "supported")
 async def test_list_filters_and_order(harness: Harness) -> None:
     a = await harness.send(to="+15551110001", text="a")
     b = await harness.send(to="+15551110002", text="b")
@@ -222,6 +256,10 @@ async def test_list_filters_and_order(harness: Harness) -> None:
     assert r.status == 200 and len(body) == 3
 
 
+@pytest.mark.compat("GET /v1/users/{userId}/messages", "sortKeyLT cursor", "supported",
+                    note="opaque cursor (sortKeyLT, or sortKeyGT in ascending order) in the next Link; pages stay stable "
+                         "while new messages arrive; default order newest first (v1's docs disagreed with themselves)")
+@pytest.mark.compat("GET /v1/users/{userId}/messages", "Link", "supported")
 async def test_list_paging_stable_while_inserting(harness: Harness) -> None:
     sent = [await harness.send(to="+15552220001", text=f"p{i}") for i in range(12)]
     seen: list[str] = []

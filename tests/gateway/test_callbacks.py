@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 from collections import Counter
 from typing import Any
 
@@ -97,6 +98,10 @@ async def test_ingest_answers_only_after_the_events_are_committed(harness: Harne
     assert await sql_rows(store, "SELECT event_id FROM outbox") == [(f"evt_{mid}_sent",)]
 
 
+@pytest.mark.compat("v1 callbacks (callbackUrl)", "receiptRequested none|all|error", "supported",
+                    note="none: the sent event only; all: also the delivery receipt (deliveryState, deliveryCode, "
+                         "deliveryDescription); error: delivery fields on the error event only. One sent event per "
+                         "message; MMS gets no receipts")
 async def test_sms_receipt_none_gets_one_sent_callback(harness: Harness) -> None:
     mid = await harness.send(callbackUrl=f"{harness.receiver.url}/cb", tag="order-1")
     await wait_until(lambda: len(harness.receiver.at("/cb")) == 1)
@@ -111,11 +116,18 @@ async def test_sms_receipt_none_gets_one_sent_callback(harness: Harness) -> None
     assert r.json == {
         "eventType": "sms", "direction": "out", "messageId": mid,
         "messageUri": f"{harness.messages_url}/{mid}", "from": "+15551230001", "to": "+15551230002",
-        "text": "hi", "time": stored["time"], "state": "sent", "segmentCount": 1, "tag": "order-1",
+        "text": "hi", "time": r.json["time"], "state": "sent", "segmentCount": 1, "tag": "order-1",
     }
+    # The callback keeps milliseconds (v1's callback examples); GET shows whole seconds (the Java SDK).
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", r.json["time"])
+    assert stored["time"] == r.json["time"][:19] + "Z"
     assert (stored["state"], stored["deliveryState"], stored["deliveryCode"]) == ("sent", "delivered", "0")
 
 
+@pytest.mark.compat("v1 callbacks (callbackUrl)", "receiptRequested none|all|error", "supported",
+                    note="none: the sent event only; all: also the delivery receipt (deliveryState, deliveryCode, "
+                         "deliveryDescription); error: delivery fields on the error event only. One sent event per "
+                         "message; MMS gets no receipts")
 async def test_receipt_all_gets_sent_then_receipt(harness: Harness) -> None:
     mid = await harness.send(callbackUrl=f"{harness.receiver.url}/cb", receiptRequested="all")
     await wait_until(lambda: len(harness.receiver.at("/cb")) == 2)
@@ -129,6 +141,10 @@ async def test_receipt_all_gets_sent_then_receipt(harness: Harness) -> None:
     assert receipt.headers["webhook-id"] == f"evt_{mid}_receipt"
 
 
+@pytest.mark.compat("v1 callbacks (callbackUrl)", "receiptRequested none|all|error", "supported",
+                    note="none: the sent event only; all: also the delivery receipt (deliveryState, deliveryCode, "
+                         "deliveryDescription); error: delivery fields on the error event only. One sent event per "
+                         "message; MMS gets no receipts")
 async def test_failure_with_receipt_error(harness: Harness) -> None:
     mid = await harness.send(to="+15550004720", callbackUrl=f"{harness.receiver.url}/cb", receiptRequested="error")
     await wait_until(lambda: len(harness.receiver.at("/cb")) == 1)
@@ -157,6 +173,10 @@ async def test_mms_sending_then_delivered(harness: Harness) -> None:
     assert (await harness.stored(mid))["state"] == "sent"
 
 
+@pytest.mark.compat("v1 callbacks (callbackUrl)", "callbackHttpMethod GET", "supported",
+                    note="the same fields as query parameters")
+@pytest.mark.compat("v1 callbacks (callbackUrl)", "URL userinfo", "supported",
+                    note="user:pass@ in callbackUrl becomes an Authorization: Basic header; never logged")
 async def test_get_callback_with_query_params_and_userinfo(harness: Harness) -> None:
     url = harness.receiver.url.replace("http://", "http://app%20user:p%40ss@") + "/bxml"
     mid = await harness.send(callbackUrl=url, callbackHttpMethod="GET")
@@ -171,6 +191,9 @@ async def test_get_callback_with_query_params_and_userinfo(harness: Harness) -> 
     verify_signature(r)
 
 
+@pytest.mark.compat("v1 callbacks (callbackUrl)", "webhook-id, webhook-signature", "supported",
+                    note="shim extension: Standard Webhooks webhook-id (stable across retries), webhook-timestamp, "
+                         "webhook-signature with a signing secret")
 async def test_rotating_secrets_sign_post_and_get_callbacks(make_harness: Any) -> None:
     new = "whsec_" + base64.b64encode(b"the-next-signing-key!").decode()
     h = await make_harness(callbacks__signing_secrets=[new])
@@ -187,6 +210,8 @@ async def test_rotating_secrets_sign_post_and_get_callbacks(make_harness: Any) -
     assert g.query["x"] == ["1"] and g.query["tag"] == ["a b&c=d/é"] and g.raw_query.startswith("x=1&")
 
 
+@pytest.mark.compat("v1 callbacks (callbackUrl)", "fallbackUrl", "supported",
+                    note="the same event to fallbackUrl when the callbackUrl attempt fails (timeout callbackTimeout or non-2xx)")
 async def test_fallback_on_primary_failure(harness: Harness) -> None:
     harness.receiver.script["/primary"] = [500]
     await harness.send(callbackUrl=f"{harness.receiver.url}/primary", fallbackUrl=f"{harness.receiver.url}/fallback")
@@ -195,6 +220,9 @@ async def test_fallback_on_primary_failure(harness: Harness) -> None:
     assert harness.receiver.at("/fallback")[0].json["state"] == "sent"
 
 
+@pytest.mark.compat("v1 callbacks (callbackUrl)", "retries", "supported",
+                    note="v1 tried each URL once; shim retries with backoff on callbacks.retry_schedule_s (default > 24 "
+                         "h), honours Retry-After, then dead-letters (admin replay): at-least-once")
 async def test_retries_until_success_same_event_id(harness: Harness) -> None:
     harness.receiver.script["/flaky"] = [500, 503, 200]
     mid = await harness.send(callbackUrl=f"{harness.receiver.url}/flaky")
@@ -372,6 +400,11 @@ async def test_event_without_a_key_for_an_unknown_message_is_native_at_once(harn
     assert await harness.app[STORE].pending_event_count() == 0
 
 
+@pytest.mark.compat("v1 inbound (incomingMessageUrl)", "sms, mms", "supported",
+                    note="to users[].incoming.url (shim's config replaces the v1 applications API)")
+@pytest.mark.compat("GET|PUT|DELETE /v1/users/{userId}/media/{mediaName}", "inbound media URLs", "supported",
+                    note="v2 media URLs of inbound MMS become {public_url}/v1/users/{userId}/media/…, served with the v1 "
+                         "credentials")
 async def test_inbound_sms_and_mms_with_media(harness: Harness) -> None:
     png = b"\x89PNG fake image bytes"
     resp = await harness.session.post(
@@ -398,6 +431,9 @@ async def test_inbound_sms_and_mms_with_media(harness: Harness) -> None:
     assert resp.status == 200 and await resp.read() == png
 
 
+@pytest.mark.compat("v1 inbound (incomingMessageUrl)", "group messages", "supported",
+                    note="a v2 group message arrives once per owned recipient (v1 had none); its id is the v2 id plus "
+                         "-<recipient digits>")
 async def test_inbound_group_once_per_owned_recipient(harness: Harness) -> None:
     resp = await harness.session.post(
         f"{harness.cfg.upstream.base_url}/sandbox/inbound",
