@@ -31,6 +31,7 @@ from ._url_safety import policy_from_config
 from .client_callbacks import AttemptResult, CallbackClient
 
 log = logging.getLogger("shim.delivery")
+FLUSH_GATHER_S = 0.01
 
 
 class DeliveryEngine:
@@ -266,7 +267,9 @@ class DeliveryEngine:
             await self._flush.wait()
             self._flush.clear()
             await self._flush_delivered()
-            self._wake.set()
+            self._wake.set()  # later callbacks of the same messages may be claimed now
+            # Successes gather for a moment: one write (and one claim) per batch, not per callback.
+            await asyncio.sleep(FLUSH_GATHER_S)
 
     async def _flush_delivered(self) -> None:
         while self._delivered:

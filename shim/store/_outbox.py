@@ -53,14 +53,17 @@ class OutboxTxs(StoreCore):
                   skip_hosts: Sequence[str]) -> Tx[list[Any]]:
         now = self.clock()
         skip = f" AND o.host NOT IN ({', '.join('?' for _ in skip_hosts)})" if skip_hosts else ""
-        # Lock a few more candidates than needed (other replicas skip them), keep per_host each.
+        # Lock a few more candidates than needed (other replicas skip them), keep per_host each;
+        # never many more than a few hosts' worth: each candidate costs an ordering check, and a
+        # claim returning few rows is simply repeated by the engine.
+        fetch = min(limit * 2, limit + 500, 4 * per_host + 32)
         candidates = yield All(
             "SELECT o.id, o.host FROM outbox o WHERE o.status = 'pending' AND o.next_attempt_us <= ?"
             " AND o.lease_owner IS NULL"
             " AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.order_key = o.order_key"
             f"  AND p.status = 'pending' AND p.id < o.id){skip}"
             f" ORDER BY o.next_attempt_us, o.id LIMIT ?{self.skip_locked}",
-            now, *skip_hosts, min(limit * 2, limit + 500),
+            now, *skip_hosts, fetch,
         )
         taken: dict[str, int] = {}
         chosen: list[int] = []
