@@ -1,8 +1,16 @@
 """One HTTP attempt of a v1 callback: the legacy app's URL, its method, the Standard Webhooks
-headers and the outbound address policy. The engine decides what to attempt and when."""
+headers and the outbound address policy. The engine decides what to attempt and when.
+
+Sent over ``H1Transport`` (shim's small keep-alive client, about a quarter of aiohttp's CPU per
+request) unless ``callbacks.http_client`` is ``aiohttp``. Either way the address policy judges the
+addresses actually connected to (``SafeResolver``), nothing is redirected, at most
+``MAX_RESPONSE_BYTES`` of an answer is read, and the results (their error texts too) are the same.
+"""
 
 from __future__ import annotations
 
+import socket
+import ssl
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -17,12 +25,16 @@ from yarl import URL
 from shim.basic_auth import basic_header
 from shim.core import RECONCILED_HEADER, DeliverySpec, parse_retry_after, v1_json_bytes
 from shim.ops import scrub
+from shim.upstream import ConnectFailed, H1Transport, TimedOut, Timeout, TransportError
 
 from ._url_safety import AddressPolicy, RefusedAddress, SafeResolver, UnsafeUrl
 
 USER_AGENT = "BandwidthAPI/v1"
 # What is read of a receiver's answer: enough for a diagnosis, never enough to exhaust memory.
 MAX_RESPONSE_BYTES = 64 * 1024
+# Headers aiohttp's client adds on its own, sent by H1Transport too (not Accept-Encoding: an
+# answer's body is never decoded, so no compression is offered).
+_AUTO_HEADERS = {"Accept": "*/*"}
 
 
 @dataclass(frozen=True)
@@ -56,10 +68,31 @@ def query_params(body: dict[str, Any]) -> list[tuple[str, str]]:
     return out
 
 
+def _connect_error(e: ConnectFailed) -> str:
+    """A connection that could not be made, named as aiohttp's client names it."""
+    cause = e.__cause__
+    if not isinstance(cause, OSError):
+        return f"ClientConnectorError: {scrub(str(e))[:200]}"
+    if isinstance(cause, socket.gaierror):
+        name = "ClientConnectorDNSError"
+    elif isinstance(cause, ssl.SSLCertVerificationError):
+        name = "ClientConnectorCertificateError"
+    elif isinstance(cause, ssl.SSLError):
+        name = "ClientConnectorSSLError"
+    else:
+        name = "ClientConnectorError"
+    detail = " ".join(str(a) for a in cause.args if a is not None) or str(e)
+    return f"{name}: {scrub(detail)[:200]}"
+
+
 class CallbackClient:
+    """``http_client``: ``auto``/``httptools`` (``H1Transport``) or ``aiohttp``. Either way
+    ``per_host`` connections at most per scheme, host and port (the engine keeps to
+    ``per_host_concurrency`` per host and ``concurrency`` in all)."""
+
     def __init__(
         self, policy: AddressPolicy, *, concurrency: int, per_host: int, signing_secrets: Sequence[str] = (),
-        wall_clock: Callable[[], float] = time.time,
+        wall_clock: Callable[[], float] = time.time, http_client: str = "auto",
     ) -> None:
         self.policy = policy
         self.concurrency = concurrency
@@ -67,22 +100,34 @@ class CallbackClient:
         self.secrets = list(signing_secrets)
         # Seconds since the epoch: webhook-timestamp and HTTP-date Retry-After.
         self.wall_clock = wall_clock
+        self.http_client = http_client
+        self._resolver: SafeResolver | None = None
         self._session: aiohttp.ClientSession | None = None
+        self._h1: H1Transport | None = None
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(
-            limit=self.concurrency, limit_per_host=self.per_host, resolver=SafeResolver(self.policy),
-        )
-        self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
-                                              cookie_jar=aiohttp.DummyCookieJar())
+        self._resolver = resolver = SafeResolver(self.policy)
+        if self.http_client == "aiohttp":
+            connector = aiohttp.TCPConnector(limit=self.concurrency, limit_per_host=self.per_host, resolver=resolver)
+            self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
+                                                  cookie_jar=aiohttp.DummyCookieJar())
+        else:
+            # Idle connections: at most one per attempt that may be in flight, each for 15 s at most.
+            self._h1 = H1Transport(self.per_host, 10.0, resolve=resolver.addresses, max_idle=self.concurrency)
 
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self._h1 is not None:
+            await self._h1.close()
+            self._h1 = None
+        if self._resolver is not None:
+            await self._resolver.close()
+            self._resolver = None
 
     async def attempt(self, spec: DeliverySpec, url: str) -> AttemptResult:
-        if self._session is None:
+        if self._session is None and self._h1 is None:
             raise RuntimeError("callback client is not started")
         try:
             target = self.policy.check_url(url)
@@ -113,8 +158,11 @@ class CallbackClient:
             headers["Content-Type"] = "application/json; charset=utf-8"
         if self.secrets:
             headers["webhook-signature"] = signature(self.secrets, spec.event_id, ts, signed)
-        timeout = aiohttp.ClientTimeout(total=spec.timeout_ms / 1000)
         method = spec.method if spec.format == "v1" else "POST"
+        if self._h1 is not None:
+            return await self._send_h1(self._h1, spec, method, target, headers, body, now)
+        assert self._session is not None
+        timeout = aiohttp.ClientTimeout(total=spec.timeout_ms / 1000)
         try:
             async with self._session.request(
                 method, target, data=body if method == "POST" else None, headers=headers,
@@ -138,3 +186,27 @@ class CallbackClient:
             return AttemptResult(False, f"{type(e).__name__}: {scrub(detail)[:200]}")
         except (aiohttp.ClientError, OSError) as e:
             return AttemptResult(False, f"{type(e).__name__}: {scrub(str(e))[:200]}")
+
+    async def _send_h1(
+        self, h1: H1Transport, spec: DeliverySpec, method: str, target: URL, headers: dict[str, str], body: bytes,
+        now: float,
+    ) -> AttemptResult:
+        try:
+            async with h1.request(
+                method, target, headers=_AUTO_HEADERS | headers, body=body if method == "POST" else None,
+                timeouts=Timeout(total=spec.timeout_ms / 1000),
+            ) as resp:
+                await resp.read_some(MAX_RESPONSE_BYTES)  # a longer answer: its connection is dropped
+                if 200 <= resp.status < 300:
+                    return AttemptResult(True)
+                return AttemptResult(
+                    False, f"HTTP {resp.status}", parse_retry_after(resp.headers.get("Retry-After"), now)
+                )
+        except TimedOut:
+            return AttemptResult(False, f"timeout after {spec.timeout_ms} ms")
+        except ConnectFailed as e:
+            if isinstance(e.__cause__, RefusedAddress):  # from SafeResolver.addresses, before any connect
+                return AttemptResult(False, scrub(str(e.__cause__))[:200], permanent=True)
+            return AttemptResult(False, _connect_error(e))
+        except (TransportError, OSError) as e:  # connected, then a reset or a bad answer
+            return AttemptResult(False, scrub(str(e))[:200] or type(e).__name__)
