@@ -38,6 +38,8 @@ MAX_RESPONSE_BYTES = 64 * 1024
 # Headers aiohttp's client adds on its own, sent by H1Transport too (not Accept-Encoding: an
 # answer's body is never decoded, so no compression is offered).
 _AUTO_HEADERS = {"Accept": "*/*"}
+# H1Transport's failures that aiohttp words differently, in aiohttp's words (logs, last_error).
+_AIOHTTP_TEXTS = {"ServerDisconnectedError": "ServerDisconnectedError: Server disconnected"}
 
 
 @dataclass(frozen=True)
@@ -160,7 +162,7 @@ class CallbackClient:
                 target = self.policy.check_url(url)
             except (UnsafeUrl, ValueError) as e:
                 target = f"refused: {e}"
-            if len(self._checked) >= 4096:
+            if len(self._checked) >= 1024:
                 self._checked.clear()
             self._checked[url] = target
         if isinstance(target, str):
@@ -241,4 +243,5 @@ class CallbackClient:
                 return AttemptResult(False, scrub(str(e.__cause__))[:200], permanent=True)
             return AttemptResult(False, _connect_error(e))
         except (TransportError, OSError) as e:  # connected, then a reset or a bad answer
-            return AttemptResult(False, scrub(str(e))[:200] or type(e).__name__)
+            text = scrub(str(e))[:200] or type(e).__name__
+            return AttemptResult(False, _AIOHTTP_TEXTS.get(text, text))

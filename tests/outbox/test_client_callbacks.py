@@ -223,9 +223,20 @@ async def test_answers_timeouts_and_connection_errors(receiver: Receiver, client
 
 
 async def test_connection_errors_read_the_same_on_both_clients(clients: Any) -> None:
-    url = f"http://127.0.0.1:{free_port()}/cb"
+    url = f"http://127.0.0.1:{free_port()}/cb"  # nothing listens
     h1, aio = [await attempt(await clients(kind), url) for kind in CLIENTS]
-    assert h1 == aio
+    assert h1 == aio and h1.error.startswith("ClientConnectorError: ")
+
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.close()
+    server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    try:
+        url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/cb"
+        h1, aio = [await attempt(await clients(kind), url) for kind in CLIENTS]
+        assert h1 == aio == AttemptResult(False, "ServerDisconnectedError: Server disconnected")
+    finally:
+        server.close()
 
 
 @pytest.mark.parametrize("kind", CLIENTS)
