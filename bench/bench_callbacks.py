@@ -7,11 +7,12 @@ runs in its own process pinned to the other, and the figure is that process's CP
 system, every thread; system shown apart) over the attempts — not wall time. Each attempt goes through the whole
 client: address policy, headers, signature, the request, the answer.
 
-    python bench/bench_callbacks.py [--n 20000] [--rounds 3] [--only httptools,aiohttp] [--method POST,GET]
-                                    [--root PATH]
+    python bench/bench_callbacks.py [--n 20000] [--rounds 5] [--only httptools,aiohttp] [--method POST,GET]
+                                    [--baseline PATH]
 
-``--root``: import shim from another checkout (e.g. ``/work/main``) to measure its client; a
-checkout without ``callbacks.http_client`` measures as ``aiohttp`` whatever is asked.
+``--baseline``: also measure the client of another checkout (e.g. ``/work/main``; one from before
+``callbacks.http_client`` has only aiohttp). Rounds are interleaved (every client once per round),
+so a noisy neighbour weighs on all of them alike; the median and the least of the rounds are shown.
 """
 
 from __future__ import annotations
@@ -123,11 +124,12 @@ def pinned(core: int) -> list[str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=20000, help="attempts per measurement")
-    ap.add_argument("--rounds", type=int, default=3, help="measurements per client (the median is shown)")
+    ap.add_argument("--rounds", type=int, default=5, help="measurements per client (interleaved)")
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--only", default="", help="comma-separated clients: " + ",".join(CLIENTS))
     ap.add_argument("--method", default="POST,GET", help="comma-separated: POST, GET")
-    ap.add_argument("--root", default=str(HERE.parents[1]), help="the shim checkout to measure")
+    ap.add_argument("--baseline", help="another shim checkout to measure alongside")
+    ap.add_argument("--root", default=str(HERE.parents[1]), help=argparse.SUPPRESS)
     ap.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--client", help=argparse.SUPPRESS)
     ap.add_argument("--url", help=argparse.SUPPRESS)
@@ -143,32 +145,34 @@ def main() -> None:
         return
 
     names = [c for c in (args.only.split(",") if args.only else CLIENTS) if c]
+    here = str(HERE.parents[1])
+    runs_of = [(name, here) for name in names] + ([("aiohttp", args.baseline)] if args.baseline else [])
     me = [sys.executable, str(HERE)]
-    print(f"v1 callback attempts from {args.root}, keep-alive, {args.concurrency} concurrent, {args.n} attempts, "
-          f"median of {args.rounds}; client CPU µs per attempt (lower is better)")
+    print(f"v1 callback attempts, keep-alive, {args.concurrency} concurrent, {args.n} attempts, {args.rounds} rounds"
+          f" interleaved; client CPU µs per attempt, median (least), lower is better")
     port = free_port()
     server = subprocess.Popen([*pinned(1), *me, "--serve", str(port)], stdout=subprocess.PIPE, text=True)
     try:
         assert server.stdout is not None and server.stdout.readline().strip() == "ready"
         url = f"http://127.0.0.1:{port}/callbacks/sms"
         for method in args.method.split(","):
-            for name in names:
-                runs = []
-                for _ in range(args.rounds):
+            results: dict[tuple[str, str], list[dict[str, Any]]] = {key: [] for key in runs_of}
+            for _ in range(args.rounds):
+                for name, root in runs_of:
                     p = subprocess.run([*pinned(0), *me, "--client", name, "--url", url, "--method", method,
-                                        "--n", str(args.n), "--concurrency", str(args.concurrency), "--root", args.root],
+                                        "--n", str(args.n), "--concurrency", str(args.concurrency), "--root", root],
                                        capture_output=True, text=True)
                     if p.returncode != 0:
                         err = (p.stderr.strip().splitlines() or ["?"])[-1]
-                        print(f"  {method:4} {name:10} failed: {err[:120]}")
-                        break
-                    runs.append(json.loads(p.stdout.strip().splitlines()[-1]))
-                if runs:
-                    cpu = statistics.median(r["cpu_us"] for r in runs)
-                    system = statistics.median(r["sys_us"] for r in runs)
-                    rps = statistics.median(r["rps"] for r in runs)
-                    print(f"  {method:4} {runs[0]['client']:16} {cpu:7.1f} µs CPU/attempt (system {system:5.1f})"
-                          f"   ({rps:,.0f} attempts/s)", flush=True)
+                        raise SystemExit(f"{method} {name} ({root}) failed: {err[:200]}")
+                    results[(name, root)].append(json.loads(p.stdout.strip().splitlines()[-1]))
+            for (_name, root), runs in results.items():
+                label = runs[0]["client"] + ("" if root == here else f" @ {root}")
+                cpu = [r["cpu_us"] for r in runs]
+                system = statistics.median(r["sys_us"] for r in runs)
+                rps = statistics.median(r["rps"] for r in runs)
+                print(f"  {method:4} {label:28} {statistics.median(cpu):6.1f} ({min(cpu):5.1f}) µs CPU/attempt,"
+                      f" system {system:4.1f}   ({rps:,.0f} attempts/s)", flush=True)
     finally:
         server.terminate()
         server.wait()

@@ -489,10 +489,10 @@ async def test_idle_connections_expire_and_are_capped(serve: Any, monkeypatch: p
         await a.closed.wait()  # the longest idle is closed beyond max_idle, its pool forgotten
         assert sorted(k[2] for k in t._pools) == sorted((b.port, c.port)) and len(t._idle) == 2
         monkeypatch.setattr(_h1, "KEEPALIVE_S", 0.05)
-        assert await get(t, c.url()) == (200, b"echo:")  # parked again: the reaper runs 0.05 s later
-        assert t._reaper is not None
+        assert await get(t, c.url()) == (200, b"echo:")
+        assert t._reaper is not None  # due 15 s after the first parking: run it now, under the short keep-alive
         t._reaper.cancel()
-        t._reap()  # those idle 0.05 s by then are closed, and the reaper waits for the rest
+        t._reap()  # closes what has been idle 0.05 s, and comes back when the rest will have been
         await asyncio.wait_for(b.closed.wait(), 5)
         await asyncio.wait_for(c.closed.wait(), 5)
         assert t._pools == {} and t._idle == {} and t._reaper is None
