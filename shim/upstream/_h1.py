@@ -1,4 +1,4 @@
-"""A small HTTP/1.1 keep-alive client for the v2 upstream and v1 callbacks, on httptools' response parser (llhttp).
+"""A small HTTP/1.1 keep-alive client for v2 and for v1 callbacks, on httptools' response parser (llhttp).
 
 Why not a library (``bench/bench_client.py``): aiohttp's client, even tuned, costs about four
 times this one's CPU per send; httpx, aiosonic, niquests and curl_cffi cost as much or more.
@@ -9,8 +9,9 @@ sees the very addresses connected to), and idle connections that expire (at most
 
 Failures keep ``AiohttpTransport``'s meaning: ``ConnectFailed`` only when no connection was made
 (refused, DNS, TLS handshake), so nothing reached v2; anything later — a timeout (the connect
-timeout too, as in aiohttp), a reset, a bad answer — is ``RequestFailed`` (a timeout: ``TimedOut``). An idle pooled connection
-the server closed is never written to; one found dead before any byte was written is replaced.
+timeout too, as in aiohttp), a reset, a bad answer — is ``RequestFailed`` (a timeout: its subclass
+``TimedOut``). An idle pooled connection the server closed is never written to; one found dead
+before any byte was written is replaced.
 """
 
 from __future__ import annotations
