@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import hmac
-import re
 import socket
 import ssl
 import time
@@ -19,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
-from urllib.parse import quote_plus
+from urllib.parse import urlencode
 
 import aiohttp
 from standardwebhooks import Webhook
@@ -95,19 +94,6 @@ def _connect_error(e: ConnectFailed) -> str:
         name = "ClientConnectorError"
     detail = " ".join(str(a) for a in cause.args if a is not None) or str(e)
     return f"{name}: {scrub(detail)[:200]}"
-
-
-# What quote_plus leaves as it is (urllib's always-safe characters).
-_UNQUOTED = re.compile(r"[A-Za-z0-9_.~-]*")
-
-
-def urlencode(pairs: list[tuple[str, str]]) -> str:
-    """``urllib.parse.urlencode(pairs)``, byte for byte, without its cost for the many keys and
-    values that need no quoting."""
-    return "&".join(
-        f"{k if _UNQUOTED.fullmatch(k) else quote_plus(k)}={v if _UNQUOTED.fullmatch(v) else quote_plus(v)}"
-        for k, v in pairs
-    )
 
 
 class CallbackClient:

@@ -6,7 +6,6 @@ import asyncio
 import base64
 import json
 import socket
-import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,15 +13,13 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from hypothesis import given
-from hypothesis import strategies as st
 from multidict import CIMultiDict
 
 from shim.basic_auth import basic_header
 from shim.config import CallbacksConfig
 from shim.core import DeliverySpec, Route
 from shim.outbox import USER_AGENT, AddressPolicy, AttemptResult, CallbackClient, _url_safety, signature
-from shim.outbox.client_callbacks import MAX_RESPONSE_BYTES, urlencode
+from shim.outbox.client_callbacks import MAX_RESPONSE_BYTES
 
 from ..conftest import free_port
 
@@ -279,19 +276,3 @@ async def test_config_picks_the_client(clients: Any) -> None:
     for kind in ("auto", "httptools", "aiohttp"):
         client = await clients(CallbacksConfig(http_client=kind).http_client)  # type: ignore[arg-type]
         assert (client._h1 is None) == (kind == "aiohttp") and (client._session is None) == (kind != "aiohttp")
-
-
-def test_urlencode_is_urllibs() -> None:
-    pairs = [("a", "x"), ("b c", "d+e"), ("é", "~-_.!*'()"), ("k", ""), ("", "v"), ("t", "2026-01-01T00:00:00Z")]
-    assert urlencode(pairs) == urllib.parse.urlencode(pairs)
-
-
-@given(st.lists(st.tuples(st.text(), st.text())))
-def test_urlencode_is_urllibs_for_any_text(pairs: list[tuple[str, str]]) -> None:
-    try:
-        expected = urllib.parse.urlencode(pairs)
-    except UnicodeEncodeError:  # lone surrogates: refused alike
-        with pytest.raises(UnicodeEncodeError):
-            urlencode(pairs)
-        return
-    assert urlencode(pairs) == expected
