@@ -155,6 +155,8 @@ class CallbacksConfig(_Model):
     # held): a dead replica's work is taken over after this. At least MAX_ATTEMPT_S + LEASE_MARGIN_S.
     lease_s: float = Field(60, gt=0)
     per_host_concurrency: int = Field(16, ge=1)
+    # The HTTP client to apps' callback URLs: auto (= httptools, shim's small keep-alive client) or aiohttp.
+    http_client: Literal["auto", "httptools", "aiohttp"] = "auto"
     # Networks callbacks may reach although refused by default (loopback, private, ...).
     allow_cidrs: list[str] = Field(default_factory=list)
     # Networks callbacks never reach (wins over allow_cidrs).

@@ -49,7 +49,7 @@ class DeliveryEngine:
         self.schedule = list(cfg.callbacks.retry_schedule_s)
         self.client = CallbackClient(
             self.policy, concurrency=cfg.callbacks.concurrency, per_host=cfg.callbacks.per_host_concurrency,
-            signing_secrets=cfg.callbacks.secrets(),
+            signing_secrets=cfg.callbacks.secrets(), http_client=cfg.callbacks.http_client,
         )
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()

@@ -110,7 +110,8 @@ class AddressPolicy:
         return all(a.is_global and not a.is_multicast for a in ips)
 
     def check_url(self, url: str) -> URL:
-        """Scheme and literal-IP checks; names are checked by ``SafeResolver`` at connect."""
+        """Scheme and literal-IP checks; names are checked by ``SafeResolver`` at connect (on the
+        addresses connected to)."""
         u = URL(url)
         if u.scheme not in ("http", "https") or not u.host:
             raise UnsafeUrl(f"not an http(s) URL: {u.scheme}://")
@@ -152,6 +153,18 @@ class SafeResolver(AbstractResolver):
             # Any refused address makes the name suspect (rebinding): refuse it all.
             raise RefusedAddress(f"refused: callback host {host} resolves to a refused address")
         return allowed
+
+    async def addresses(self, host: str, port: int) -> list[str]:
+        """The ``H1Transport`` resolve hook: the addresses to connect to, every one permitted (else
+        ``RefusedAddress``), resolved as aiohttp's connector does (``AF_UNSPEC``). A literal IP is
+        not looked up, only checked again."""
+        try:
+            ipaddress.ip_address(host.split("%", 1)[0])
+        except ValueError:
+            return [r["host"] for r in await self.resolve(host, port, socket.AF_UNSPEC)]
+        if not self.policy.permits(host, port):
+            raise RefusedAddress(f"refused: callback address {host} is not allowed")
+        return [host]
 
     async def close(self) -> None:
         await self.inner.close()

@@ -11,6 +11,7 @@ from ._transport import (
     Request,
     RequestFailed,
     Response,
+    TimedOut,
     Timeout,
     Transport,
     TransportError,
@@ -18,5 +19,5 @@ from ._transport import (
 from .client_v2 import LatencyObserver, SearchFailed, SearchRateLimited, UpstreamClient
 
 __all__ = ["AiohttpTransport", "ConnectFailed", "H1Transport", "LatencyObserver", "MockResponse", "MockTransport",
-           "Request", "RequestFailed", "Response", "SearchFailed", "SearchRateLimited", "Timeout", "Transport",
+           "Request", "RequestFailed", "Response", "SearchFailed", "SearchRateLimited", "TimedOut", "Timeout", "Transport",
            "TransportError", "UpstreamClient"]

@@ -1,15 +1,17 @@
-"""A small HTTP/1.1 keep-alive client for the one v2 upstream, on httptools' response parser (llhttp).
+"""A small HTTP/1.1 keep-alive client for v2 and for v1 callbacks, on httptools' response parser (llhttp).
 
 Why not a library (``bench/bench_client.py``): aiohttp's client, even tuned, costs about four
 times this one's CPU per send; httpx, aiosonic, niquests and curl_cffi cost as much or more.
 pyreqwest (Rust reqwest, pre-1.0) measured about even on plain HTTP, ~10–15 % cheaper on TLS: re-measure.
-This one does only what v2 needs: a pool per (scheme, host, port), Content-Length and chunked
-bodies both ways, TLS, and timeouts.
+This one does only what v2 and v1 callbacks need: a pool per (scheme, host, port), Content-Length
+and chunked bodies both ways, TLS, timeouts, an optional resolve hook (the callbacks' address policy
+sees the very addresses connected to), and idle connections that expire (at most ``max_idle`` in all).
 
 Failures keep ``AiohttpTransport``'s meaning: ``ConnectFailed`` only when no connection was made
 (refused, DNS, TLS handshake), so nothing reached v2; anything later — a timeout (the connect
-timeout too, as in aiohttp), a reset, a bad answer — is ``RequestFailed``. An idle pooled connection
-the server closed is never written to; one found dead before any byte was written is replaced.
+timeout too, as in aiohttp), a reset, a bad answer — is ``RequestFailed`` (a timeout: its subclass
+``TimedOut``). An idle pooled connection the server closed is never written to; one found dead
+before any byte was written is replaced.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
 from functools import lru_cache
 from types import TracebackType
 from typing import cast
@@ -26,7 +28,12 @@ import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from ._transport import Body, ConnectFailed, RequestFailed, Timeout
+from ._transport import Body, ConnectFailed, RequestFailed, TimedOut, Timeout
+
+# (host, port) -> the IP addresses to connect to, tried in order. May raise an OSError (it
+# surfaces as the ``__cause__`` of ``ConnectFailed``). For TLS, SNI and the certificate check
+# still use the host name.
+Resolve = Callable[[str, int], Awaitable[list[str]]]
 
 KEEPALIVE_S = 15.0  # an idle connection older than this is closed, not reused (aiohttp's default)
 MAX_HEAD = 64 * 1024  # response head bytes
@@ -49,6 +56,9 @@ class _Conn(asyncio.Protocol):
         self.begin(False)
 
     def begin(self, head: bool) -> None:
+        if self.read_paused:  # a complete answer left unread past HIGH_WATER
+            self.read_paused = False
+            self.transport.resume_reading()
         self.head, self.status, self.head_bytes, self.buffered = head, 0, 0, 0
         self.raw_headers: list[tuple[bytes, bytes]] = []
         self.headers: CIMultiDictProxy[str] | None = None
@@ -169,15 +179,23 @@ class _Conn(asyncio.Protocol):
 
 def _expire(fut: asyncio.Future[None]) -> None:
     if not fut.done():
-        fut.set_exception(RequestFailed("ServerTimeoutError"))
+        fut.set_exception(TimedOut("ServerTimeoutError"))
+
+
+def _split(url: str | URL) -> tuple[tuple[str, str, int], str, str]:
+    """(pool key, Host header, request target), percent-encoded as aiohttp (yarl) would; a ``URL``
+    is sent as it is encoded (a signed query string stays byte for byte)."""
+    return _split_str(url) if isinstance(url, str) else _parts(url)
 
 
 @lru_cache(maxsize=512)
-def _split(url: str) -> tuple[tuple[str, str, int], str, str]:
-    """(pool key, Host header, request target), percent-encoded as aiohttp (yarl) would."""
-    u = URL(url)
+def _split_str(url: str) -> tuple[tuple[str, str, int], str, str]:
+    return _parts(URL(url))
+
+
+def _parts(u: URL) -> tuple[tuple[str, str, int], str, str]:
     if u.scheme not in ("http", "https") or not u.raw_host or u.port is None:
-        raise RequestFailed(f"unsupported URL {url!r}")
+        raise RequestFailed(f"unsupported URL {str(u)!r}")
     host = f"[{u.raw_host}]" if ":" in u.raw_host else u.raw_host
     if not u.is_default_port():
         host = f"{host}:{u.port}"
@@ -185,28 +203,40 @@ def _split(url: str) -> tuple[tuple[str, str, int], str, str]:
 
 
 class _Pool:
-    def __init__(self, key: tuple[str, str, int], limit: int, ctx: ssl.SSLContext | None) -> None:
-        self.key, self.ctx = key, ctx
+    def __init__(self, key: tuple[str, str, int], limit: int, ctx: ssl.SSLContext | None, owner: H1Transport) -> None:
+        self.key, self.ctx, self.owner = key, ctx, owner
         self.slots = asyncio.Semaphore(limit)  # requests in flight; idle + busy connections never exceed it
+        self.busy = 0  # slots held
         self.idle: list[_Conn] = []
         self.closed = False
 
     async def connect(self, limit_s: float | None) -> _Conn:
         _, host, port = self.key
-        loop = asyncio.get_running_loop()
+        loop, resolve = asyncio.get_running_loop(), self.owner._resolve
         try:
             async with asyncio.timeout(limit_s):
-                _, conn = await loop.create_connection(
-                    _Conn, host, port, ssl=self.ctx, server_hostname=host if self.ctx else None)
+                if resolve is None:
+                    _, conn = await loop.create_connection(
+                        _Conn, host, port, ssl=self.ctx, server_hostname=host if self.ctx else None)
+                    return conn
+                error: OSError = OSError(f"no address for {host}")
+                for address in await resolve(host, port):  # as aiohttp: each in turn, the last error raised
+                    try:
+                        _, conn = await loop.create_connection(
+                            _Conn, address, port, ssl=self.ctx, server_hostname=host if self.ctx else None)
+                        return conn
+                    except OSError as e:
+                        error = e
+                raise error
         except TimeoutError:
-            raise RequestFailed("ConnectionTimeoutError") from None
-        except OSError as e:  # refused, unreachable, DNS, TLS handshake or certificate
+            raise TimedOut("ConnectionTimeoutError") from None
+        except OSError as e:  # refused, unreachable, DNS (or the resolve hook), TLS handshake or certificate
             raise ConnectFailed(f"cannot connect to {host}:{port}: {e}") from e
-        return conn
 
     def take_idle(self, now: float) -> _Conn | None:
         while self.idle:
             conn = self.idle.pop()
+            del self.owner._idle[conn]
             if conn.reusable and now - conn.idle_since < KEEPALIVE_S:
                 return conn
             conn.close()
@@ -216,7 +246,7 @@ class _Pool:
 class _Exchange:
     """``async with transport.request(...) as resp``: one request on a pooled connection."""
 
-    def __init__(self, owner: H1Transport, method: str, url: str, headers: Mapping[str, str], body: Body,
+    def __init__(self, owner: H1Transport, method: str, url: str | URL, headers: Mapping[str, str], body: Body,
                  timeouts: Timeout) -> None:
         self.owner, self.method, self.url, self.headers, self.body, self.t = owner, method, url, headers, body, timeouts
         self.conn: _Conn | None = None
@@ -228,7 +258,7 @@ class _Exchange:
             return inner
         left = self.deadline - asyncio.get_running_loop().time()
         if left <= 0:
-            raise RequestFailed("ServerTimeoutError")
+            raise TimedOut("ServerTimeoutError")
         return left if inner is None else min(inner, left)
 
     async def __aenter__(self) -> _Response:
@@ -242,9 +272,10 @@ class _Exchange:
                 async with asyncio.timeout(self.timeout(None)):
                     await pool.slots.acquire()
             except TimeoutError:
-                raise RequestFailed("ConnectionTimeoutError") from None
+                raise TimedOut("ConnectionTimeoutError") from None
         else:
             await pool.slots.acquire()
+        pool.busy += 1
         try:
             conn = pool.take_idle(loop.time()) or await pool.connect(self.timeout(self.t.connect))
             self.conn = conn
@@ -312,10 +343,13 @@ class _Exchange:
             if conn.reusable and not pool.closed:
                 conn.idle_since = asyncio.get_running_loop().time()
                 pool.idle.append(conn)
+                self.owner._park(conn, pool)
             else:
                 conn.close()
+        pool.busy -= 1
         pool.slots.release()
         self.pool = None
+        self.owner._forget_if_unused(pool)
 
     async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
         self._release()
@@ -362,14 +396,40 @@ class _Response:
             for i in range(0, len(chunk), n):
                 yield chunk[i:i + n]
 
+    async def read_some(self, limit: int) -> bytes:
+        """What has arrived of the body, at most ``limit`` bytes, waiting only for its first bytes
+        (as aiohttp's ``content.read(limit)``). Unless that was the whole body, the connection is
+        dropped rather than drained into the pool."""
+        conn = self._conn
+        first = await self._next()
+        if first is None:
+            return b""
+        parts, size = [first], len(first)
+        while conn.chunks and size <= limit:
+            chunk = conn.take()
+            parts.append(chunk)
+            size += len(chunk)
+        if size > limit or conn.chunks or not conn.done:
+            conn.close()
+        return b"".join(parts)[:limit]
+
 
 class H1Transport:
-    """The ``Transport`` for v2: keep-alive pools of at most ``max_connections`` each."""
+    """The ``Transport``: keep-alive pools of at most ``max_connections`` each (one per scheme, host
+    and port). ``resolve``: see ``Resolve``. ``max_idle``: idle connections kept in all (the oldest
+    is closed beyond it); each is closed after ``KEEPALIVE_S`` idle in any case, and a pool with no
+    connection left is forgotten, so many hosts visited once leave nothing behind."""
 
-    def __init__(self, max_connections: int, timeout_s: float, ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self, max_connections: int, timeout_s: float, ssl_context: ssl.SSLContext | None = None, *,
+        resolve: Resolve | None = None, max_idle: int | None = None,
+    ) -> None:
         self._limit, self._default = max_connections, Timeout(total=timeout_s)
         self._ssl = ssl_context
+        self._resolve, self._max_idle = resolve, max_idle
         self._pools: dict[tuple[str, str, int], _Pool] = {}
+        self._idle: dict[_Conn, _Pool] = {}  # every idle connection, the longest idle first
+        self._reaper: asyncio.TimerHandle | None = None
 
     def pool(self, key: tuple[str, str, int]) -> _Pool:
         pool = self._pools.get(key)
@@ -379,17 +439,50 @@ class H1Transport:
                 if self._ssl is None:
                     self._ssl = ssl.create_default_context()  # honours SSL_CERT_FILE; checks the host name
                 ctx = self._ssl
-            pool = self._pools[key] = _Pool(key, self._limit, ctx)
+            pool = self._pools[key] = _Pool(key, self._limit, ctx, self)
         return pool
 
+    def _park(self, conn: _Conn, pool: _Pool) -> None:
+        self._idle[conn] = pool
+        if self._max_idle is not None and len(self._idle) > self._max_idle:
+            self._drop_idle(next(iter(self._idle)))
+        if self._reaper is None:
+            self._reaper = asyncio.get_running_loop().call_later(KEEPALIVE_S, self._reap)
+
+    def _drop_idle(self, conn: _Conn) -> None:
+        pool = self._idle.pop(conn)
+        pool.idle.remove(conn)
+        conn.close()
+        self._forget_if_unused(pool)
+
+    def _reap(self) -> None:
+        """Close the connections idle for ``KEEPALIVE_S``; then wait for the next one to be."""
+        self._reaper = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        while self._idle:
+            oldest = next(iter(self._idle))
+            if now - oldest.idle_since < KEEPALIVE_S:
+                self._reaper = loop.call_later(KEEPALIVE_S - (now - oldest.idle_since), self._reap)
+                break
+            self._drop_idle(oldest)
+
+    def _forget_if_unused(self, pool: _Pool) -> None:
+        if not pool.idle and not pool.busy and not pool.slots.locked() and self._pools.get(pool.key) is pool:
+            del self._pools[pool.key]
+
     def request(
-        self, method: str, url: str, *, headers: Mapping[str, str], body: Body = None, timeouts: Timeout | None = None,
+        self, method: str, url: str | URL, *, headers: Mapping[str, str], body: Body = None, timeouts: Timeout | None = None,
     ) -> _Exchange:
         return _Exchange(self, method, url, headers, body, timeouts or self._default)
 
     async def close(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+            self._reaper = None
         for pool in self._pools.values():
             pool.closed = True  # a connection still in use is closed when released
             for conn in pool.idle:
                 conn.close()
             pool.idle.clear()
+        self._idle.clear()

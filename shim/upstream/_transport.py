@@ -31,6 +31,10 @@ class RequestFailed(TransportError):
     """Connected, then failed (timeout, reset): the request may have reached v2."""
 
 
+class TimedOut(RequestFailed):
+    """A timeout ran out (connect, read, total, or waiting for a pool slot)."""
+
+
 @dataclass(frozen=True)
 class Timeout:
     total: float | None = None
@@ -77,14 +81,18 @@ class _AiohttpResponse:
     async def read(self) -> bytes:
         try:
             return await self._resp.read()
-        except (TimeoutError, aiohttp.ClientError) as e:
+        except TimeoutError as e:
+            raise TimedOut(type(e).__name__) from e
+        except aiohttp.ClientError as e:
             raise RequestFailed(type(e).__name__) from e
 
     async def iter_chunked(self, n: int) -> AsyncIterator[bytes]:
         try:
             async for chunk in self._resp.content.iter_chunked(n):
                 yield chunk
-        except (TimeoutError, aiohttp.ClientError) as e:
+        except TimeoutError as e:
+            raise TimedOut(type(e).__name__) from e
+        except aiohttp.ClientError as e:
             raise RequestFailed(type(e).__name__) from e
 
 
@@ -111,7 +119,9 @@ class AiohttpTransport:
                 yield _AiohttpResponse(resp)
         except aiohttp.ClientConnectorError as e:
             raise ConnectFailed(str(e)) from e
-        except (TimeoutError, aiohttp.ClientError) as e:
+        except TimeoutError as e:
+            raise TimedOut(type(e).__name__) from e
+        except aiohttp.ClientError as e:
             raise RequestFailed(type(e).__name__) from e
 
     async def close(self) -> None:

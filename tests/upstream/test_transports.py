@@ -20,7 +20,16 @@ import pytest
 import trustme
 
 from shim.config import UpstreamConfig
-from shim.upstream import AiohttpTransport, ConnectFailed, RequestFailed, Timeout, Transport, UpstreamClient, _h1
+from shim.upstream import (
+    AiohttpTransport,
+    ConnectFailed,
+    RequestFailed,
+    TimedOut,
+    Timeout,
+    Transport,
+    UpstreamClient,
+    _h1,
+)
 from shim.upstream._h1 import H1Transport
 
 
@@ -193,9 +202,9 @@ async def test_read_timeout_while_the_server_holds_the_answer(serve: Any, make: 
         w.write(answer())
     server = await serve(hold)
     try:
-        with pytest.raises(RequestFailed):
+        with pytest.raises(TimedOut):
             await get(make(), server.url(), timeouts=Timeout(read=0.05))
-        with pytest.raises(RequestFailed):
+        with pytest.raises(TimedOut):
             await get(make(), server.url(), timeouts=Timeout(total=0.05))
     finally:
         release.set_result(None)
@@ -424,3 +433,123 @@ async def test_config_picks_the_transport() -> None:
         await client.start()
         assert isinstance(client.transport, kind)
         await client.close()
+
+
+# -- H1Transport: the resolve hook, idle connections, read_some (what v1 callbacks rely on) ------
+async def test_resolve_hook_connects_to_its_addresses_tls_checks_the_name(
+        serve: Any, ca: trustme.CA, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "ca.pem"))
+    sni: list[str | None] = []
+    ctx = server_ctx(ca, "callback.test")
+    ctx.sni_callback = lambda _sock, name, _ctx: sni.append(name)  # type: ignore[assignment,misc]
+    good, wrong = await serve(ctx=ctx), await serve(ctx=server_ctx(ca, "other.test"))
+    asked: list[tuple[str, int]] = []
+
+    async def resolve(host: str, port: int) -> list[str]:
+        asked.append((host, port))
+        return ["127.0.0.2", "127.0.0.1"] if host == "callback.test" else ["127.0.0.1"]  # each in turn
+
+    t = H1Transport(10, 30, resolve=resolve)
+    try:
+        for _ in range(2):
+            assert await get(t, f"https://callback.test:{good.port}/x", method="POST", body=b"v") == (200, b"echo:v")
+        assert asked == [("callback.test", good.port)] and good.connections == 1  # resolved per connection
+        assert sni == ["callback.test"] and good.requests[0].headers["host"] == f"callback.test:{good.port}"
+        with pytest.raises(ConnectFailed):  # the certificate is checked against the name, not the address
+            await get(t, f"https://callback.test:{wrong.port}/x")
+        assert wrong.requests == []
+    finally:
+        await t.close()
+
+
+async def test_resolve_hook_errors_surface_as_the_cause_and_nothing_connects(serve: Any) -> None:
+    class Refused(OSError):
+        pass
+
+    async def refuse(host: str, port: int) -> list[str]:
+        raise Refused(f"refused: callback host {host} resolves to a refused address")
+    server = await serve()
+    t = H1Transport(10, 30, resolve=refuse)
+    try:
+        with pytest.raises(ConnectFailed) as info:
+            await get(t, f"http://name.test:{server.port}/x")
+        assert isinstance(info.value.__cause__, Refused) and server.connections == 0
+        assert t._pools == {}  # nothing left behind
+    finally:
+        await t.close()
+
+
+async def test_idle_connections_expire_and_are_capped(serve: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    a, b, c = await serve(), await serve(), await serve()
+    t = H1Transport(10, 30, max_idle=2)
+    try:
+        for server in (a, b, c):
+            assert await get(t, server.url()) == (200, b"echo:")
+        await a.closed.wait()  # the longest idle is closed beyond max_idle, its pool forgotten
+        assert sorted(k[2] for k in t._pools) == sorted((b.port, c.port)) and len(t._idle) == 2
+        monkeypatch.setattr(_h1, "KEEPALIVE_S", 0.05)
+        assert await get(t, c.url()) == (200, b"echo:")
+        assert t._reaper is not None  # due 15 s after the first parking: run it now, under the short keep-alive
+        t._reaper.cancel()
+        t._reap()  # closes what has been idle 0.05 s, and comes back when the rest will have been
+        await asyncio.wait_for(b.closed.wait(), 5)
+        await asyncio.wait_for(c.closed.wait(), 5)
+        assert t._pools == {} and t._idle == {} and t._reaper is None
+    finally:
+        await t.close()
+
+
+async def test_idle_reaper_closes_connections_with_no_traffic(serve: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_h1, "KEEPALIVE_S", 0.05)
+    server = await serve()
+    t = H1Transport(10, 30)
+    try:
+        assert await get(t, server.url()) == (200, b"echo:")
+        await asyncio.wait_for(server.closed.wait(), 5)  # closed by the reaper, no request needed
+        assert t._pools == {} and t._idle == {}
+    finally:
+        await t.close()
+
+
+async def test_read_some_reads_what_arrived_and_drops_a_longer_answer(serve: Any, h1: H1Transport) -> None:
+    release = asyncio.get_running_loop().create_future()
+
+    async def various(req: Req, w: asyncio.StreamWriter) -> bool | None:
+        if req.target == "/part":  # the head and part of the body, the rest held
+            w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n01234")
+            await w.drain()
+            await release
+            w.write(b"56789")
+            return None
+        w.write(answer(b"x" * int(req.target[1:])))
+        return None
+    server = await serve(various)
+    try:
+        # 9 bytes: more than read, that connection is dropped (the next answer comes on another)
+        for size, got, connections in ((8, b"x" * 8, 1), (0, b"", 1), (9, b"x" * 8, 1), (8, b"x" * 8, 2)):
+            async with h1.request("GET", server.url(f"/{size}"), headers={}) as resp:
+                assert await resp.read_some(8) == got
+            assert server.connections == connections, size
+        async with h1.request("GET", server.url("/part"), headers={}) as resp:
+            assert await resp.read_some(8) == b"01234"  # not waiting for the rest
+        assert await get(h1, server.url("/3")) == (200, b"xxx") and server.connections == 3
+    finally:
+        release.set_result(None)
+
+
+async def test_a_complete_unread_answer_past_high_water_is_reused(
+        serve: Any, h1: H1Transport, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_h1, "HIGH_WATER", 10)  # the answer pauses reading as it completes
+    server = await serve()
+    async with h1.request("POST", server.url(), headers={}, body=b"y" * 100) as resp:
+        assert resp.status == 200
+    assert await get(h1, server.url(), method="POST", body=b"z", timeouts=Timeout(total=5)) == (200, b"echo:z")
+    assert server.connections == 1
+
+
+async def test_a_prebuilt_url_is_sent_as_encoded(serve: Any, h1: H1Transport) -> None:
+    from yarl import URL
+    server = await serve()
+    await get(h1, URL(server.url("/cb?a=b+c&d=%7e%2f|"), encoded=True))  # type: ignore[arg-type]
+    assert server.requests[0].target == "/cb?a=b+c&d=%7e%2f|"
