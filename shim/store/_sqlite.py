@@ -79,7 +79,10 @@ class SqliteStore(Store):
         self._slots = asyncio.Semaphore(max_queued)
         self.path = sqlite_path(url)
         self.memory = self.path == ":memory:"
-        self._queue: queue.SimpleQueue[Item | None] = queue.SimpleQueue()
+        # Transactions of one loop turn go to the writer together: one wake of its thread (a
+        # system call) per turn, not per transaction.
+        self._queue: queue.SimpleQueue[list[Item] | None] = queue.SimpleQueue()
+        self._gathered: list[Item] = []
         self._writer: threading.Thread | None = None
         self._write_conn: sqlite3.Connection | None = None
         self._readers: ThreadPoolExecutor | None = None
@@ -148,8 +151,14 @@ class SqliteStore(Store):
             raise RuntimeError("store is not open")
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[T] = loop.create_future()
-        self._queue.put((make, fut, loop))
+        self._gathered.append((make, fut, loop))
+        if len(self._gathered) == 1:
+            loop.call_soon(self._hand_over)
         return await fut
+
+    def _hand_over(self) -> None:
+        items, self._gathered = self._gathered, []
+        self._queue.put(items)
 
     async def _read(self, make: TxFn[T]) -> T:
         if self.memory or self._readers is None:
@@ -186,17 +195,17 @@ class SqliteStore(Store):
             first = self._queue.get()
             if first is None:
                 return
-            batch = [first]
+            batch = list(first)
             stop = False
             while len(batch) < MAX_BATCH:
                 try:
-                    item = self._queue.get_nowait()
+                    items = self._queue.get_nowait()
                 except queue.Empty:
                     break
-                if item is None:
+                if items is None:
                     stop = True
                     break
-                batch.append(item)
+                batch.extend(items)
             self._run_batch(conn, batch)
             if stop:
                 return

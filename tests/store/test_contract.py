@@ -789,7 +789,9 @@ async def test_sqlite_writes_wait_for_a_slot_when_the_queue_is_full(tmp_path: Pa
         assert await asyncio.to_thread(entered.wait, 10)
         writes = [asyncio.create_task(store.enqueue([spec(i, f"k{i}")])) for i in range(50)]
         await asyncio.sleep(0.3)
-        assert store._queue.qsize() == 2  # the bound (3) less the one running: the rest wait, unqueued
+        # The bound (3): one running, two admitted behind it (handed to the writer together, one
+        # loop turn's worth); the other 48 wait for a slot, unqueued.
+        assert store._slots.locked() and store._queue.qsize() == 1 and store._gathered == []
         assert not first.done() and not any(w.done() for w in writes)
         gate.set()
         await asyncio.wait_for(asyncio.gather(first, *writes), 10)
