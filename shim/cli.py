@@ -207,6 +207,7 @@ async def serve(cfg: Config, demo: bool = False) -> None:
     sys.setswitchinterval(0.0005)
     await until_signalled()
     # Graceful: stop accepting, finish in-flight requests, stop workers, release leases.
+    log.info("shim stopping: no new connections, draining in-flight requests and deliveries")
     for r in runners:
         await r.cleanup()
     log.info("shim stopped")

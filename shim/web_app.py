@@ -57,6 +57,7 @@ def _from_http_exception(exc: web.HTTPException) -> ShimError:
 MAX_REQUEST_ID = 128
 # Probes and scrapes: their access lines are debug-level (they would drown the rest).
 QUIET_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _REQUEST_ID_CHARS = frozenset(string.ascii_letters + string.digits + "-_.:/+=@")
 
 
@@ -96,15 +97,16 @@ async def v1_middleware(request: web.Request, handler: Handler) -> web.StreamRes
     route = request.match_info.route.resource
     route_name = route.canonical if route is not None else "unmatched"
     app = request.app
+    elapsed = time.perf_counter() - started
+    method = request.method if request.method in METHODS else "OTHER"  # labels stay bounded
     metrics = app.get(METRICS)
     if metrics is not None:
-        metrics.count_request(route_name, request.method, resp.status)
+        metrics.count_request(route_name, method, resp.status, elapsed)
     access = app.get(ACCESS_LOG)
     quiet = route_name in QUIET_ROUTES
     if access is not None and access.enabled(debug=quiet):
-        access.request(rid, request.method, route_name, resp.status,
-                       round((time.perf_counter() - started) * 1000, 2), request.get(USER_ID),
-                       "debug" if quiet else "info")
+        access.request(rid, request.method, route_name, resp.status, round(elapsed * 1000, 2),
+                       request.get(USER_ID), "debug" if quiet else "info")
     return resp
 
 
@@ -125,12 +127,14 @@ def build_app(
     app[METRICS] = Metrics()
     app[METRICS].set_build_info(__version__, cfg.upstream.mode)
     gateway = Gateway(cfg, clock)
+    gateway.on_unroutable = app[METRICS].events_unroutable.inc
     app[STORE] = store or open_store(cfg.store.url, gateway, pool_size=cfg.store.pool_size, clock=clock)
     app[STORE].observer = app[METRICS].observe_store
     app[ACCESS_LOG] = AccessLog()
     app[UPSTREAM] = UpstreamClient(cfg.upstream, cfg.upstream.base_url, transport=transport,
                                    observer=app[METRICS].observe_upstream)
     app[DELIVERY] = DeliveryEngine(cfg, app[STORE], app[METRICS], clock=clock)
+    app[DELIVERY].attempt_log = app[ACCESS_LOG]
     app[SENDER] = Sender(cfg, app[UPSTREAM], app[STORE], clock, on_enqueued=app[DELIVERY].wake,
                          url_refused=app[DELIVERY].policy.refuses_literal)
     app[RECONCILER] = Reconciler(cfg, app[STORE], app[UPSTREAM], app[METRICS], clock=clock,

@@ -55,3 +55,5 @@ class Delivery(BaseModel):
     id: int
     spec: DeliverySpec
     attempts: int
+    # When the row was enqueued (the v2 event's ingest, or the send for sent-message callbacks).
+    created_us: int = 0

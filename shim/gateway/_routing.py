@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from shim.clock import Clock, now_us
@@ -46,6 +47,8 @@ class Gateway:
         self.clock = clock
         self.public_url = cfg.server.public_url
         self.by_app: dict[str, UserConfig] = {}
+        # Called once per event no route takes (``shim_callback_events_unroutable_total``).
+        self.on_unroutable: Callable[[], object] | None = None
         for u in cfg.users:
             self.by_app.setdefault(u.application_id, u)
 
@@ -80,6 +83,8 @@ class Gateway:
                 "event for a message shim did not send and no native_events route",
                 extra={"v2_message_id": ev.message.id, "type": ev.type},
             )
+            if self.on_unroutable is not None:
+                self.on_unroutable()
             return []
         return native_deliveries(
             payload, user, user.native_events, self.public_url, dedupe_key(payload), self.clock()

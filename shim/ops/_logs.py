@@ -86,6 +86,22 @@ class AccessLog:
         if len(self._lines) >= self.MAX_BUFFERED:
             self.flush()
 
+    def line(self, logger: str, msg: str, fields: dict[str, Any], level: str = "info") -> None:
+        """Any other frequent line (a delivery attempt), buffered the same way. ``fields`` must
+        hold no secrets; string values are scrubbed of URL userinfo all the same."""
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second, self._stamp = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
+        line: dict[str, Any] = {
+            "ts": f"{self._stamp}.{int(now * 1000) % 1000:03d}Z", "level": level, "logger": logger, "msg": msg,
+        }
+        for k, v in fields.items():
+            line[k] = scrub(v) if isinstance(v, str) else v
+        self._lines.append(orjson.dumps(line))
+        if len(self._lines) >= self.MAX_BUFFERED:
+            self.flush()
+
     def flush(self) -> None:
         if self._lines:
             lines, self._lines = self._lines, []

@@ -4,15 +4,38 @@ from __future__ import annotations
 
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+
+# What one attempt of a callback came to (``shim_callback_attempts_total{outcome}``).
+ATTEMPT_OUTCOMES = ("ok", "http-error", "timeout", "network-error", "refused")
+ATTEMPT_TARGETS = ("primary", "fallback")
 
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        # ``process_*`` and ``python_*``: prometheus_client registers these on its global registry
+        # only, and shim serves its own.
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
         self.requests = Counter(
             "shim_http_requests", "HTTP requests served", ["route", "method", "status"], registry=r
+        )
+        self.request_duration = Histogram(
+            "shim_http_request_duration_seconds", "Time to answer an HTTP request, by route template",
+            ["route", "method"], registry=r,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )
         self.upstream_latency = Histogram(
             "shim_upstream_latency_seconds", "v2 API call latency", ["op", "status"], registry=r,
@@ -33,10 +56,27 @@ class Metrics:
             "shim_callback_deliveries", "v1 callback delivery attempts by outcome", ["outcome"],
             registry=r,
         )
+        self.events_unroutable = Counter(
+            "shim_callback_events_unroutable",
+            "v2 events for messages shim did not send, with no native_events route (not delivered)", registry=r,
+        )
+        self.attempts = Counter(
+            "shim_callback_attempts", "v1 callback HTTP attempts by target (primary/fallback URL) and outcome",
+            ["target", "outcome"], registry=r,
+        )
+        self.delivery_latency = Histogram(
+            "shim_callback_ingest_to_delivered_seconds",
+            "From a callback's enqueueing (the v2 event's ingest) to its successful delivery", registry=r,
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 14400, 86400),
+        )
         self.queue_depth = Gauge(
             "shim_callback_queue_depth", "Callbacks waiting for delivery", registry=r
         )
         self.dead_letters = Gauge("shim_callback_dead_letters", "Dead-lettered callbacks", registry=r)
+        self.oldest_pending_age = Gauge(
+            "shim_callback_oldest_pending_age_seconds",
+            "Age of the oldest callback waiting for delivery (0 when none; refreshed by the sweeper)", registry=r,
+        )
         self.upstream_up = Gauge("shim_upstream_up", "Whether the v2 API answered (1) or not (0) at the last scrape",
                                  registry=r)
         self.build_info = Gauge("shim_build_info", "shim's version and upstream mode (sandbox = no real SMS)",
@@ -59,6 +99,11 @@ class Metrics:
         self._children: dict[tuple[Any, ...], Any] = {}
         self._store_write = self.store_latency.labels("write")
         self._store_read = self.store_latency.labels("read")
+        # Every (target, outcome) child exists from the start: alert rules see 0, not "no data".
+        self._attempts = {(t, o): self.attempts.labels(t, o) for t in ATTEMPT_TARGETS for o in ATTEMPT_OUTCOMES}
+        # (route, method) -> (duration child, {status: request counter child}): one dict lookup per
+        # request for both, bound the first time a route is seen.
+        self._routes: dict[tuple[str, str], tuple[Any, dict[int, Any]]] = {}
 
     def _child(self, metric: Any, *labels: str) -> Any:
         key = (id(metric), *labels)
@@ -67,8 +112,22 @@ class Metrics:
             child = self._children[key] = metric.labels(*labels)
         return child
 
-    def count_request(self, route: str, method: str, status: int) -> None:
-        self._child(self.requests, route, method, str(status)).inc()
+    def count_request(self, route: str, method: str, status: int, seconds: float | None = None) -> None:
+        """One served request: counted by status, its duration observed when given."""
+        key = (route, method)
+        bound = self._routes.get(key)
+        if bound is None:
+            bound = self._routes[key] = (self.request_duration.labels(route, method), {})
+        duration, by_status = bound
+        counter = by_status.get(status)
+        if counter is None:
+            counter = by_status[status] = self.requests.labels(route, method, str(status))
+        counter.inc()
+        if seconds is not None:
+            duration.observe(seconds)
+
+    def count_attempt(self, target: str, outcome: str) -> None:
+        self._attempts[target, outcome].inc()
 
     def observe_store(self, op: str, seconds: float) -> None:
         (self._store_write if op == "write" else self._store_read if op == "read"

@@ -17,6 +17,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 import uuid
 from collections import Counter as Tally
 from collections import defaultdict, deque
@@ -24,7 +25,7 @@ from collections import defaultdict, deque
 from shim.clock import Clock, Rng, now_us, system_rng
 from shim.config import Config
 from shim.core import Delivery, next_delay
-from shim.ops import Metrics, scrub
+from shim.ops import AccessLog, Metrics, scrub
 from shim.store import Store, host_key
 
 from ._url_safety import policy_from_config
@@ -32,6 +33,19 @@ from .client_callbacks import AttemptResult, CallbackClient
 
 log = logging.getLogger("shim.delivery")
 FLUSH_GATHER_S = 0.01
+
+
+def attempt_outcome(result: AttemptResult) -> str:
+    """``shim_callback_attempts_total{outcome}`` and the attempt log line's ``outcome``."""
+    if result.ok:
+        return "ok"
+    if result.permanent:
+        return "refused"
+    if result.status is not None:
+        return "http-error"
+    if result.error.startswith("timeout"):
+        return "timeout"
+    return "network-error"
 
 
 class DeliveryEngine:
@@ -64,6 +78,8 @@ class DeliveryEngine:
         self._flush = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
         self.poll_s = 0.5
+        # One buffered JSON line per attempt (``build_app`` shares the access log's writer).
+        self.attempt_log: AccessLog | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -79,6 +95,8 @@ class DeliveryEngine:
         self._renewer = asyncio.create_task(self._renew_loop(), name="delivery-lease-renewer")
 
     async def stop(self, grace_s: float = 5.0) -> None:
+        log.info("delivery draining", extra={"in_flight": len(self._tasks), "held": len(self._held),
+                                             "grace_s": grace_s})
         self._stopping = True
         self._wake.set()
         for t in self._loops:
@@ -99,8 +117,10 @@ class DeliveryEngine:
             await asyncio.gather(self._flusher, return_exceptions=True)
             self._flusher = None
         await self._flush_delivered()
+        held = len(self._held)
         try:
             await self.store.release_all(self.owner)
+            log.info("delivery stopped, leases released", extra={"owner": self.owner, "released": held})
         except Exception:
             log.exception("could not release delivery leases")
         await self.client.close()
@@ -169,6 +189,8 @@ class DeliveryEngine:
                 gauges = await self.store.outbox_gauges()
                 self.metrics.queue_depth.set(gauges["pending"])
                 self.metrics.dead_letters.set(gauges["dead"])
+                oldest = gauges["oldest_us"]
+                self.metrics.oldest_pending_age.set(max(0, self.clock() - oldest) / 1e6 if oldest else 0)
                 rows = gauges["max_id"]  # rows ever enqueued
                 if rows > max(1000, 2 * analyzed_at):
                     await self.store.analyze()
@@ -209,9 +231,9 @@ class DeliveryEngine:
     async def _deliver(self, d: Delivery, host: str) -> None:
         recorded_later = False  # a success stays held until the flusher records it
         try:
-            result = await self.client.attempt(d.spec, d.spec.url)
+            result = await self._attempt(d, d.spec.url, host, "primary")
             if not result.ok and d.spec.fallback_url:
-                fallback = await self.client.attempt(d.spec, d.spec.fallback_url)
+                fallback = await self._attempt(d, d.spec.fallback_url, host_key(d.spec.fallback_url), "fallback")
                 if fallback.ok:
                     result = fallback
                 else:
@@ -226,6 +248,8 @@ class DeliveryEngine:
                 recorded_later = True
                 self._flush.set()
                 self.metrics.count_delivery("delivered")
+                if d.created_us:
+                    self.metrics.delivery_latency.observe(max(0, self.clock() - d.created_us) / 1e6)
                 return
             # A refused target is dead-lettered at once: no retry can make it reachable.
             delay = None if result.permanent else next_delay(self.schedule, d.attempts + 1, result.retry_after_s, self.rng)
@@ -261,6 +285,23 @@ class DeliveryEngine:
             pipeline = self._in_flight[host] + len(self._waiting.get(host, ()))
             if pipeline <= self.cfg.callbacks.per_host_concurrency:
                 self._wake.set()
+
+    async def _attempt(self, d: Delivery, url: str, host: str, target: str) -> AttemptResult:
+        """One HTTP attempt, counted by target and outcome and logged (one line each)."""
+        started = time.perf_counter()
+        result = await self.client.attempt(d.spec, url)
+        outcome = attempt_outcome(result)
+        self.metrics.count_attempt(target, outcome)
+        out = self.attempt_log
+        if out is not None and log.isEnabledFor(logging.INFO):
+            out.line("shim.delivery", "callback attempt", {
+                "event_id": d.spec.event_id, "delivery_id": d.id, "order_key": d.spec.order_key,
+                "user_id": d.spec.user_id, "request_id": d.spec.request_id, "attempt": d.attempts + 1,
+                "target": target, "host": host, "status": result.status,
+                "ms": round((time.perf_counter() - started) * 1000, 2), "outcome": outcome,
+                **({"error": result.error} if result.error else {}),
+            }, "info" if result.ok else "warning")
+        return result
 
     async def _flush_loop(self) -> None:
         while True:

@@ -15,7 +15,7 @@ import socket
 import ssl
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 from urllib.parse import urlencode
@@ -48,6 +48,8 @@ class AttemptResult:
     retry_after_s: float | None = None
     # A failure no retry can fix (the target address is refused): dead-lettered at once.
     permanent: bool = False
+    # The receiver's HTTP status, when it answered (logs and metrics; not part of equality).
+    status: int | None = field(default=None, compare=False)
 
 
 def signature(secrets: Sequence[str] | str, event_id: str, timestamp: int, payload: str) -> str:
@@ -193,9 +195,10 @@ class CallbackClient:
                     # More than we read: drop the connection instead of draining it into the pool.
                     resp.close()
                 if 200 <= resp.status < 300:
-                    return AttemptResult(True)
+                    return AttemptResult(True, status=resp.status)
                 return AttemptResult(
-                    False, f"HTTP {resp.status}", parse_retry_after(resp.headers.get("Retry-After"), now)
+                    False, f"HTTP {resp.status}", parse_retry_after(resp.headers.get("Retry-After"), now),
+                    status=resp.status,
                 )
         except TimeoutError:
             return AttemptResult(False, f"timeout after {spec.timeout_ms} ms")
@@ -218,9 +221,10 @@ class CallbackClient:
             ) as resp:
                 await resp.read_some(MAX_RESPONSE_BYTES)  # a longer answer: its connection is dropped
                 if 200 <= resp.status < 300:
-                    return AttemptResult(True)
+                    return AttemptResult(True, status=resp.status)
                 return AttemptResult(
-                    False, f"HTTP {resp.status}", parse_retry_after(resp.headers.get("Retry-After"), now)
+                    False, f"HTTP {resp.status}", parse_retry_after(resp.headers.get("Retry-After"), now),
+                    status=resp.status,
                 )
         except TimedOut:
             return AttemptResult(False, f"timeout after {spec.timeout_ms} ms")

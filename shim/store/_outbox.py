@@ -45,7 +45,8 @@ class OutboxTxs(StoreCore):
         """Lease up to ``limit`` due deliveries (at most ``per_host`` per host, none for
         ``skip_hosts``) whose earlier siblings of the same message are all done."""
         rows = await self._timed_write(self._tx_claim, owner, limit, lease_us, per_host, skip_hosts)
-        out = [Delivery(id=r[0], spec=DeliverySpec.model_validate_json(r[1]), attempts=r[2]) for r in rows]
+        out = [Delivery(id=r[0], spec=DeliverySpec.model_validate_json(r[1]), attempts=r[2], created_us=r[3])
+               for r in rows]
         out.sort(key=lambda d: d.id)
         return out
 
@@ -76,7 +77,7 @@ class OutboxTxs(StoreCore):
         marks = ", ".join("?" for _ in chosen)
         rows: list[Any] = yield All(
             f"UPDATE outbox SET lease_owner = ?, lease_until_us = ? WHERE id IN ({marks})"
-            " RETURNING id, spec, attempts",
+            " RETURNING id, spec, attempts, created_us",
             owner, now + lease_us, *chosen,
         )
         return rows
@@ -199,15 +200,23 @@ class OutboxTxs(StoreCore):
 
     async def outbox_gauges(self) -> dict[str, int]:
         """What the sweeper publishes, at a cost that follows the live queue, not the history:
-        ``pending`` and ``dead`` counted on their partial indexes, and ``max_id`` (primary key)
-        for how many rows were ever enqueued. Delivered rows are never counted."""
+        ``pending`` and ``dead`` counted on their partial indexes, ``oldest_us`` (when the oldest
+        pending row was enqueued, 0 when none: its id comes from the same pass over the pending
+        index as the count, then one primary-key lookup) and ``max_id`` (primary key) for how many
+        rows were ever enqueued. Delivered rows are never counted."""
         return await self._timed_read(self._tx_gauges)
 
     def _tx_gauges(self) -> Tx[dict[str, int]]:
-        pending = yield One("SELECT COUNT(*) FROM outbox WHERE status = 'pending'")
+        # COUNT beside MIN keeps the planner on the partial index (a lone MIN(id) may be planned
+        # as a primary-key walk from the first row ever enqueued).
+        pending = yield One("SELECT COUNT(*), MIN(id) FROM outbox WHERE status = 'pending'")
+        oldest = None
+        if pending[1] is not None:
+            oldest = yield One("SELECT created_us FROM outbox WHERE id = ?", pending[1])
         dead = yield One("SELECT COUNT(*) FROM outbox WHERE status = 'dead'")
         top = yield One("SELECT MAX(id) FROM outbox")
-        return {"pending": int(pending[0]), "dead": int(dead[0]), "max_id": int(top[0] or 0)}
+        return {"pending": int(pending[0]), "dead": int(dead[0]), "max_id": int(top[0] or 0),
+                "oldest_us": int(oldest[0]) if oldest else 0}
 
     async def outbox_counts(self) -> dict[str, int]:
         """Every row by status: a scan of the whole outbox, for inspection (tests, operators),

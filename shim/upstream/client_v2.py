@@ -99,22 +99,24 @@ class UpstreamClient:
                 async with self.transport.request("POST", url, headers=headers, body=data) as resp:
                     raw = await resp.read()
                     self._observe("send", started, resp.status)
-                    return self._send_result(resp.status, raw)
+                    return self._send_result(resp.status, raw, request_id, user.user_id)
             except ConnectFailed as e:
                 self._observe("send", started, "connect-error")
                 if attempt < self.cfg.connect_retries:
                     attempt += 1
                     await asyncio.sleep(0.05 * attempt)
                     continue
-                log.error("upstream connect failed", extra={"error": str(e)})
+                log.error("upstream connect failed",
+                          extra={"error": str(e), "request_id": request_id, "user_id": user.user_id})
                 raise Unavailable("The messaging gateway is unavailable") from None
             except RequestFailed as e:
                 # The request may have reached v2: never retried, and the app is told so.
                 self._observe("send", started, "error")
-                log.error("upstream send failed after sending", extra={"error": str(e), "request_id": request_id})
+                log.error("upstream send failed after sending",
+                          extra={"error": str(e), "request_id": request_id, "user_id": user.user_id})
                 raise OutcomeUnknown() from None
 
-    def _send_result(self, status: int, raw: bytes) -> V2Message:
+    def _send_result(self, status: int, raw: bytes, request_id: str = "", user_id: str = "") -> V2Message:
         parsed: Any = None
         try:
             parsed = orjson.loads(raw) if raw else None
@@ -125,12 +127,13 @@ class UpstreamClient:
                 return V2Message.model_validate(parsed)
             except ValidationError:
                 # Accepted, but we cannot tell which message it became: its events will say.
-                log.error("upstream 202 body without a message id")
+                log.error("upstream 202 body without a message id",
+                          extra={"request_id": request_id, "user_id": user_id})
                 raise OutcomeUnknown() from None
         if status in (401, 403):
             log.critical(
                 "upstream rejected shim's v2 credentials (HTTP %s): check users[].v2_username/"
-                "v2_password", status,
+                "v2_password", status, extra={"request_id": request_id, "user_id": user_id},
             )
         raise v2_error_to_v1(status, parsed)
 
@@ -196,7 +199,7 @@ class UpstreamClient:
                 yield resp
         except (ConnectFailed, RequestFailed) as e:
             self._observe("media", started, "error")
-            log.error("upstream media call failed", extra={"error": str(e)})
+            log.error("upstream media call failed", extra={"error": str(e), "user_id": user.user_id})
             raise MediaUnavailable("The media service is unavailable") from None
 
     async def ping(self) -> bool:

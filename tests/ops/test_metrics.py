@@ -1,0 +1,95 @@
+"""Metrics and delivery-attempt logs read from a live shim's /metrics and log lines (SPEC §5)."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from shim.keys import ACCESS_LOG
+
+from ..conftest import Harness, wait_until
+from ..gateway.test_callbacks import post_events, v2_event
+from .test_web_ops import metric
+
+
+async def scrape(h: Harness) -> str:
+    r = await h.session.get(f"{h.url}/metrics")
+    assert r.status == 200
+    return await r.text()
+
+
+async def test_process_metrics_and_request_duration_by_route(harness: Harness) -> None:
+    before = await scrape(harness)
+    await harness.send(callbackUrl=f"{harness.receiver.url}/cb")
+    after = await scrape(harness)
+    # prometheus_client's process collector, on shim's own registry.
+    assert metric(after, "process_cpu_seconds_total") > 0
+    assert metric(after, "process_resident_memory_bytes") > 0
+    route = "/v1/users/{userId}/messages"
+    name = "shim_http_request_duration_seconds_count"
+    assert metric(after, name, route=route, method="POST") == metric(before, name, route=route, method="POST") + 1
+    assert metric(after, "shim_http_request_duration_seconds_bucket", route=route, method="POST", le="+Inf") >= 1
+    # Every attempt outcome is exposed from the start (alerts see 0, not "no data").
+    assert 'shim_callback_attempts_total{outcome="refused",target="fallback"} 0.0' in before
+
+
+async def test_attempts_by_target_latency_and_oldest_pending_age(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The primary fails, the fallback answers: one attempt of each, counted by target and outcome;
+    while the receiver keeps failing the oldest pending callback ages; once delivered, the ingest to
+    delivered latency is observed and the age is back to 0."""
+    caplog.set_level(logging.INFO, logger="shim.delivery")  # as setup_logging("INFO") does
+    access: list[str] = []
+    harness.app[ACCESS_LOG].write = access.append
+    harness.receiver.script["/primary"] = [503]
+    harness.receiver.script["/fallback"] = [500, 500, 500, 200]
+    primary = harness.receiver.url.replace("http://", "http://hookuser:hook-pass-9@") + "/primary"
+    await harness.send(callbackUrl=primary, fallbackUrl=f"{harness.receiver.url}/fallback")
+
+    async def aging() -> bool:
+        return metric(await scrape(harness), "shim_callback_oldest_pending_age_seconds") > 0
+
+    await wait_until(aging, timeout=20)
+
+    async def delivered() -> bool:
+        return metric(await scrape(harness), "shim_callback_ingest_to_delivered_seconds_count") >= 1
+
+    await wait_until(delivered, timeout=30)
+
+    async def drained() -> bool:
+        text = await scrape(harness)
+        return (metric(text, "shim_callback_queue_depth") == 0
+                and metric(text, "shim_callback_oldest_pending_age_seconds") == 0)
+
+    await wait_until(drained, timeout=20)
+    text = await scrape(harness)
+    assert metric(text, "shim_callback_attempts_total", target="primary", outcome="http-error") >= 1
+    assert metric(text, "shim_callback_attempts_total", target="fallback", outcome="http-error") >= 1
+    assert metric(text, "shim_callback_attempts_total", target="fallback", outcome="ok") >= 1
+    assert metric(text, "shim_callback_attempts_total", target="primary", outcome="ok") == 0
+    # Retries took at least one scheduled delay: the latency counts from the enqueueing.
+    assert metric(text, "shim_callback_ingest_to_delivered_seconds_sum") > 0
+
+    harness.app[ACCESS_LOG].flush()
+    lines = [json.loads(line) for line in "".join(access).splitlines()]
+    attempts = [x for x in lines if x["msg"] == "callback attempt"]
+    assert {(x["target"], x["outcome"], x["status"]) for x in attempts} >= {
+        ("primary", "http-error", 503), ("fallback", "http-error", 500), ("fallback", "ok", 200)}
+    for x in attempts:
+        assert x["logger"] == "shim.delivery" and x["event_id"] and x["delivery_id"] and x["ms"] >= 0
+        assert x["host"].startswith("127.0.0.1:") and x["user_id"] == "u-test"
+    assert "hook-pass-9" not in "".join(access) and "hookuser" not in "".join(access)
+
+
+async def test_unroutable_events_are_counted(harness: Harness) -> None:
+    """An event for a message shim never sent, for a user without native_events: counted once the
+    unmatched grace has passed and the sweeper gives up on it."""
+    assert (await post_events(harness, [v2_event("not-ours-1")])).status == 200
+
+    async def counted() -> bool:
+        return metric(await scrape(harness), "shim_callback_events_unroutable_total") == 1
+
+    await wait_until(counted, timeout=20)
