@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, Valid
 DEFAULT_RETRY_SCHEDULE: list[float] = [5, 30, 120, 600, 1800, 3600, 7200, 14400, 28800, 43200]
 MIN_SECRET_LEN = 12
 # Paths of shim's own routes: the callback ingest path may not shadow any of them.
-RESERVED_PATHS = ("/v1", "/healthz", "/readyz", "/metrics", "/admin")
+RESERVED_PATHS = ("/v1", "/api/v2", "/healthz", "/readyz", "/metrics", "/admin")
 
 
 class ConfigError(Exception):

@@ -14,7 +14,7 @@ from shim import __version__
 from shim.clock import Clock, new_request_id, now_us
 from shim.config import Config
 from shim.errors import BodyTooLarge, MethodNotAllowed, NotFound, ShimError
-from shim.facade import Sender, web_account, web_media, web_messages
+from shim.facade import Sender, web_account, web_media, web_messages, web_v2
 from shim.facade.web_v1 import add_user_headers, v1_error_response
 from shim.gateway import Gateway, web_ingest
 from shim.keys import (
@@ -139,6 +139,7 @@ def build_app(
     web_messages.setup(app)
     web_media.setup(app)
     web_account.setup(app)
+    web_v2.setup(app)
     web_ingest.setup(app, gateway)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:

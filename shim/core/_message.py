@@ -43,6 +43,9 @@ class MessageRecord(BaseModel):
     sent_notified: bool = False
     # The correlation key shim put in the v2 tag of its send (None for inbound/legacy records).
     send_key: str | None = None
+    # Sent natively on v2 through shim's passthrough (``/api/v2``): its events go to the user's
+    # ``native_events`` route, never to v1 callbacks.
+    native: bool = False
     seq: int | None = None
 
     @property
