@@ -11,8 +11,9 @@ from typing import Any
 from aiohttp import web
 
 from shim import __version__
+from shim.basic_auth import basic_credentials, check_pair
 from shim.clock import Clock, new_request_id, now_us
-from shim.config import Config
+from shim.config import Config, UserConfig
 from shim.errors import BodyTooLarge, MethodNotAllowed, NotFound, ShimError
 from shim.facade import Sender, web_account, web_media, web_messages, web_v2
 from shim.facade.web_v1 import add_user_headers, v1_error_response
@@ -28,10 +29,11 @@ from shim.keys import (
     SENDER,
     STORE,
     UPSTREAM,
+    USAGE,
     USER_HEADERS,
     USER_ID,
 )
-from shim.ops import AccessLog, Metrics, web_ops
+from shim.ops import AccessLog, Metrics, UsageTracker, web_ops
 from shim.outbox import DeliveryEngine
 from shim.reconcile import Reconciler
 from shim.store import Store, open_store
@@ -96,16 +98,40 @@ async def v1_middleware(request: web.Request, handler: Handler) -> web.StreamRes
     route = request.match_info.route.resource
     route_name = route.canonical if route is not None else "unmatched"
     app = request.app
+    log_route = route_name
+    usage = app.get(USAGE)
+    if usage is not None:
+        uid = request.get(USER_ID)
+        if uid is not None:
+            usage.endpoint(uid, request.method, route_name)
+        elif route is None and request.path.startswith("/v1/"):
+            # A v1 endpoint shim does not serve: counted (by its path shape) for the user whose
+            # v1 credentials came with it.
+            user = _v1_caller(request, app[CONFIG])
+            if user is not None:
+                request[USER_ID] = user.user_id
+                log_route = "unsupported " + usage.unsupported(user.user_id, request.method, request.path)
     metrics = app.get(METRICS)
     if metrics is not None:
         metrics.count_request(route_name, request.method, resp.status)
     access = app.get(ACCESS_LOG)
     quiet = route_name in QUIET_ROUTES
     if access is not None and access.enabled(debug=quiet):
-        access.request(rid, request.method, route_name, resp.status,
+        access.request(rid, request.method, log_route, resp.status,
                        round((time.perf_counter() - started) * 1000, 2), request.get(USER_ID),
                        "debug" if quiet else "info")
     return resp
+
+
+def _v1_caller(request: web.Request, cfg: Config) -> UserConfig | None:
+    """The configured user whose v1 credentials a request carries (their ``api_token`` names them)."""
+    given = basic_credentials(request.headers.get("Authorization"))
+    if given is None:
+        return None
+    user = next((u for u in cfg.users if u.api_token == given[0]), None)
+    if user is None or not check_pair(given, user.api_token, user.api_secret.get_secret_value()):
+        return None
+    return user
 
 
 def make_runner(app: web.Application, cfg: Config, **kwargs: Any) -> web.AppRunner:
@@ -125,6 +151,8 @@ def build_app(
     app[METRICS] = Metrics()
     app[METRICS].set_build_info(__version__, cfg.upstream.mode)
     gateway = Gateway(cfg, clock)
+    app[USAGE] = UsageTracker(clock)
+    app[METRICS].registry.register(app[USAGE].collector())
     app[STORE] = store or open_store(cfg.store.url, gateway, pool_size=cfg.store.pool_size, clock=clock)
     app[STORE].observer = app[METRICS].observe_store
     app[ACCESS_LOG] = AccessLog()
@@ -132,7 +160,7 @@ def build_app(
                                    observer=app[METRICS].observe_upstream)
     app[DELIVERY] = DeliveryEngine(cfg, app[STORE], app[METRICS], clock=clock)
     app[SENDER] = Sender(cfg, app[UPSTREAM], app[STORE], clock, on_enqueued=app[DELIVERY].wake,
-                         url_refused=app[DELIVERY].policy.refuses_literal)
+                         url_refused=app[DELIVERY].policy.refuses_literal, usage=app[USAGE])
     app[RECONCILER] = Reconciler(cfg, app[STORE], app[UPSTREAM], app[METRICS], clock=clock,
                                  on_enqueued=app[DELIVERY].wake)
     web_ops.setup(app)
@@ -146,6 +174,7 @@ def build_app(
         await app[ACCESS_LOG].start()
         await app[STORE].open()
         await app[UPSTREAM].start()
+        await app[USAGE].start(app[STORE])
         if start_workers:
             await app[DELIVERY].start()
             if cfg.reconcile.enabled:
@@ -153,6 +182,7 @@ def build_app(
         yield
         await app[RECONCILER].stop()
         await app[DELIVERY].stop()
+        await app[USAGE].stop()
         await app[UPSTREAM].close()
         await app[STORE].close()
         await app[ACCESS_LOG].stop()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shim.clock import Clock, new_token
 from shim.config import Config, UserConfig
@@ -20,6 +20,9 @@ from shim.core import bind_v2, parse_send_item, record_from_send, to_v2_request
 from shim.errors import CallbackInvalidUrl, MultiMessageLimit, OutcomeUnknown, ShimError, StoreUnavailable, error_body
 from shim.store import Store
 from shim.upstream import UpstreamClient
+
+if TYPE_CHECKING:
+    from shim.ops import UsageTracker
 
 log = logging.getLogger("shim.messages")
 BATCH_LIMIT = 50
@@ -52,7 +55,7 @@ class Sender:
     def __init__(
         self, cfg: Config, upstream: UpstreamClient, store: Store, clock: Clock,
         on_enqueued: Callable[[], None] = lambda: None, new_key: Callable[[], str] = new_send_key,
-        url_refused: Callable[[str], bool] = lambda url: False,
+        url_refused: Callable[[str], bool] = lambda url: False, usage: UsageTracker | None = None,
     ) -> None:
         self.cfg = cfg
         self.upstream = upstream
@@ -63,6 +66,8 @@ class Sender:
         self.on_enqueued = on_enqueued
         # The outbound address policy: a callback URL with a literal refused address is a 400.
         self.url_refused = url_refused
+        # The migration report's counters (in memory: no store round trip on the send path).
+        self.usage = usage
 
     async def send(self, user: UserConfig, item: Any, request_id: str = "") -> str:
         """Validate, record the intent, send to v2, bind; returns the absolute v1 Location."""
@@ -72,6 +77,9 @@ class Sender:
                 raise CallbackInvalidUrl(prop, url)
         key = self.new_key()
         body = to_v2_request(req, user, self.cfg.server.public_url, self.upstream.base_url, key)
+        if self.usage is not None:
+            self.usage.send_fields(user.user_id, req.receipt_requested, req.callback_method, req.callback_timeout,
+                                   req.fallback_url, bool(req.media) and body.get("media") != req.media)
         intent = record_from_send(req, user, key, self.clock())
         try:
             await self.store.record_intent(intent)

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from shim.basic_auth import basic_credentials, check_pair
 from shim.config import Config, UserConfig
 from shim.core import V2Message, native_record
-from shim.keys import CONFIG, REQUEST_ID, STORE, UPSTREAM, USER_ID
+from shim.keys import CONFIG, REQUEST_ID, STORE, UPSTREAM, USAGE, USER_ID
 from shim.upstream import ConnectFailed, RequestFailed, Response
 
 log = logging.getLogger("shim.passthrough")
@@ -129,6 +129,7 @@ async def _record(request: web.Request, cfg: Config, user: UserConfig, body: byt
     # The message belongs to the user of its application when that is another user of the account.
     owner = next((u for u in cfg.users if u.account_id == user.account_id and u.application_id == msg.applicationId),
                  user)
+    request.app[USAGE].hit(owner.user_id, "native:message")
     try:
         await request.app[STORE].record_native(native_record(msg, owner, request.app[STORE].clock()))
     except Exception:

@@ -8,8 +8,9 @@ from shim.basic_auth import basic_credentials, check_pair
 from shim.config import mask_userinfo
 from shim.errors import AccessDenied, BadRequest, NotFound, Unavailable
 from shim.facade.web_v1 import json_response, read_json
-from shim.keys import CONFIG, DELIVERY, MAIN_APP, METRICS, STORE, UPSTREAM
+from shim.keys import CONFIG, DELIVERY, MAIN_APP, METRICS, STORE, UPSTREAM, USAGE
 from shim.ops._logs import scrub
+from shim.ops._usage import report
 
 MAX_LIST = 1000
 
@@ -84,9 +85,22 @@ async def replay_dead(request: web.Request) -> web.StreamResponse:
     return json_response({"replayed": count})
 
 
+async def migration(request: web.Request) -> web.StreamResponse:
+    """The migration report (SPEC §8): every replica's counts (this one's flushed first)."""
+    main = _admin(request)
+    usage = main[USAGE]
+    await usage.flush()
+    try:
+        rows = await main[STORE].usage_rows()
+    except Exception:
+        raise Unavailable("The store is unavailable", code="store-unavailable") from None
+    return json_response(report(rows, usage.unflushed(), [u.user_id for u in main[CONFIG].users]))
+
+
 def add_admin_routes(app: web.Application) -> None:
     app.router.add_get("/admin/dead-letters", list_dead, allow_head=False)
     app.router.add_post("/admin/dead-letters/replay", replay_dead)
+    app.router.add_get("/admin/migration", migration, allow_head=False)
 
 
 def setup(app: web.Application) -> None:
