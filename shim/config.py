@@ -303,6 +303,18 @@ class DeprecationConfig(_Model):
         return self._headers
 
 
+UserMode = Literal["live", "dry-run"]
+USER_MODES: tuple[UserMode, ...] = ("live", "dry-run")
+
+
+def user_mode(value: object) -> UserMode | None:
+    """``value`` as a user mode, or None when it is not one."""
+    for mode in USER_MODES:
+        if value == mode:
+            return mode
+    return None
+
+
 class UserConfig(_Model):
     user_id: str = Field(min_length=1)
     api_token: str = Field(min_length=1)
@@ -314,6 +326,10 @@ class UserConfig(_Model):
     incoming: IncomingConfig | None = None
     native_events: NativeEventsConfig | None = None
     deprecation: DeprecationConfig | None = None
+    # live: sends go to v2. dry-run: validated and translated as live, checked against v2's spec,
+    # stored and answered as v1 would, nothing sent; callbacks simulated. Changeable at run time
+    # (POST /admin/users/{userId}/mode).
+    mode: UserMode = "live"
 
     @field_validator("api_secret")
     @classmethod

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import string
 import time
@@ -175,11 +177,25 @@ def build_app(
         await app[STORE].open()
         await app[UPSTREAM].start()
         await app[USAGE].start(app[STORE])
+        await web_ops.sync_modes(app)
+
+        async def refresh_modes() -> None:
+            while True:
+                await asyncio.sleep(web_ops.MODE_REFRESH_S)
+                try:
+                    await web_ops.sync_modes(app)
+                except Exception:
+                    logging.getLogger("shim").exception("could not read the users' modes")
+
+        modes_task = asyncio.ensure_future(refresh_modes())
         if start_workers:
             await app[DELIVERY].start()
             if cfg.reconcile.enabled:
                 await app[RECONCILER].start()
         yield
+        modes_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await modes_task
         await app[RECONCILER].stop()
         await app[DELIVERY].stop()
         await app[USAGE].stop()

@@ -87,6 +87,20 @@ class EventTxs(StoreCore):
         if new != rec:
             yield from update_row(new)
 
+    async def record_simulated(self, rec: MessageRecord, events: Sequence[dict[str, Any]]) -> int:
+        """A dry-run send: the message and the v2 events it is simulated to have, applied as
+        received ones would be (its v1 callbacks enqueued), in one write. Returns deliveries enqueued."""
+        return await self._timed_write(self._tx_record_simulated, rec, events)
+
+    def _tx_record_simulated(self, rec: MessageRecord, events: Sequence[dict[str, Any]]) -> Tx[int]:
+        yield from self._lock_message(rec.id)
+        yield from insert_row(rec, self.clock)
+        count = 0
+        for ev in events:
+            row = yield One("SELECT seq, doc FROM messages WHERE id = ?", rec.id)
+            count += yield from self._apply(record(row), ev, None)
+        return count
+
     # -- v2 events ----------------------------------------------------------------------------
     async def ingest(self, events: Sequence[IncomingEvent]) -> int:
         """Durably record v2 events (duplicates once) and apply them. Returns deliveries

@@ -25,6 +25,19 @@ class UsageTxs(StoreCore):
                 user_id, feature, count, last_us,
             )
 
+    async def set_user_mode(self, user_id: str, mode: str) -> None:
+        """A user's mode set at run time (``POST /admin/users/{userId}/mode``), for every replica."""
+        await self._timed_write(self._tx_set_user_mode, user_id, mode)
+
+    def _tx_set_user_mode(self, user_id: str, mode: str) -> Tx[None]:
+        yield Exec("INSERT INTO user_modes (user_id, mode, updated_us) VALUES (?, ?, ?)"
+                   " ON CONFLICT (user_id) DO UPDATE SET mode = excluded.mode, updated_us = excluded.updated_us",
+                   user_id, mode, self.clock())
+
+    async def user_modes(self) -> dict[str, str]:
+        rows = await self._timed_read(all_tx, "SELECT user_id, mode FROM user_modes")
+        return {r[0]: r[1] for r in rows}
+
     async def usage_rows(self) -> list[tuple[str, str, int, int]]:
         rows = await self._timed_read(all_tx, "SELECT user_id, feature, count, last_us FROM migration_usage")
         return [(r[0], r[1], int(r[2]), int(r[3])) for r in rows]

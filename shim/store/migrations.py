@@ -149,6 +149,14 @@ CREATE TABLE IF NOT EXISTS migration_usage (
     PRIMARY KEY (user_id, feature)
 )
 """),
+    # Per-user mode (live | dry-run) set at run time by the admin API: every replica applies it.
+    Migration(8, "per-user modes set at run time", """
+CREATE TABLE IF NOT EXISTS user_modes (
+    user_id TEXT PRIMARY KEY,
+    mode TEXT NOT NULL,
+    updated_us {bigint} NOT NULL
+)
+"""),
 )
 
 LEDGER = """
