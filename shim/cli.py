@@ -320,6 +320,42 @@ async def reconcile(cfg: Config, user_id: str | None, since: str | None, dry_run
         await store.close()
 
 
+async def migration_report(cfg: Config) -> dict[str, Any]:
+    """The migration report from the store (``shim report``): what every replica flushed."""
+    from shim.gateway import Gateway
+    from shim.ops import report
+    from shim.store import open_store
+
+    try:
+        exists = await store_exists(cfg.store.url)
+    except Exception as e:
+        raise StartupError(f"cannot open the store: {type(e).__name__}") from None
+    if not exists:
+        raise StartupError(f"no store at {mask_userinfo(cfg.store.url)} (shim report never creates one)")
+    store = open_store(cfg.store.url, Gateway(cfg), pool_size=2)
+    await store.open()
+    try:
+        return report(await store.usage_rows(), {}, [u.user_id for u in cfg.users])
+    finally:
+        await store.close()
+
+
+def report_table(data: dict[str, Any]) -> str:
+    """One block per user: its totals, then each feature with its count and last-seen time."""
+    lines: list[str] = []
+    for user in data["users"]:
+        share = "-" if user["nativeShare"] is None else f"{user['nativeShare'] * 100:.1f}%"
+        lines.append(f"user {user['userId']}: v1 calls {user['v1Calls']}, v1 messages {user['v1Messages']}, "
+                     f"native messages {user['nativeMessages']} (native share {share})"
+                     + ("  -- ready to leave shim" if user["v1Calls"] == 0 else ""))
+        width = max((len(f["feature"]) for f in user["features"]), default=7)
+        lines.append(f"  {'feature':<{width}}  {'count':>8}  last seen")
+        for f in user["features"]:
+            lines.append(f"  {f['feature']:<{width}}  {f['count']:>8}  {f['lastSeen'] or '-'}")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="shim", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -352,6 +388,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--since", help="only messages sent since this time (ISO-8601 or yyyy-MM-dd)")
     p.add_argument("--dry-run", action="store_true", help="look up and report, change nothing")
     p.add_argument("--config")
+    p = sub.add_parser("report", help="the migration report: v1 features each user's app still uses")
+    p.add_argument("--config")
+    p.add_argument("--json", action="store_true", help="print the JSON of GET /admin/migration instead of a table")
     args = parser.parse_args(argv)
     setup_logging(os.environ.get("SHIM_LOG_LEVEL", "INFO"))
     try:
@@ -377,6 +416,10 @@ def main(argv: list[str] | None = None) -> int:
             result = asyncio.run(reconcile(cfg, args.user, args.since, args.dry_run))
             print(json.dumps(result, indent=2))
             return 0 if result["errors"] == 0 and not result["skipped"] else 1
+        if args.cmd == "report":
+            data = asyncio.run(migration_report(cfg))
+            print(json.dumps(data, indent=2) if args.json else report_table(data), end="" if args.json else "\n")
+            return 0
         if args.action == "replay" and not args.ids and not args.all:
             print("shim: dead-letters replay needs ids or --all", file=sys.stderr)
             return 2

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, Valid
 DEFAULT_RETRY_SCHEDULE: list[float] = [5, 30, 120, 600, 1800, 3600, 7200, 14400, 28800, 43200]
 MIN_SECRET_LEN = 12
 # Paths of shim's own routes: the callback ingest path may not shadow any of them.
-RESERVED_PATHS = ("/v1", "/healthz", "/readyz", "/metrics", "/admin")
+RESERVED_PATHS = ("/v1", "/api/v2", "/healthz", "/readyz", "/metrics", "/admin")
 
 
 class ConfigError(Exception):
@@ -303,6 +303,18 @@ class DeprecationConfig(_Model):
         return self._headers
 
 
+UserMode = Literal["live", "dry-run"]
+USER_MODES: tuple[UserMode, ...] = ("live", "dry-run")
+
+
+def user_mode(value: object) -> UserMode | None:
+    """``value`` as a user mode, or None when it is not one."""
+    for mode in USER_MODES:
+        if value == mode:
+            return mode
+    return None
+
+
 class UserConfig(_Model):
     user_id: str = Field(min_length=1)
     api_token: str = Field(min_length=1)
@@ -314,6 +326,10 @@ class UserConfig(_Model):
     incoming: IncomingConfig | None = None
     native_events: NativeEventsConfig | None = None
     deprecation: DeprecationConfig | None = None
+    # live: sends go to v2. dry-run: validated and translated as live, checked against v2's spec,
+    # stored and answered as v1 would, nothing sent; callbacks simulated. Changeable at run time
+    # (POST /admin/users/{userId}/mode).
+    mode: UserMode = "live"
 
     @field_validator("api_secret")
     @classmethod

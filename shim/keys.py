@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from shim.config import Config
     from shim.facade import Sender
     from shim.gateway import Gateway
-    from shim.ops import AccessLog, Metrics
+    from shim.ops import AccessLog, Metrics, UsageTracker
     from shim.outbox import DeliveryEngine
     from shim.reconcile import Reconciler
     from shim.sandbox import SandboxState
@@ -29,6 +29,8 @@ METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 GATEWAY: web.AppKey[Gateway] = web.AppKey("gateway")
 SENDER: web.AppKey[Sender] = web.AppKey("sender")
 RECONCILER: web.AppKey[Reconciler] = web.AppKey("reconciler")
+# The migration report's counters (v1 features used, per user).
+USAGE: web.AppKey[UsageTracker] = web.AppKey("usage")
 # On the admin listener's app: the main app whose state it serves.
 MAIN_APP: web.AppKey[web.Application] = web.AppKey("main_app")
 ACCESS_LOG: web.AppKey[AccessLog] = web.AppKey("access_log")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import string
 import time
@@ -11,10 +13,11 @@ from typing import Any
 from aiohttp import web
 
 from shim import __version__
+from shim.basic_auth import basic_credentials, check_pair
 from shim.clock import Clock, new_request_id, now_us
-from shim.config import Config
+from shim.config import Config, UserConfig
 from shim.errors import BodyTooLarge, MethodNotAllowed, NotFound, ShimError
-from shim.facade import Sender, web_account, web_media, web_messages
+from shim.facade import Sender, web_account, web_media, web_messages, web_v2
 from shim.facade.web_v1 import add_user_headers, v1_error_response
 from shim.gateway import Gateway, web_ingest
 from shim.keys import (
@@ -28,10 +31,11 @@ from shim.keys import (
     SENDER,
     STORE,
     UPSTREAM,
+    USAGE,
     USER_HEADERS,
     USER_ID,
 )
-from shim.ops import AccessLog, Metrics, web_ops
+from shim.ops import AccessLog, Metrics, UsageTracker, web_ops
 from shim.outbox import DeliveryEngine
 from shim.reconcile import Reconciler
 from shim.store import Store, open_store
@@ -99,15 +103,39 @@ async def v1_middleware(request: web.Request, handler: Handler) -> web.StreamRes
     app = request.app
     elapsed = time.perf_counter() - started
     method = request.method if request.method in METHODS else "OTHER"  # labels stay bounded
+    log_route = route_name
+    usage = app.get(USAGE)
+    if usage is not None:
+        uid = request.get(USER_ID)
+        if uid is not None:
+            usage.endpoint(uid, request.method, route_name)
+        elif route is None and request.path.startswith("/v1/"):
+            # A v1 endpoint shim does not serve: counted (by its path shape) for the user whose
+            # v1 credentials came with it.
+            user = _v1_caller(request, app[CONFIG])
+            if user is not None:
+                request[USER_ID] = user.user_id
+                log_route = "unsupported " + usage.unsupported(user.user_id, request.method, request.path)
     metrics = app.get(METRICS)
     if metrics is not None:
         metrics.count_request(route_name, method, resp.status, elapsed)
     access = app.get(ACCESS_LOG)
     quiet = route_name in QUIET_ROUTES
     if access is not None and access.enabled(debug=quiet):
-        access.request(rid, request.method, route_name, resp.status, round(elapsed * 1000, 2),
+        access.request(rid, request.method, log_route, resp.status, round(elapsed * 1000, 2),
                        request.get(USER_ID), "debug" if quiet else "info")
     return resp
+
+
+def _v1_caller(request: web.Request, cfg: Config) -> UserConfig | None:
+    """The configured user whose v1 credentials a request carries (their ``api_token`` names them)."""
+    given = basic_credentials(request.headers.get("Authorization"))
+    if given is None:
+        return None
+    user = next((u for u in cfg.users if u.api_token == given[0]), None)
+    if user is None or not check_pair(given, user.api_token, user.api_secret.get_secret_value()):
+        return None
+    return user
 
 
 def make_runner(app: web.Application, cfg: Config, **kwargs: Any) -> web.AppRunner:
@@ -128,6 +156,8 @@ def build_app(
     app[METRICS].set_build_info(__version__, cfg.upstream.mode)
     gateway = Gateway(cfg, clock)
     gateway.on_unroutable = app[METRICS].events_unroutable.inc
+    app[USAGE] = UsageTracker(clock)
+    app[METRICS].registry.register(app[USAGE].collector())
     app[STORE] = store or open_store(cfg.store.url, gateway, pool_size=cfg.store.pool_size, clock=clock)
     app[STORE].observer = app[METRICS].observe_store
     app[ACCESS_LOG] = AccessLog()
@@ -136,26 +166,43 @@ def build_app(
     app[DELIVERY] = DeliveryEngine(cfg, app[STORE], app[METRICS], clock=clock)
     app[DELIVERY].attempt_log = app[ACCESS_LOG]
     app[SENDER] = Sender(cfg, app[UPSTREAM], app[STORE], clock, on_enqueued=app[DELIVERY].wake,
-                         url_refused=app[DELIVERY].policy.refuses_literal)
+                         url_refused=app[DELIVERY].policy.refuses_literal, usage=app[USAGE])
     app[RECONCILER] = Reconciler(cfg, app[STORE], app[UPSTREAM], app[METRICS], clock=clock,
                                  on_enqueued=app[DELIVERY].wake)
     web_ops.setup(app)
     web_messages.setup(app)
     web_media.setup(app)
     web_account.setup(app)
+    web_v2.setup(app)
     web_ingest.setup(app, gateway)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await app[ACCESS_LOG].start()
         await app[STORE].open()
         await app[UPSTREAM].start()
+        await app[USAGE].start(app[STORE])
+        await web_ops.sync_modes(app)
+
+        async def refresh_modes() -> None:
+            while True:
+                await asyncio.sleep(web_ops.MODE_REFRESH_S)
+                try:
+                    await web_ops.sync_modes(app)
+                except Exception:
+                    logging.getLogger("shim").exception("could not read the users' modes")
+
+        modes_task = asyncio.ensure_future(refresh_modes())
         if start_workers:
             await app[DELIVERY].start()
             if cfg.reconcile.enabled:
                 await app[RECONCILER].start()
         yield
+        modes_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await modes_task
         await app[RECONCILER].stop()
         await app[DELIVERY].stop()
+        await app[USAGE].stop()
         await app[UPSTREAM].close()
         await app[STORE].close()
         await app[ACCESS_LOG].stop()

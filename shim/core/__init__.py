@@ -30,6 +30,7 @@ from ._translate_events import (
     inbound_record,
     message_uri,
     native_deliveries,
+    native_record,
     record_from_v2,
     v1_callback_body,
 )
@@ -97,6 +98,7 @@ __all__ = [
     'message_request_errors',
     'message_uri',
     'native_deliveries',
+    'native_record',
     'next_delay',
     'next_link',
     'parse_list_query',

@@ -43,6 +43,11 @@ class MessageRecord(BaseModel):
     sent_notified: bool = False
     # The correlation key shim put in the v2 tag of its send (None for inbound/legacy records).
     send_key: str | None = None
+    # Sent natively on v2 through shim's passthrough (``/api/v2``): its events go to the user's
+    # ``native_events`` route, never to v1 callbacks.
+    native: bool = False
+    # Recorded by a user in dry-run mode: nothing was sent, its callbacks were simulated.
+    dry_run: bool = False
     seq: int | None = None
 
     @property
@@ -79,4 +84,6 @@ class MessageRecord(BaseModel):
             "deliveryDescription": self.delivery_description,
         }
         body.update({k: v for k, v in optional.items() if v is not None})
+        if self.dry_run:
+            body["shimDryRun"] = True  # an extra field: old SDKs ignore unknown ones
         return body

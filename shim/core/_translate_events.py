@@ -16,7 +16,7 @@ from ._delivery_codes import map_error_code
 from ._message import STATE_RANK, MessageRecord
 from ._time import parse_time_us
 from ._translate_send import rewrite_inbound_media
-from ._v2 import V2Event
+from ._v2 import V2Event, V2Message
 
 DELIVERED_DESCRIPTION = "Message Delivered to Carrier"
 
@@ -137,6 +137,17 @@ def record_from_v2(
         "time_us": parse_time_us(ev.message.time or ev.time or "") or received_us,
         "segment_count": ev.message.segmentCount, "application_id": ev.message.applicationId or user.application_id,
         "tag": tag,
+    })
+
+
+def native_record(msg: V2Message, user: UserConfig, received_us: int) -> MessageRecord:
+    """A message sent natively on v2 through shim's passthrough, from v2's 202 body (a group
+    message is recorded once, under its first recipient)."""
+    return MessageRecord.model_validate({
+        "id": msg.id, "user_id": user.user_id, "direction": "out", "from_": msg.from_ or msg.owner or "",
+        "to": msg.to[0] if msg.to else "", "text": msg.text or "", "media": list(msg.media), "state": "sending",
+        "time_us": parse_time_us(msg.time or "") or received_us, "segment_count": msg.segmentCount,
+        "application_id": msg.applicationId or user.application_id, "tag": msg.tag, "native": True,
     })
 
 

@@ -11,23 +11,43 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
+import string
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shim.clock import Clock, new_token
 from shim.config import Config, UserConfig
-from shim.core import bind_v2, parse_send_item, record_from_send, to_v2_request
+from shim.core import (
+    SendRequest,
+    bind_v2,
+    message_request_errors,
+    parse_send_item,
+    record_from_send,
+    to_v2_request,
+    v2_error_to_v1,
+)
 from shim.errors import CallbackInvalidUrl, MultiMessageLimit, OutcomeUnknown, ShimError, StoreUnavailable, error_body
+from shim.sandbox.web_sandbox import segment_count, status_events
 from shim.store import Store
 from shim.upstream import UpstreamClient
 
+if TYPE_CHECKING:
+    from shim.ops import UsageTracker
+
 log = logging.getLogger("shim.messages")
 BATCH_LIMIT = 50
+_ID_CHARS = string.ascii_lowercase + string.digits
 
 
 def new_send_key() -> str:
     """22 URL-safe random characters (132 bits): the correlation key of one send."""
     return new_token(16)[:22]
+
+
+def dry_run_id(now_us: int) -> str:
+    """29 characters like v2's ids (13-digit epoch millis + 16 random), for a dry-run message."""
+    return f"{now_us // 1000:013d}" + "".join(secrets.choice(_ID_CHARS) for _ in range(16))
 
 
 def message_path(user_id: str, message_id: str = "") -> str:
@@ -52,7 +72,7 @@ class Sender:
     def __init__(
         self, cfg: Config, upstream: UpstreamClient, store: Store, clock: Clock,
         on_enqueued: Callable[[], None] = lambda: None, new_key: Callable[[], str] = new_send_key,
-        url_refused: Callable[[str], bool] = lambda url: False,
+        url_refused: Callable[[str], bool] = lambda url: False, usage: UsageTracker | None = None,
     ) -> None:
         self.cfg = cfg
         self.upstream = upstream
@@ -63,6 +83,8 @@ class Sender:
         self.on_enqueued = on_enqueued
         # The outbound address policy: a callback URL with a literal refused address is a 400.
         self.url_refused = url_refused
+        # The migration report's counters (in memory: no store round trip on the send path).
+        self.usage = usage
 
     async def send(self, user: UserConfig, item: Any, request_id: str = "") -> str:
         """Validate, record the intent, send to v2, bind; returns the absolute v1 Location."""
@@ -72,6 +94,11 @@ class Sender:
                 raise CallbackInvalidUrl(prop, url)
         key = self.new_key()
         body = to_v2_request(req, user, self.cfg.server.public_url, self.upstream.base_url, key)
+        if self.usage is not None:
+            self.usage.send_fields(user.user_id, req.receipt_requested, req.callback_method, req.callback_timeout,
+                                   req.fallback_url, bool(req.media) and body.get("media") != req.media)
+        if user.mode == "dry-run":
+            return await self._dry_run(user, req, body, key)
         intent = record_from_send(req, user, key, self.clock())
         try:
             await self.store.record_intent(intent)
@@ -100,6 +127,33 @@ class Sender:
         if enqueued:
             self.on_enqueued()
         return f"{self.cfg.server.public_url}{message_path(user.user_id, record.id)}"
+
+    async def _dry_run(self, user: UserConfig, req: SendRequest, body: dict[str, Any], key: str) -> str:
+        """Dry-run mode: the v2 request checked against v2's official spec, the message stored and
+        answered as v1 would, nothing sent; its callbacks simulated as the sandbox would (sent,
+        then delivered or failed, per ``receiptRequested``), so the app's callback handling runs."""
+        errors = message_request_errors(body)
+        if errors:
+            where = ".".join(str(p) for p in errors[0].path) or "body"
+            raise v2_error_to_v1(400, {"type": "request-validation", "description": f"{where}: {errors[0].message}"})
+        now = self.clock()
+        rec = bind_v2(record_from_send(req, user, key, now), dry_run_id(now)).model_copy(
+            update={"dry_run": True, "send_key": None})
+        v2msg = {"id": rec.id, "owner": rec.from_, "applicationId": user.application_id, "time": rec.time,
+                 "segmentCount": segment_count(body.get("text", ""), body.get("media") or []), "direction": "out",
+                 "to": body["to"], "from": body["from"], "text": body.get("text", ""), "media": body.get("media") or []}
+        if "tag" in body:
+            v2msg["tag"] = body["tag"]
+        try:
+            enqueued = await self.store.record_simulated(rec, status_events(v2msg))
+        except Exception:
+            log.exception("could not record a dry-run send", extra={"user_id": user.user_id})
+            raise StoreUnavailable("The message could not be recorded") from None
+        if self.usage is not None:
+            self.usage.hit(user.user_id, "dry-run:message")
+        if enqueued:
+            self.on_enqueued()
+        return f"{self.cfg.server.public_url}{message_path(user.user_id, rec.id)}"
 
     async def _drop(self, key: str) -> None:
         try:

@@ -7,9 +7,9 @@ from typing import Any
 
 from aiohttp import web
 
-from shim.core import next_link, parse_list_query
+from shim.core import FILTER_KEYS, next_link, parse_list_query
 from shim.errors import BadRequest, InvalidProperty, MessageNotFound, error_body
-from shim.keys import CONFIG, REQUEST_ID, SENDER, STORE
+from shim.keys import CONFIG, REQUEST_ID, SENDER, STORE, USAGE
 
 from ._send import batch_item_error, message_path
 from .web_auth import authenticate
@@ -31,6 +31,7 @@ async def post_messages(request: web.Request) -> web.StreamResponse:
         )
     if not data:
         raise BadRequest("The request body is an empty array; send 1 to 50 messages")
+    request.app[USAGE].hit(user.user_id, "v1:batch")
     results = await sender.send_batch(user, data, request.get(REQUEST_ID, ""))
     # Once any item was sent the answer is the 202 with per-item results, whatever happens here.
     try:
@@ -65,6 +66,12 @@ async def list_messages(request: web.Request) -> web.StreamResponse:
     cfg = request.app[CONFIG]
     user = authenticate(request, cfg)
     q = parse_list_query(request.query)
+    usage = request.app[USAGE]
+    for key in FILTER_KEYS:
+        if key in request.query:
+            usage.hit(user.user_id, f"list:filter:{key}")
+    if "page" in request.query:
+        usage.hit(user.user_id, "list:page")
     records = await request.app[STORE].list_messages(user.user_id, q)
     headers = {}
     if len(records) > q.size:

@@ -3,5 +3,7 @@
 from . import web_ops
 from ._logs import AccessLog, JsonFormatter, scrub, setup_logging
 from ._metrics import Metrics
+from ._usage import UsageTracker, path_shape, report
 
-__all__ = ["AccessLog", "JsonFormatter", "Metrics", "scrub", "setup_logging", "web_ops"]
+__all__ = ["AccessLog", "JsonFormatter", "Metrics", "UsageTracker", "path_shape", "report", "scrub", "setup_logging",
+           "web_ops"]

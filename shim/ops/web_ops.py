@@ -5,13 +5,16 @@ from __future__ import annotations
 from aiohttp import web
 
 from shim.basic_auth import basic_credentials, check_pair
-from shim.config import mask_userinfo
+from shim.config import mask_userinfo, user_mode
 from shim.errors import AccessDenied, BadRequest, NotFound, Unavailable
 from shim.facade.web_v1 import json_response, read_json
-from shim.keys import CONFIG, DELIVERY, MAIN_APP, METRICS, STORE, UPSTREAM
+from shim.keys import CONFIG, DELIVERY, MAIN_APP, METRICS, STORE, UPSTREAM, USAGE
 from shim.ops._logs import scrub
+from shim.ops._usage import report
 
 MAX_LIST = 1000
+# How often each replica reads the modes set at run time by the others.
+MODE_REFRESH_S = 10.0
 
 
 async def healthz(request: web.Request) -> web.StreamResponse:
@@ -84,9 +87,51 @@ async def replay_dead(request: web.Request) -> web.StreamResponse:
     return json_response({"replayed": count})
 
 
+async def migration(request: web.Request) -> web.StreamResponse:
+    """The migration report (SPEC §8): every replica's counts (this one's flushed first)."""
+    main = _admin(request)
+    usage = main[USAGE]
+    await usage.flush()
+    try:
+        rows = await main[STORE].usage_rows()
+    except Exception:
+        raise Unavailable("The store is unavailable", code="store-unavailable") from None
+    return json_response(report(rows, usage.unflushed(), [u.user_id for u in main[CONFIG].users]))
+
+
+async def set_mode(request: web.Request) -> web.StreamResponse:
+    """A user's mode (live | dry-run), at once on this replica, on every other within
+    ``MODE_REFRESH_S`` (kept in the store, where it wins over ``users[].mode`` from then on)."""
+    main = _admin(request)
+    user = main[CONFIG].user(request.match_info["userId"])
+    if user is None:
+        raise NotFound("No users[] entry has this user_id")
+    data = await read_json(request) if await request.read() else None
+    mode = user_mode(data.get("mode")) if isinstance(data, dict) else None
+    if mode is None:
+        raise BadRequest('The body must be {"mode": "live"} or {"mode": "dry-run"}')
+    try:
+        await main[STORE].set_user_mode(user.user_id, mode)
+    except Exception:
+        raise Unavailable("The store is unavailable", code="store-unavailable") from None
+    user.mode = mode
+    return json_response({"userId": user.user_id, "mode": mode})
+
+
+async def sync_modes(app: web.Application) -> None:
+    """Apply the modes set at run time (by any replica) to this replica's users."""
+    modes = await app[STORE].user_modes()
+    for user in app[CONFIG].users:
+        mode = user_mode(modes.get(user.user_id))
+        if mode is not None:
+            user.mode = mode
+
+
 def add_admin_routes(app: web.Application) -> None:
     app.router.add_get("/admin/dead-letters", list_dead, allow_head=False)
     app.router.add_post("/admin/dead-letters/replay", replay_dead)
+    app.router.add_get("/admin/migration", migration, allow_head=False)
+    app.router.add_post("/admin/users/{userId}/mode", set_mode)
 
 
 def setup(app: web.Application) -> None:

@@ -23,11 +23,12 @@ from ._ops import Tx, all_tx, exec_tx, one_tx
 from ._outbox import OutboxTxs
 from ._reconcile import ReconcileTxs
 from ._retention import RetentionTxs
+from ._usage import UsageTxs
 
 log = logging.getLogger("shim.store")
 
 
-class Store(ReconcileTxs, MessageTxs, EventTxs, OutboxTxs, RetentionTxs):
+class Store(ReconcileTxs, MessageTxs, EventTxs, OutboxTxs, RetentionTxs, UsageTxs):
     """Every transaction; subclasses drive them (``_write``/``_read``) and open the database."""
 
     # The backend's column types for ``{serial}`` and ``{bigint}`` in migrations.

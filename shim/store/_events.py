@@ -69,6 +69,38 @@ class EventTxs(StoreCore):
             return 0  # recorded, and no event waits for it
         return (yield from self._apply_pending(rec.id, rec.send_key, request_id))
 
+    async def record_native(self, rec: MessageRecord) -> None:
+        """Record a message sent natively on v2 through the passthrough (``rec.native``). Its events
+        that arrived first were routed natively at ingest already: they only bring its state up to date."""
+        await self._timed_write(self._tx_record_native, rec)
+
+    def _tx_record_native(self, rec: MessageRecord) -> Tx[None]:
+        yield from self._lock_message(rec.id)
+        if (yield One("SELECT 1 FROM messages WHERE id = ?", rec.id)) is not None:
+            return
+        yield from insert_row(rec, self.clock)
+        early = yield All("SELECT payload FROM events WHERE message_id = ? AND status = 'native' ORDER BY received_us",
+                          rec.id)
+        new = rec
+        for (payload,) in early:
+            new, _ = self.rules.apply_status(new, json.loads(payload))
+        if new != rec:
+            yield from update_row(new)
+
+    async def record_simulated(self, rec: MessageRecord, events: Sequence[dict[str, Any]]) -> int:
+        """A dry-run send: the message and the v2 events it is simulated to have, applied as
+        received ones would be (its v1 callbacks enqueued), in one write. Returns deliveries enqueued."""
+        return await self._timed_write(self._tx_record_simulated, rec, events)
+
+    def _tx_record_simulated(self, rec: MessageRecord, events: Sequence[dict[str, Any]]) -> Tx[int]:
+        yield from self._lock_message(rec.id)
+        yield from insert_row(rec, self.clock)
+        count = 0
+        for ev in events:
+            row = yield One("SELECT seq, doc FROM messages WHERE id = ?", rec.id)
+            count += yield from self._apply(record(row), ev, None)
+        return count
+
     # -- v2 events ----------------------------------------------------------------------------
     async def ingest(self, events: Sequence[IncomingEvent]) -> int:
         """Durably record v2 events (duplicates once) and apply them. Returns deliveries
@@ -100,7 +132,14 @@ class EventTxs(StoreCore):
                 count += yield from enqueue_rows(ev.inbound_deliveries, self.clock, ev.request_id)
                 continue
             if fresh[1] is not None:
-                count += yield from self._apply(record(fresh[1:]), ev.event or ev.payload, ev.request_id)
+                rec = record(fresh[1:])
+                if rec.native:  # sent through the v2 passthrough: its state kept, its events routed at once
+                    new, _ = self.rules.apply_status(rec, ev.event or ev.payload)
+                    if new != rec:
+                        yield from update_row(new)
+                    count += yield from enqueue_rows(self.rules.route_native(ev.payload), self.clock, ev.request_id)
+                    continue
+                count += yield from self._apply(rec, ev.event or ev.payload, ev.request_id)
                 continue
             if ev.send_key is None:
                 count += yield from enqueue_rows(self.rules.route_native(ev.payload), self.clock, ev.request_id)

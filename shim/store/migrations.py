@@ -138,6 +138,25 @@ CREATE TABLE IF NOT EXISTS reconcile_lease (
 INSERT INTO reconcile_lease (name, cursor_seq, updated_us) VALUES ('reconcile', 0, 0)
     ON CONFLICT (name) DO NOTHING
 """),
+    # The migration report (SPEC §8): per user and v1 feature, a count and when it was last seen,
+    # summed over every replica's periodic flushes.
+    Migration(7, "migration report counters", """
+CREATE TABLE IF NOT EXISTS migration_usage (
+    user_id TEXT NOT NULL,
+    feature TEXT NOT NULL,
+    count {bigint} NOT NULL,
+    last_us {bigint} NOT NULL,
+    PRIMARY KEY (user_id, feature)
+)
+"""),
+    # Per-user mode (live | dry-run) set at run time by the admin API: every replica applies it.
+    Migration(8, "per-user modes set at run time", """
+CREATE TABLE IF NOT EXISTS user_modes (
+    user_id TEXT PRIMARY KEY,
+    mode TEXT NOT NULL,
+    updated_us {bigint} NOT NULL
+)
+"""),
 )
 
 LEDGER = """

@@ -202,6 +202,26 @@ class UpstreamClient:
             log.error("upstream media call failed", extra={"error": str(e), "user_id": user.user_id})
             raise MediaUnavailable("The media service is unavailable") from None
 
+    # -- v2 passthrough (staged migration) ------------------------------------------------------
+    @asynccontextmanager
+    async def passthrough(
+        self, method: str, path: str, *, headers: dict[str, str], body: Body = None, streamed: bool = False,
+    ) -> AsyncIterator[Response]:
+        """A v2 call of a client already on v2, forwarded as it came (``path`` below ``base_url``,
+        its query string included, the caller's own ``Authorization`` in ``headers``). Raises the
+        transport's ``ConnectFailed``/``RequestFailed``; never retried. ``streamed``: media, whose
+        bodies may take longer than ``timeout_s`` as a whole (each read still may not)."""
+        started = time.perf_counter()
+        timeout = Timeout(total=None, connect=self.cfg.timeout_s, read=self.cfg.timeout_s) if streamed else None
+        try:
+            async with self.transport.request(method, f"{self.base_url}{path}", headers=headers, body=body,
+                                              timeouts=timeout) as resp:
+                self._observe("passthrough", started, resp.status)
+                yield resp
+        except (ConnectFailed, RequestFailed):
+            self._observe("passthrough", started, "error")
+            raise
+
     async def ping(self) -> bool:
         """Reachability: any HTTP answer counts."""
         try:

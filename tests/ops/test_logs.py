@@ -75,3 +75,22 @@ async def test_probe_and_scrape_lines_are_debug_level(harness: Harness) -> None:
     assert [x["route"] for x in info] == ["/v1/users/{userId}/messages/{messageId}"]
     assert [(x["route"], x["level"]) for x in debug] == [
         ("/healthz", "debug"), ("/metrics", "debug"), ("/v1/users/{userId}/messages/{messageId}", "info")]
+
+
+async def test_unsupported_v1_endpoints_log_their_path_shape_and_user(harness: Harness) -> None:
+    written: list[str] = []
+    access = harness.app[ACCESS_LOG]
+    access.write = written.append
+    logger = logging.getLogger("shim.access")
+    old = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        for headers in (harness.auth, {}):
+            async with harness.session.post(f"{harness.url}/v1/users/u-test/calls/c-1/audio", headers=headers) as r:
+                assert r.status == 404
+        access.flush()
+    finally:
+        logger.setLevel(old)
+    lines = [json.loads(line) for line in "".join(written).splitlines()]
+    assert [(x["route"], x.get("user_id")) for x in lines] == [
+        ("unsupported POST /v1/users/{userId}/calls/{id}/audio", "u-test"), ("unmatched", None)]

@@ -881,3 +881,12 @@ async def test_message_ids_with_quotes_and_backslashes(store: Store) -> None:
     assert await store.ingest([GW.prepare(status(mid, "message-delivered"))]) == 2
     got = await store.get_message("u-test", mid)
     assert got is not None and got.delivery_state == "delivered"
+
+
+async def test_usage_counters_add_up_across_flushes(store: Store) -> None:
+    """The migration report's counters: each flush adds its counts; last seen is the latest."""
+    await store.add_usage([("u-1", "list:page", 2, 100), ("u-1", "v1:message", 1, 50)])
+    await store.add_usage([("u-1", "list:page", 3, 90), ("u-2", "list:page", 1, 10)])
+    await store.add_usage([])
+    assert sorted(await store.usage_rows()) == [
+        ("u-1", "list:page", 5, 100), ("u-1", "v1:message", 1, 50), ("u-2", "list:page", 1, 10)]
