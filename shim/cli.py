@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import gc
 import ipaddress
 import json
@@ -156,15 +157,30 @@ def banner(cfg: Config, sandbox_url: str | None, hardened: bool = False) -> str:
     return "\n".join(lines)
 
 
-async def until_signalled() -> None:
+async def until_signalled(on_hup: Callable[[], None] | None = None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if on_hup is not None:
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
     await stop.wait()
 
 
-async def serve(cfg: Config, demo: bool = False) -> None:
+def reload_config(app: web.Application, path: str) -> None:
+    """SIGHUP: read the config file again; apply its users, or keep everything and say why."""
+    from shim.web_app import apply_reload
+
+    try:
+        new = load_config(path)
+    except ConfigError as e:
+        log.error("config reload refused; the running config stays", extra={"problems": e.problems})
+        return
+    restart = apply_reload(app, new)
+    log.info("config reloaded", extra={"users": len(new.users), "not_applied_until_restart": restart})
+
+
+async def serve(cfg: Config, demo: bool = False, path: str | None = None) -> None:
     from shim.web_app import build_admin_app, build_app, make_runner
 
     hardened = demo and harden_demo(cfg)
@@ -205,7 +221,7 @@ async def serve(cfg: Config, demo: bool = False) -> None:
     # The store's writer thread shares the GIL with the event loop; hand it over sooner than
     # the default 5 ms so a request never waits behind a whole batch of store work.
     sys.setswitchinterval(0.0005)
-    await until_signalled()
+    await until_signalled(functools.partial(reload_config, app, path) if path else None)
     # Graceful: stop accepting, finish in-flight requests, stop workers, release leases.
     log.info("shim stopping: no new connections, draining in-flight requests and deliveries")
     for r in runners:
@@ -410,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "serve":
             demo = _config_path(args.config) is None
             with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-                runner.run(serve(cfg, demo))
+                runner.run(serve(cfg, demo, _config_path(args.config)))
             return 0
         if args.cmd == "reconcile":
             result = asyncio.run(reconcile(cfg, args.user, args.since, args.dry_run))

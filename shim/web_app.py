@@ -24,6 +24,7 @@ from shim.keys import (
     ACCESS_LOG,
     CONFIG,
     DELIVERY,
+    GATEWAY,
     MAIN_APP,
     METRICS,
     RECONCILER,
@@ -136,6 +137,27 @@ def _v1_caller(request: web.Request, cfg: Config) -> UserConfig | None:
     if user is None or not check_pair(given, user.api_token, user.api_secret.get_secret_value()):
         return None
     return user
+
+
+# What a reload (SIGHUP) applies: the users. Everything else is read once at start.
+RESTART_SECTIONS = ("server", "upstream", "store", "callbacks", "admin", "retention", "reconcile", "sandbox")
+
+
+def apply_reload(app: web.Application, new: Config) -> list[str]:
+    """Swap in ``new``'s users (credentials, modes, routes, deprecation signals) without a restart:
+    every component reads ``cfg.users`` through the one config object, the gateway re-indexes.
+    Returns the other sections that differ: they need a restart and are not applied."""
+    cfg = app[CONFIG]
+    differ = []
+    for name in RESTART_SECTIONS:
+        old_section, new_section = getattr(cfg, name), getattr(new, name)
+        if name == "upstream" and cfg.upstream.mode == "sandbox":  # base_url is the embedded simulator's
+            new_section = new_section.model_copy(update={"base_url": old_section.base_url})
+        if old_section != new_section:
+            differ.append(name)
+    cfg.users[:] = new.users
+    app[GATEWAY].index_users()
+    return differ
 
 
 def make_runner(app: web.Application, cfg: Config, **kwargs: Any) -> web.AppRunner:

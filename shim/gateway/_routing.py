@@ -49,8 +49,14 @@ class Gateway:
         self.by_app: dict[str, UserConfig] = {}
         # Called once per event no route takes (``shim_callback_events_unroutable_total``).
         self.on_unroutable: Callable[[], object] | None = None
-        for u in cfg.users:
-            self.by_app.setdefault(u.application_id, u)
+        self.index_users()
+
+    def index_users(self) -> None:
+        """(Re)build the application → user index from ``cfg.users`` (at start and on reload)."""
+        by_app: dict[str, UserConfig] = {}
+        for u in self.cfg.users:
+            by_app.setdefault(u.application_id, u)
+        self.by_app = by_app
 
     def user_for(self, ev: V2Event) -> UserConfig | None:
         return self.by_app.get(ev.message.applicationId or "")
