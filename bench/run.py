@@ -55,6 +55,9 @@ CB_AUTH_VALUE = "Basic " + base64.b64encode(b"bw:cbpw-bench-secret").decode()
 AUTH = {"Authorization": SEND_AUTH, "Content-Type": "application/json"}
 CB_AUTH = {"Authorization": CB_AUTH_VALUE, "Content-Type": "application/json"}
 SEND_PATH = "/v1/users/u-bench/messages"
+# The v2 passthrough (issue 10): the v2 API through shim with the user's own v2 credentials.
+V2_PATH = "/api/v2/users/1/messages"
+V2_AUTH_VALUE = "Basic " + base64.b64encode(b"v2:v2pw").decode()
 CONNECTIONS = 32
 PROXY_CORE, LOAD_CORE = 0, 1
 # Targets of performance issue 9, printed next to the figures.
@@ -289,6 +292,11 @@ def read_span(done: Path) -> float | None:
     return last - first
 
 
+def v2_body(i: int) -> bytes:
+    return json.dumps({"applicationId": "app-bench", "to": [f"+1555{i % 10_000_000:07d}"], "from": "+15551230001",
+                       "text": f"bench {i}"}).encode()
+
+
 def send_body(i: int, **extra: Any) -> bytes:
     return json.dumps({"from": "+15551230001", "to": f"+1555{i % 10_000_000:07d}", "text": f"bench {i}", **extra}).encode()
 
@@ -330,11 +338,14 @@ async def load(session: aiohttp.ClientSession, url: str, seconds: float, *, mode
             assert tmp is not None
             ids_file = tmp / f"ids-{time.monotonic_ns()}.txt"
             ids_file.write_text("\n".join(ids) + "\n")
-        return await wrk(url, CB_AUTH_VALUE if mode == "event" else SEND_AUTH, seconds, mode=mode, ids=ids_file,
-                         connections=connections)
+        auth = {"event": CB_AUTH_VALUE, "v2send": V2_AUTH_VALUE}.get(mode, SEND_AUTH)
+        return await wrk(url, auth, seconds, mode=mode, ids=ids_file, connections=connections)
     if ids is not None:
         got = ids
         return await closed_loop(session, url, lambda i: event(got[i]), len(ids), connections, CB_AUTH)
+    if mode == "v2send":
+        return await closed_loop(session, url, v2_body, int(seconds * 1500), connections,
+                                 {"Authorization": V2_AUTH_VALUE, "Content-Type": "application/json"})
     return await closed_loop(session, url, send_body, int(seconds * 1500), connections, AUTH)
 
 
@@ -436,6 +447,29 @@ async def send_path(tmp: Path, src: Src, backend: str, store: Callable[[], str],
                 record(backend, src.label, **{f"rps_{kind}": best["shim"].rps, f"ratio_{kind}": ratio,
                                               f"p50_{kind}": best["shim"].p50_ms, f"p99_{kind}": best["shim"].p99_ms,
                                               f"cpu_{kind}": cpu["shim"]})
+                # The v2 passthrough through the same shim, in the same run (best of the rounds).
+                passthrough: Load | None = None
+                pcpu = float("inf")
+                async with s.post(shim_url + V2_PATH, data=v2_body(0),
+                                  headers={"Authorization": V2_AUTH_VALUE, "Content-Type": "application/json"}) as r:
+                    has_passthrough = r.status == 202
+                for _ in range(rounds if has_passthrough else 0):
+                    before = cpu_s(shim_proc)
+                    res = await load(s, shim_url + V2_PATH, seconds, mode="v2send")
+                    pcpu = min(pcpu, (cpu_s(shim_proc) - before) / max(res.requests, 1) * 1e6)
+                    if passthrough is None or res.rps > passthrough.rps:
+                        passthrough = res
+                    if not res.ok():
+                        print(log_tail(tmp / f"{name}.log", 10))
+                if passthrough is None:
+                    line(f"{kind} upstream: v2 passthrough", "not in this shim")
+                else:
+                    line(f"{kind} upstream: v2 passthrough through shim", fmt_load(passthrough))
+                    line(f"{kind} upstream: passthrough / forwarder; CPU per request",
+                         f"{passthrough.rps / best['forwarder'].rps:.2f}x  {pcpu:6.0f} us")
+                    record(backend, src.label, **{f"pass_rps_{kind}": passthrough.rps,
+                                                  f"pass_ratio_{kind}": passthrough.rps / best["forwarder"].rps,
+                                                  f"pass_cpu_{kind}": pcpu})
                 record(backend, f"forwarder ({src.label} run)", **{f"rps_{kind}": best["forwarder"].rps,
                                                                    f"p50_{kind}": best["forwarder"].p50_ms,
                                                                    f"p99_{kind}": best["forwarder"].p99_ms,
@@ -675,6 +709,9 @@ def summary(backend: str, srcs: list[Src], tls: bool) -> None:
         row("  p50 (ms)", f"p50_{k}", ".2f", "", True)
         row("  p99 (ms)", f"p99_{k}", ".2f", "", True)
         row("  CPU per send (us, all threads)", f"cpu_{k}", ".0f", "", True)
+        row("  v2 passthrough (req/s)", f"pass_rps_{k}", ".0f")
+        row("  v2 passthrough / forwarder", f"pass_ratio_{k}", ".2f")
+        row("  v2 passthrough CPU per request (us)", f"pass_cpu_{k}", ".0f")
     row("p99 added at half of shim's peak (ms)", "added_p99", ".2f", f"<= {T_ADDED_P99_MS:g} ms")
     per = " per replica" if backend == "PostgreSQL" else ""
     row("ingest (events/s, durable)", "ingest", ".0f", f">= {T_INGEST[backend]:.0f}/s{per}")

@@ -1,5 +1,6 @@
 -- wrk script for `make bench`: POSTs whose body varies per request.
 --   BENCH_MODE=send   a v1 send, its "to" and text varying per request
+--   BENCH_MODE=v2send a v2 send (the passthrough), its "to" and text varying per request
 --   BENCH_MODE=event  a v2 message-delivered event (one per POST) for each id of the file
 --                     BENCH_IDS, in order, each once; the thread stops once every event is
 --                     answered (a connection with no id left waits instead of sending: an
@@ -72,6 +73,11 @@ request = function()
     queue[head] = nil
     head = head + 1
     return wrk.format(nil, nil, nil, string.format(event, ids[i]))
+  end
+  if mode == "v2send" then
+    return wrk.format(nil, nil, nil, string.format(
+      '{"applicationId":"app-bench","to":["+1555%07d"],"from":"+15551230001","text":"bench %d"}',
+      issued % 10000000, issued))
   end
   return wrk.format(nil, nil, nil, string.format(
     '{"from":"+15551230001","to":"+1555%07d","text":"bench %d"}', issued % 10000000, issued))
