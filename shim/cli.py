@@ -1,4 +1,5 @@
-"""Command line: ``shim serve | check-config | healthcheck | sandbox | receiver | dead-letters | reconcile``."""
+"""Command line: ``shim serve | check-config | healthcheck | sandbox | receiver | dead-letters | deliveries |
+reconcile | report``."""
 
 from __future__ import annotations
 
@@ -282,6 +283,39 @@ async def dead_letters(cfg: Config, action: str, ids: list[int]) -> Any:
         await store.close()
 
 
+async def deliveries(cfg: Config, action: str, fields: dict[str, Any], match_all: bool, dry_run: bool) -> Any:
+    """``shim deliveries replay|discard``: on an existing store only (never creates one)."""
+    from shim.gateway import Gateway
+    from shim.ops._deliveries import parse_filter
+    from shim.store import open_store
+
+    try:
+        f = parse_filter({k: v for k, v in fields.items() if v is not None})
+    except ValueError as e:
+        raise ConfigError(str(e).replace("userId", "--user").replace("outcome", "--outcome")) from None
+    if f.empty() and not match_all:
+        raise ConfigError(f"deliveries {action} needs a filter (--host, --user, --since, --until, --outcome, ids)"
+                          " or --all")
+    if action == "discard" and f.outcome not in (None, "dead"):
+        raise ConfigError("deliveries discard removes dead letters only (--outcome dead)")
+    try:
+        exists = await store_exists(cfg.store.url)
+    except Exception as e:
+        raise StartupError(f"cannot open the store: {type(e).__name__}") from None
+    if not exists:
+        raise StartupError(f"no store at {mask_userinfo(cfg.store.url)} (shim deliveries never creates one)")
+    store = open_store(cfg.store.url, Gateway(cfg), pool_size=2)
+    await store.open()
+    try:
+        if action == "replay":
+            count = await store.replay_matching(f, dry_run)
+        else:
+            count = await store.discard_matching(f, dry_run)
+    finally:
+        await store.close()
+    return {"matched": count, "dryRun": True} if dry_run else {"replayed" if action == "replay" else "discarded": count}
+
+
 async def store_exists(url: str) -> bool:
     """Whether ``store.url`` names a store shim created (operator commands never create one)."""
     if url.startswith("sqlite:"):
@@ -399,6 +433,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("ids", nargs="*", type=int)
     p.add_argument("--all", action="store_true", help="replay every dead letter")
     p.add_argument("--config")
+    p = sub.add_parser("deliveries", help="replay or discard callbacks by filter (a running shim picks replays up)")
+    p.add_argument("action", choices=["replay", "discard"])
+    p.add_argument("ids", nargs="*", type=int, help="outbox ids (as listed by /admin/deliveries)")
+    p.add_argument("--host", help="callback host (host or host:port)")
+    p.add_argument("--user", help="users[].user_id")
+    p.add_argument("--since", help="last changed at or after this time (ISO-8601 or yyyy-MM-dd)")
+    p.add_argument("--until", help="last changed before this time (ISO-8601 or yyyy-MM-dd)")
+    p.add_argument("--outcome", choices=["dead", "delivered", "pending"])
+    p.add_argument("--all", action="store_true", help="match every callback (no filter)")
+    p.add_argument("--dry-run", action="store_true", help="count what would be replayed or discarded")
+    p.add_argument("--config")
     p = sub.add_parser("reconcile", help="repair messages whose v2 events never came (v2 message search)")
     p.add_argument("--user", help="only this users[].user_id (does not move the periodic run's cursor)")
     p.add_argument("--since", help="only messages sent since this time (ISO-8601 or yyyy-MM-dd)")
@@ -435,6 +480,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "report":
             data = asyncio.run(migration_report(cfg))
             print(json.dumps(data, indent=2) if args.json else report_table(data), end="" if args.json else "\n")
+            return 0
+        if args.cmd == "deliveries":
+            fields = {"host": args.host, "userId": args.user, "since": args.since, "until": args.until,
+                      "outcome": args.outcome, "ids": args.ids or None}
+            result = asyncio.run(deliveries(cfg, args.action, fields, args.all, args.dry_run))
+            print(json.dumps(result, indent=2))
             return 0
         if args.action == "replay" and not args.ids and not args.all:
             print("shim: dead-letters replay needs ids or --all", file=sys.stderr)

@@ -1,4 +1,4 @@
-"""Operations: health, readiness, metrics and the dead-letter admin API."""
+"""Operations: health, readiness, metrics and the admin API (dead letters, deliveries, timelines)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from shim.config import mask_userinfo, user_mode
 from shim.errors import AccessDenied, BadRequest, NotFound, Unavailable
 from shim.facade.web_v1 import json_response, read_json
 from shim.keys import CONFIG, DELIVERY, MAIN_APP, METRICS, STORE, UPSTREAM, USAGE
+from shim.ops._deliveries import FILTER_KEYS, attempt_json, parse_filter, timeline_json
 from shim.ops._logs import scrub
 from shim.ops._usage import report
 
@@ -87,6 +88,84 @@ async def replay_dead(request: web.Request) -> web.StreamResponse:
     return json_response({"replayed": count})
 
 
+async def timeline(request: web.Request) -> web.StreamResponse:
+    """A message's stored v1 record, its v2 events, its v1 callbacks and every attempt of them."""
+    main = _admin(request)
+    try:
+        t = await main[STORE].message_timeline(request.match_info["messageId"])
+    except Exception:
+        raise Unavailable("The store is unavailable", code="store-unavailable") from None
+    if t.message is None and not t.events and not t.callbacks and not t.attempts:
+        raise NotFound("Nothing is stored for this message id")
+    return json_response(timeline_json(t))
+
+
+async def list_deliveries(request: web.Request) -> web.StreamResponse:
+    """Attempts by filter, newest first: ``status`` is an HTTP status (the attempt's) or an
+    outcome (dead | delivered | pending: its callback's now)."""
+    main = _admin(request)
+    query = dict(request.query)
+    raw = query.pop("limit", "100")
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIST:
+        raise BadRequest(f"limit must be an integer between 1 and {MAX_LIST}")
+    status = query.pop("status", None)
+    http_status = None
+    if status is not None:
+        if status.isdigit() and len(status) == 3:
+            http_status = int(status)
+        else:
+            query["outcome"] = status
+    try:
+        f = parse_filter(query, {"userId", "host", "since", "until", "outcome", "messageId", "webhookId"})
+    except ValueError as e:
+        raise BadRequest(str(e).replace("outcome", "status (an HTTP status or outcome)")) from None
+    try:
+        rows = await main[STORE].list_attempts(f, http_status, int(raw))
+    except Exception:
+        raise Unavailable("The store is unavailable", code="store-unavailable") from None
+    return json_response([attempt_json(a, s) for a, s in rows])
+
+
+async def _bulk(request: web.Request, action: str) -> web.StreamResponse:
+    main = _admin(request)
+    data = await read_json(request) if await request.read() else None
+    if not isinstance(data, dict):
+        raise BadRequest('The body must be a JSON object: a filter ({"userId", "host", "since", "until", "outcome",'
+                         ' "ids"}), "all": true to match everything, "dryRun": true to count only')
+    dry_run = data.pop("dryRun", False)
+    match_all = data.pop("all", False)
+    if not isinstance(dry_run, bool) or not isinstance(match_all, bool):
+        raise BadRequest("dryRun and all must be booleans")
+    try:
+        f = parse_filter(data, FILTER_KEYS - {"messageId", "webhookId"})
+    except ValueError as e:
+        raise BadRequest(str(e)) from None
+    if f.empty() and not match_all:
+        raise BadRequest('Give a filter or ids ("all": true to match everything)')
+    if action == "discard" and f.outcome not in (None, "dead"):
+        raise BadRequest("discard removes dead letters only (outcome dead)")
+    store = main[STORE]
+    try:
+        if action == "replay":
+            count = await store.replay_matching(f, dry_run)
+        else:
+            count = await store.discard_matching(f, dry_run)
+    except Exception:
+        raise Unavailable("The store is unavailable", code="store-unavailable") from None
+    if action == "replay" and not dry_run and count:
+        main[DELIVERY].wake()
+    key = "replayed" if action == "replay" else "discarded"
+    return json_response({"matched": count, "dryRun": True} if dry_run else {key: count})
+
+
+async def replay_deliveries(request: web.Request) -> web.StreamResponse:
+    return await _bulk(request, "replay")
+
+
+async def discard_deliveries(request: web.Request) -> web.StreamResponse:
+    return await _bulk(request, "discard")
+
+
 async def migration(request: web.Request) -> web.StreamResponse:
     """The migration report (SPEC §8): every replica's counts (this one's flushed first)."""
     main = _admin(request)
@@ -130,6 +209,10 @@ async def sync_modes(app: web.Application) -> None:
 def add_admin_routes(app: web.Application) -> None:
     app.router.add_get("/admin/dead-letters", list_dead, allow_head=False)
     app.router.add_post("/admin/dead-letters/replay", replay_dead)
+    app.router.add_get("/admin/messages/{messageId}/timeline", timeline, allow_head=False)
+    app.router.add_get("/admin/deliveries", list_deliveries, allow_head=False)
+    app.router.add_post("/admin/deliveries/replay", replay_deliveries)
+    app.router.add_post("/admin/deliveries/discard", discard_deliveries)
     app.router.add_get("/admin/migration", migration, allow_head=False)
     app.router.add_post("/admin/users/{userId}/mode", set_mode)
 

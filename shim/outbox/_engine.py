@@ -26,7 +26,7 @@ from shim.clock import Clock, Rng, now_us, system_rng
 from shim.config import Config
 from shim.core import Delivery, next_delay
 from shim.ops import AccessLog, Metrics, scrub
-from shim.store import Store, host_key
+from shim.store import Attempt, Store, host_key
 
 from ._url_safety import policy_from_config
 from .client_callbacks import AttemptResult, CallbackClient
@@ -75,6 +75,8 @@ class DeliveryEngine:
         self._loops: list[asyncio.Task[None]] = []
         self._stopping = False
         self._delivered: list[int] = []
+        # Each held delivery's attempts, written (delivery log) with its outcome.
+        self._attempts: dict[int, list[Attempt]] = defaultdict(list)
         self._flush = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
         self.poll_s = 0.5
@@ -254,7 +256,7 @@ class DeliveryEngine:
             # A refused target is dead-lettered at once: no retry can make it reachable.
             delay = None if result.permanent else next_delay(self.schedule, d.attempts + 1, result.retry_after_s, self.rng)
             next_us = self.clock() + int(delay * 1_000_000) if delay is not None else None
-            await self.store.mark_failed(d.id, self.owner, result.error, next_us)
+            await self.store.mark_failed(d.id, self.owner, result.error, next_us, self._attempts.pop(d.id, []))
             outcome = "retry" if next_us is not None else "dead"
             self.metrics.count_delivery(outcome)
             log.warning(
@@ -271,6 +273,7 @@ class DeliveryEngine:
         finally:
             if not recorded_later:  # recorded as failed, or left to expire after an error
                 self._held.discard(d.id)
+                self._attempts.pop(d.id, None)
             self._in_flight[host] -= 1
             if self._in_flight[host] <= 0:
                 del self._in_flight[host]
@@ -288,9 +291,14 @@ class DeliveryEngine:
 
     async def _attempt(self, d: Delivery, url: str, host: str, target: str) -> AttemptResult:
         """One HTTP attempt, counted by target and outcome and logged (one line each)."""
-        started = time.perf_counter()
+        started, at_us = time.perf_counter(), self.clock()
         result = await self.client.attempt(d.spec, url)
         outcome = attempt_outcome(result)
+        self._attempts[d.id].append(Attempt(
+            at_us, d.id, d.spec.event_id, d.spec.order_key, d.spec.user_id, target, host, result.status,
+            int((time.perf_counter() - started) * 1e6), outcome, result.error,
+            scrub(result.response.decode("utf-8", "replace")).replace("\x00", "") if result.response else "",
+        ))
         self.metrics.count_attempt(target, outcome)
         out = self.attempt_log
         if out is not None and log.isEnabledFor(logging.INFO):
@@ -315,11 +323,14 @@ class DeliveryEngine:
     async def _flush_delivered(self) -> None:
         while self._delivered:
             batch, self._delivered = self._delivered[:500], self._delivered[500:]
+            attempts = [a for i in batch for a in self._attempts.get(i, ())]
             try:
-                await self.store.mark_delivered_many(batch, self.owner)
+                await self.store.mark_delivered_many(batch, self.owner, attempts)
             except asyncio.CancelledError:
                 self._delivered[:0] = batch
                 raise
             except Exception:
                 log.exception("could not record deliveries; they will be retried when their leases expire")
             self._held.difference_update(batch)
+            for i in batch:
+                self._attempts.pop(i, None)

@@ -34,6 +34,8 @@ from ._url_safety import AddressPolicy, RefusedAddress, SafeResolver, UnsafeUrl
 USER_AGENT = "BandwidthAPI/v1"
 # What is read of a receiver's answer: enough for a diagnosis, never enough to exhaust memory.
 MAX_RESPONSE_BYTES = 64 * 1024
+# What of an answer the delivery log keeps.
+RESPONSE_PREVIEW = 256
 # Headers aiohttp's client adds on its own, sent by H1Transport too (not Accept-Encoding: an
 # answer's body is never decoded, so no compression is offered).
 _AUTO_HEADERS = {"Accept": "*/*"}
@@ -50,6 +52,8 @@ class AttemptResult:
     permanent: bool = False
     # The receiver's HTTP status, when it answered (logs and metrics; not part of equality).
     status: int | None = field(default=None, compare=False)
+    # The first bytes of the receiver's answer (already read anyway: the delivery log keeps them).
+    response: bytes = field(default=b"", compare=False, repr=False)
 
 
 def signature(secrets: Sequence[str] | str, event_id: str, timestamp: int, payload: str) -> str:
@@ -190,15 +194,15 @@ class CallbackClient:
                 method, target, data=body if method == "POST" else None, headers=headers,
                 timeout=timeout, allow_redirects=False,
             ) as resp:
-                await resp.content.read(MAX_RESPONSE_BYTES)
+                data = await resp.content.read(MAX_RESPONSE_BYTES)
                 if not resp.content.at_eof():
                     # More than we read: drop the connection instead of draining it into the pool.
                     resp.close()
                 if 200 <= resp.status < 300:
-                    return AttemptResult(True, status=resp.status)
+                    return AttemptResult(True, status=resp.status, response=data[:RESPONSE_PREVIEW])
                 return AttemptResult(
                     False, f"HTTP {resp.status}", parse_retry_after(resp.headers.get("Retry-After"), now),
-                    status=resp.status,
+                    status=resp.status, response=data[:RESPONSE_PREVIEW],
                 )
         except TimeoutError:
             return AttemptResult(False, f"timeout after {spec.timeout_ms} ms")
@@ -219,12 +223,12 @@ class CallbackClient:
                 method, target, headers=_AUTO_HEADERS | headers, body=body if method == "POST" else None,
                 timeouts=Timeout(total=spec.timeout_ms / 1000),
             ) as resp:
-                await resp.read_some(MAX_RESPONSE_BYTES)  # a longer answer: its connection is dropped
+                data = await resp.read_some(MAX_RESPONSE_BYTES)  # a longer answer: its connection is dropped
                 if 200 <= resp.status < 300:
-                    return AttemptResult(True, status=resp.status)
+                    return AttemptResult(True, status=resp.status, response=data[:RESPONSE_PREVIEW])
                 return AttemptResult(
                     False, f"HTTP {resp.status}", parse_retry_after(resp.headers.get("Retry-After"), now),
-                    status=resp.status,
+                    status=resp.status, response=data[:RESPONSE_PREVIEW],
                 )
         except TimedOut:
             return AttemptResult(False, f"timeout after {spec.timeout_ms} ms")

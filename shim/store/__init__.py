@@ -6,13 +6,27 @@
 from shim.clock import Clock, now_us
 
 from ._base import Store
+from ._deliveries import OUTCOMES, OutboxRow, Timeline
 from ._postgres import PostgresStore
 from ._sqlite import SqliteStore
-from ._types import DeadLetter, EventRules, IncomingEvent, RetentionReport, host_key
+from ._types import Attempt, DeadLetter, DeliveryFilter, EventRules, IncomingEvent, RetentionReport, host_key
 
 __all__ = [
-    "Clock", "DeadLetter", "EventRules", "IncomingEvent", "PostgresStore", "RetentionReport", "SqliteStore", "Store",
-    "host_key", "open_store",
+    "OUTCOMES",
+    "Attempt",
+    "Clock",
+    "DeadLetter",
+    "DeliveryFilter",
+    "EventRules",
+    "IncomingEvent",
+    "OutboxRow",
+    "PostgresStore",
+    "RetentionReport",
+    "SqliteStore",
+    "Store",
+    "Timeline",
+    "host_key",
+    "open_store",
 ]
 
 

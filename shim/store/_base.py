@@ -2,7 +2,7 @@
 
 Every transaction is written once, as a sans-io generator that yields SQL operations (``_ops``)
 and receives their results, grouped by concern: ``_messages``, ``_events``, ``_outbox``,
-``_retention``, ``_reconcile``, and the schema in ``migrations``. Backends only drive generators, and both group
+``_retention``, ``_reconcile``, ``_deliveries``, and the schema in ``migrations``. Backends only drive generators, and both group
 commit: SQLite runs a whole batch of them in its writer thread in one hop and one commit;
 PostgreSQL runs the writes submitted in one turn of the event loop in one database transaction
 on one connection. Either runs a failed batch's transactions again apart, so one failing
@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from . import migrations
+from ._deliveries import DeliveryLogTxs
 from ._events import EventTxs
 from ._messages import MessageTxs
 from ._ops import Tx, all_tx, exec_tx, one_tx
@@ -28,7 +29,7 @@ from ._usage import UsageTxs
 log = logging.getLogger("shim.store")
 
 
-class Store(ReconcileTxs, MessageTxs, EventTxs, OutboxTxs, RetentionTxs, UsageTxs):
+class Store(ReconcileTxs, MessageTxs, EventTxs, OutboxTxs, RetentionTxs, UsageTxs, DeliveryLogTxs):
     """Every transaction; subclasses drive them (``_write``/``_read``) and open the database."""
 
     # The backend's column types for ``{serial}`` and ``{bigint}`` in migrations.

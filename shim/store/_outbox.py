@@ -10,8 +10,9 @@ from shim.clock import Clock
 from shim.core import Delivery, DeliverySpec
 
 from ._core import StoreCore
-from ._ops import All, Exec, One, Tx, all_tx, exec_tx, one_tx
-from ._types import DeadLetter, host_key
+from ._deliveries import log_attempts
+from ._ops import All, Exec, One, Tx, all_tx, exec_tx
+from ._types import Attempt, DeadLetter, host_key
 
 # Rows per outbox insert (8 parameters each: well under any backend's limit).
 ENQUEUE_CHUNK = 200
@@ -143,27 +144,43 @@ class OutboxTxs(StoreCore):
     async def mark_delivered(self, delivery_id: int, owner: str) -> bool:
         return await self.mark_delivered_many([delivery_id], owner) == 1
 
-    async def mark_delivered_many(self, delivery_ids: Sequence[int], owner: str) -> int:
-        """Record several successes in one transaction (the delivery engine batches them)."""
-        if not delivery_ids:
+    async def mark_delivered_many(self, delivery_ids: Sequence[int], owner: str,
+                                  attempts: Sequence[Attempt] = ()) -> int:
+        """Record several successes in one transaction (the delivery engine batches them), with
+        the attempts that led to them (the delivery log)."""
+        if not delivery_ids and not attempts:
             return 0
-        marks = ", ".join("?" for _ in delivery_ids)
-        rows = await self._timed_write(all_tx,
-            "UPDATE outbox SET status = 'delivered', lease_owner = NULL, lease_until_us = NULL,"
-            f" attempts = attempts + 1, updated_us = ? WHERE id IN ({marks}) AND lease_owner = ? RETURNING id",
-            self.clock(), *delivery_ids, owner,
-        )
-        return len(rows)
+        return await self._timed_write(self._tx_delivered, delivery_ids, owner, attempts)
 
-    async def mark_failed(self, delivery_id: int, owner: str, error: str, next_attempt_us: int | None) -> bool:
-        """Schedule a retry, or dead-letter when ``next_attempt_us`` is None."""
+    def _tx_delivered(self, delivery_ids: Sequence[int], owner: str, attempts: Sequence[Attempt]) -> Tx[int]:
+        count = 0
+        if delivery_ids:
+            marks = ", ".join("?" for _ in delivery_ids)
+            rows = yield All(
+                "UPDATE outbox SET status = 'delivered', lease_owner = NULL, lease_until_us = NULL,"
+                f" attempts = attempts + 1, updated_us = ? WHERE id IN ({marks}) AND lease_owner = ? RETURNING id",
+                self.clock(), *delivery_ids, owner,
+            )
+            count = len(rows)
+        yield from log_attempts(attempts)
+        return count
+
+    async def mark_failed(self, delivery_id: int, owner: str, error: str, next_attempt_us: int | None,
+                          attempts: Sequence[Attempt] = ()) -> bool:
+        """Schedule a retry, or dead-letter when ``next_attempt_us`` is None; the attempts that
+        failed go to the delivery log in the same transaction."""
+        return await self._timed_write(self._tx_failed, delivery_id, owner, error, next_attempt_us, attempts)
+
+    def _tx_failed(self, delivery_id: int, owner: str, error: str, next_attempt_us: int | None,
+                   attempts: Sequence[Attempt]) -> Tx[bool]:
         status = "pending" if next_attempt_us is not None else "dead"
-        row = await self._timed_write(one_tx,
+        row = yield One(
             "UPDATE outbox SET status = ?, lease_owner = NULL, lease_until_us = NULL,"
             " attempts = attempts + 1, next_attempt_us = ?, last_error = ?, updated_us = ?"
             " WHERE id = ? AND lease_owner = ? RETURNING id",
             status, next_attempt_us or 0, error[:1000], self.clock(), delivery_id, owner,
         )
+        yield from log_attempts(attempts)
         return row is not None
 
     async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:

@@ -16,7 +16,7 @@ rows through an index on exactly the rows still to do (text: partial indexes on
 * Purge (older than ``purge_before_us``): messages by ``time_us``, events by ``received_us``,
   outbox rows in any status by ``updated_us`` (their last change): delivered, dead letters, and
   pending rows too, which are past any retry schedule by then (retries span about a day; a
-  replayed dead letter starts a new period).
+  replayed dead letter starts a new period); the delivery log's attempts by ``at_us``.
 * Text (older than ``clear_text_before_us``): messages by ``time_us``, with their events and
   outbox rows whatever their age; then events and outbox rows by their own age (events of
   messages sent natively on v2, which shim has no record of, and late arrivals).
@@ -145,6 +145,7 @@ class RetentionTxs(StoreCore):
             (self._tx_purge_messages, purge_before_us),
             (self._tx_purge_events, purge_before_us),
             (self._tx_purge_outbox, purge_before_us),
+            (self._tx_purge_attempts, purge_before_us),
             (self._tx_purge_rejected, clear_text_before_us),
             (self._tx_clear_messages, clear_text_before_us),
             (self._tx_clear_events, clear_text_before_us),
@@ -180,6 +181,10 @@ class RetentionTxs(StoreCore):
     def _tx_purge_outbox(self, before_us: int, limit: int) -> Tx[Batch]:
         n = yield from self._purge("outbox", "id", "updated_us", before_us, limit)
         return n, n, RetentionReport(outbox_purged=n)
+
+    def _tx_purge_attempts(self, before_us: int, limit: int) -> Tx[Batch]:
+        n = yield from self._purge("delivery_log", "id", "at_us", before_us, limit)
+        return n, n, RetentionReport(attempts_purged=n)
 
     def _tx_purge_rejected(self, before_us: int, limit: int) -> Tx[Batch]:
         # Kept raw for inspection, so they go when text goes.

@@ -54,6 +54,43 @@ class DeadLetter:
     updated_us: int
 
 
+@dataclass(frozen=True)
+class Attempt:
+    """One HTTP attempt of a callback, as the delivery log keeps it."""
+
+    at_us: int
+    outbox_id: int
+    event_id: str
+    order_key: str
+    user_id: str | None
+    target: str  # primary | fallback
+    host: str
+    status: int | None
+    latency_us: int
+    outcome: str
+    error: str = ""
+    # The first bytes of the receiver's answer (at most ``RESPONSE_PREVIEW`` bytes, decoded).
+    response: str = ""
+
+
+@dataclass
+class DeliveryFilter:
+    """Which outbox rows (replay, discard) or attempts (listing) an operator means. Times are
+    epoch microseconds of the outbox row's last change (an attempt's time when listing)."""
+
+    user_id: str | None = None
+    host: str | None = None
+    since_us: int | None = None
+    until_us: int | None = None
+    outcome: str | None = None  # dead | delivered | pending
+    ids: Sequence[int] | None = None
+    message_id: str | None = None
+    event_id: str | None = None
+
+    def empty(self) -> bool:
+        return all(v is None for v in vars(self).values())
+
+
 def host_key(url: str) -> str:
     """What per-host fairness counts by: ``host:port`` of a callback URL."""
     try:
@@ -74,6 +111,7 @@ class RetentionReport:
     events_purged: int = 0
     outbox_purged: int = 0
     rejected_purged: int = 0
+    attempts_purged: int = 0
 
     def add(self, other: RetentionReport) -> None:
         for name, value in vars(other).items():

@@ -157,6 +157,31 @@ CREATE TABLE IF NOT EXISTS user_modes (
     updated_us {bigint} NOT NULL
 )
 """),
+    # The delivery log (issue 12): one row per callback attempt, written with the outcome it led
+    # to (same transaction, batched like the outcomes), found by message, delivery, host or age.
+    Migration(9, "delivery log: every callback attempt", """
+CREATE TABLE IF NOT EXISTS delivery_log (
+    id {serial},
+    at_us {bigint} NOT NULL,
+    outbox_id {bigint} NOT NULL,
+    event_id TEXT NOT NULL,
+    order_key TEXT NOT NULL,
+    user_id TEXT,
+    target TEXT NOT NULL,
+    host TEXT NOT NULL,
+    status INTEGER,
+    latency_us {bigint} NOT NULL,
+    outcome TEXT NOT NULL,
+    error TEXT,
+    response TEXT
+);
+CREATE INDEX IF NOT EXISTS delivery_log_at ON delivery_log (at_us);
+CREATE INDEX IF NOT EXISTS delivery_log_outbox ON delivery_log (outbox_id);
+CREATE INDEX IF NOT EXISTS delivery_log_order ON delivery_log (order_key);
+CREATE INDEX IF NOT EXISTS delivery_log_host ON delivery_log (host, at_us);
+CREATE INDEX IF NOT EXISTS outbox_user ON outbox (user_id, id);
+CREATE INDEX IF NOT EXISTS outbox_host ON outbox (host, id)
+"""),
 )
 
 LEDGER = """
