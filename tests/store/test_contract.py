@@ -19,7 +19,9 @@ from shim.clock import now_us
 from shim.config import parse_config
 from shim.core import DeliverySpec, ListQuery, MessageRecord, bind_v2, pending_id, v2_tag
 from shim.gateway import Gateway
-from shim.store import EventRules, PostgresStore, RetentionReport, SqliteStore, Store, open_store
+from shim.store import (
+    Attempt, DeliveryFilter, EventRules, PostgresStore, RetentionReport, SqliteStore, Store, host_key, open_store,
+)
 from shim.store import _postgres as postgres_backend
 from shim.store import _sqlite as sqlite_backend
 from shim.store._ops import Exec, Tx
@@ -890,3 +892,68 @@ async def test_usage_counters_add_up_across_flushes(store: Store) -> None:
     await store.add_usage([])
     assert sorted(await store.usage_rows()) == [
         ("u-1", "list:page", 5, 100), ("u-1", "v1:message", 1, 50), ("u-2", "list:page", 1, 10)]
+
+
+# -- delivery log, replay and discard by filter ------------------------------------------------
+def attempt(d: Any, target: str = "primary", status: int | None = 200, at_us: int | None = None,
+            error: str = "") -> Attempt:
+    return Attempt(at_us=at_us if at_us is not None else now_us(), outbox_id=d.id, event_id=d.spec.event_id,
+                   order_key=d.spec.order_key, user_id=d.spec.user_id, target=target,
+                   host=host_key(d.spec.url), status=status, latency_us=1234,
+                   outcome="ok" if status == 200 else "http-error", error=error, response="fine\u00e9")
+
+
+async def test_attempts_logged_with_outcomes_and_timeline(store: Store) -> None:
+    rec = msg(1)
+    await store.insert_message(rec)
+    await store.enqueue([spec(1, rec.id), spec(2, "other", url="http://127.0.0.2:9/cb")])
+    d1, d2 = await store.claim("w", 10, 5_000_000)
+    # A success is logged with the batch that records it (primary failed, fallback answered).
+    assert await store.mark_delivered_many([d1.id], "w", [attempt(d1, status=500, error="HTTP 500"),
+                                                          attempt(d1, "fallback")]) == 1
+    assert await store.mark_failed(d2.id, "w", "HTTP 503", None, [attempt(d2, status=503, error="HTTP 503")])
+    # Attempts are history: kept even when the outcome no longer applies (lease lost).
+    assert await store.mark_delivered_many([d2.id], "w", [attempt(d2)]) == 0
+    t = await store.message_timeline(rec.id)
+    assert t.message is not None and t.message.id == rec.id
+    assert [(c.event_id, c.status) for c in t.callbacks] == [("e1", "delivered")]
+    assert [(a.target, a.status, a.error, a.response) for a in t.attempts] == [
+        ("primary", 500, "HTTP 500", "fine\u00e9"), ("fallback", 200, "", "fine\u00e9")]
+    rows = await store.list_attempts(DeliveryFilter(host="127.0.0.2"), limit=10)
+    assert [(a.event_id, a.status, now) for a, now in rows] == [("e2", 200, "dead"), ("e2", 503, "dead")]
+    assert len(await store.list_attempts(DeliveryFilter(outcome="delivered"), limit=10)) == 2
+    assert len(await store.list_attempts(DeliveryFilter(), http_status=503, limit=10)) == 1
+    assert len(await store.list_attempts(DeliveryFilter(event_id="e1"), limit=1)) == 1
+    assert (await store.message_timeline("nothing")).attempts == []
+
+
+async def test_delivery_log_purged_with_retention(store: Store) -> None:
+    await store.enqueue([spec(1)])
+    (d,) = await store.claim("w", 10, 5_000_000)
+    old = now_us() - 10 * 86_400_000_000
+    await store.mark_delivered_many([d.id], "w", [attempt(d, at_us=old), attempt(d)])
+    report = await store.apply_retention(0, now_us() - 86_400_000_000)
+    assert report.attempts_purged == 1
+    assert len(await store.list_attempts(DeliveryFilter(), limit=10)) == 1
+
+
+async def test_replay_and_discard_by_filter(store: Store) -> None:
+    a, b = "http://127.0.0.1:9/cb", "http://127.0.0.3:9/cb"
+    await store.enqueue([spec(1, "k1", a), spec(2, "k2", a), spec(3, "k3", b), spec(4, "k4", a)])
+    got = {d.spec.event_id: d for d in await store.claim("w", 10, 5_000_000)}
+    await store.mark_failed(got["e1"].id, "w", "x", None)
+    await store.mark_failed(got["e3"].id, "w", "x", None)
+    await store.mark_delivered_many([got["e2"].id], "w")
+    # e4 stays leased (in flight): never counted nor touched.
+    f = DeliveryFilter(host="127.0.0.1")
+    assert await store.replay_matching(f, dry_run=True) == 2
+    assert await store.discard_matching(f, dry_run=True) == 1
+    assert await store.discard_matching(DeliveryFilter(host="127.0.0.1:9", outcome="delivered")) == 0
+    assert await store.replay_matching(DeliveryFilter(host="127.0.0.1", outcome="delivered")) == 1
+    assert await store.discard_matching(f) == 1  # e1, the dead letter: not e2 nor e4
+    assert sorted(x.event_id for x in await store.dead_letters()) == ["e3"]
+    assert await store.replay_matching(DeliveryFilter(ids=[got["e3"].id]), dry_run=True) == 1
+    assert await store.replay_matching(DeliveryFilter(since_us=now_us() + 10**9)) == 0
+    assert await store.replay_matching(DeliveryFilter(host="127.0.0.%")) == 0  # no wildcards
+    counts = await store.outbox_counts()
+    assert counts == {"pending": 2, "delivered": 0, "dead": 1}
