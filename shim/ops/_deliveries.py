@@ -62,13 +62,18 @@ def attempt_json(a: Attempt, callback_status: str | None = None) -> dict[str, An
     return out
 
 
+def _masked(body: dict[str, Any]) -> dict[str, Any]:
+    """A v1 record with the userinfo of every URL in it (callbackUrl, fallbackUrl) masked."""
+    return {k: mask_userinfo(v) if isinstance(v, str) and "://" in v else v for k, v in body.items()}
+
+
 def timeline_json(t: Timeline) -> dict[str, Any]:
     events = []
     for key, payload, status, received_us in t.events:
         events.append({"dedupeKey": key, "received": iso_from_us(received_us), "status": status,
                        "event": json.loads(payload)})
     return {
-        "message": t.message.to_v1() if t.message else None,
+        "message": _masked(t.message.to_v1()) if t.message else None,
         "events": events,
         "callbacks": [
             {"id": c.id, "eventId": c.event_id, "url": mask_userinfo(c.url),

@@ -20,7 +20,15 @@ from shim.config import parse_config
 from shim.core import DeliverySpec, ListQuery, MessageRecord, bind_v2, pending_id, v2_tag
 from shim.gateway import Gateway
 from shim.store import (
-    Attempt, DeliveryFilter, EventRules, PostgresStore, RetentionReport, SqliteStore, Store, host_key, open_store,
+    Attempt,
+    DeliveryFilter,
+    EventRules,
+    PostgresStore,
+    RetentionReport,
+    SqliteStore,
+    Store,
+    host_key,
+    open_store,
 )
 from shim.store import _postgres as postgres_backend
 from shim.store import _sqlite as sqlite_backend
