@@ -138,6 +138,24 @@ MAX_ATTEMPT_S = 2 * 10.0
 LEASE_MARGIN_S = 5.0
 
 
+class BreakerConfig(_Model):
+    """callbacks.breaker: per-host circuit breaker (see shim/core/_breaker.py)."""
+
+    enabled: bool = True
+    # Opens after this many consecutive failed attempts (timeout, connection error, 5xx, 408, 429) ...
+    failure_threshold: int = Field(5, ge=1)
+    # ... or when this share of the last ``window`` attempts failed, once there were min_attempts.
+    failure_rate: float = Field(0.5, gt=0, le=1)
+    min_attempts: int = Field(20, ge=1)
+    window: int = Field(100, ge=1)
+    # How long an open host's deliveries are held back before one probe; doubled after each
+    # failed probe up to max_open_s.
+    open_s: float = Field(30, gt=0)
+    max_open_s: float = Field(600, gt=0)
+    # Hosts tracked per replica (least recently attempted forgotten first): bounds memory and labels.
+    max_hosts: int = Field(1000, ge=1)
+
+
 class CallbacksConfig(_Model):
     path: str = "/callbacks/v2"
     username: str | None = None
@@ -161,6 +179,7 @@ class CallbacksConfig(_Model):
     allow_cidrs: list[str] = Field(default_factory=list)
     # Networks callbacks never reach (wins over allow_cidrs).
     deny_cidrs: list[str] = Field(default_factory=list)
+    breaker: BreakerConfig = Field(default_factory=BreakerConfig)
 
     @field_validator("path")
     @classmethod

@@ -240,7 +240,10 @@ async def make_harness(tmp_path: Path) -> AsyncIterator[HarnessFactory]:
             "upstream": {"mode": "sandbox", "timeout_s": 3, "connect_retries": 1},
             "callbacks": {"username": CB_USER, "password": CB_PASS,
                           "retry_schedule_s": [0.2, 0.2, 0.2], "signing_secret": SIGNING_SECRET,
-                          "unmatched_grace_s": 1, "allow_cidrs": ["127.0.0.0/8"]},
+                          "unmatched_grace_s": 1, "allow_cidrs": ["127.0.0.0/8"],
+                          # On as in production, but brief: tests that fail a receiver on purpose
+                          # (every receiver is one host) still see their retries within seconds.
+                          "breaker": {"open_s": 0.3, "max_open_s": 1}},
             "users": [user, OTHER_USER],
         }
         # "{receiver}" in an override stands for the receiver's base URL.

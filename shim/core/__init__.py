@@ -1,6 +1,7 @@
 """The pure translation core: v1/v2 models and the mapping between them. No I/O, no clock, no randomness:
 time, ids and random draws are arguments."""
 
+from ._breaker import CLOSED, HALF_OPEN, OPEN, STATE_VALUE, BreakerPolicy, HealthBook, HostHealth, health_outcome
 from ._deliveries import Delivery, DeliverySpec, Route
 from ._delivery_codes import V1_DESCRIPTIONS, V2_TO_V1, map_error_code, v2_names
 from ._json import v1_json_bytes
@@ -53,25 +54,32 @@ from ._v1_send import MAX_MEDIA_URL, MAX_TAG, MAX_TEXT, SendRequest, is_http_url
 from ._v2 import V2Event, V2Message
 
 __all__ = [
+    'CLOSED',
     'CURSOR_KEYS',
     'DEFAULT_SIZE',
     'DELIVERED_DESCRIPTION',
     'FILTER_KEYS',
+    'HALF_OPEN',
     'LEGACY_V1_BASE',
     'MAX_MEDIA_URL',
     'MAX_RETRY_AFTER_S',
     'MAX_SIZE',
     'MAX_TAG',
     'MAX_TEXT',
+    'OPEN',
     'RECONCILED_HEADER',
     'SEARCH_WINDOW_US',
     'SEND_KEY_PREFIX',
     'SPEC_URI',
     'STATE_RANK',
+    'STATE_VALUE',
     'V1_DESCRIPTIONS',
     'V2_TO_V1',
+    'BreakerPolicy',
     'Delivery',
     'DeliverySpec',
+    'HealthBook',
+    'HostHealth',
     'ListQuery',
     'MessageRecord',
     'Repair',
@@ -84,6 +92,7 @@ __all__ = [
     'apply_status',
     'beyond_window',
     'bind_v2',
+    'health_outcome',
     'inbound_deliveries',
     'inbound_id',
     'inbound_record',

@@ -18,6 +18,8 @@ from prometheus_client.process_collector import ProcessCollector
 # What one attempt of a callback came to (``shim_callback_attempts_total{outcome}``).
 ATTEMPT_OUTCOMES = ("ok", "http-error", "timeout", "network-error", "refused")
 ATTEMPT_TARGETS = ("primary", "fallback")
+# ``shim_callback_breaker_transitions_total{to}`` (the states of shim/core/_breaker.py).
+BREAKER_STATES = ("closed", "half-open", "open")
 
 
 class Metrics:
@@ -81,6 +83,13 @@ class Metrics:
                                  registry=r)
         self.build_info = Gauge("shim_build_info", "shim's version and upstream mode (sandbox = no real SMS)",
                                 ["version", "upstream_mode"], registry=r)
+        self.host_state = Gauge(
+            "shim_callback_host_state",
+            "Circuit breaker state of each recently attempted callback host: 0 closed, 1 half-open, 2 open",
+            ["host"], registry=r)
+        self.breaker_transitions = Counter(
+            "shim_callback_breaker_transitions", "Callback host circuit breaker transitions, by state entered",
+            ["to"], registry=r)
         # Reconciliation (SPEC §9): what the runs looked up, repaired, gave up on, failed at.
         self.reconcile_looked_up = Counter(
             "shim_reconcile_looked_up", "Messages looked up in v2's message search", registry=r)
@@ -101,6 +110,9 @@ class Metrics:
         self._store_read = self.store_latency.labels("read")
         # Every (target, outcome) child exists from the start: alert rules see 0, not "no data".
         self._attempts = {(t, o): self.attempts.labels(t, o) for t in ATTEMPT_TARGETS for o in ATTEMPT_OUTCOMES}
+        self._transitions = {to: self.breaker_transitions.labels(to) for to in BREAKER_STATES}
+        # host -> its shim_callback_host_state child, bound once; removed when the host is forgotten.
+        self._host_states: dict[str, Any] = {}
         # (route, method) -> (duration child, {status: request counter child}): one dict lookup per
         # request for both, bound the first time a route is seen.
         self._routes: dict[tuple[str, str], tuple[Any, dict[int, Any]]] = {}
@@ -128,6 +140,22 @@ class Metrics:
 
     def count_attempt(self, target: str, outcome: str) -> None:
         self._attempts[target, outcome].inc()
+
+    def knows_host(self, host: str) -> bool:
+        return host in self._host_states
+
+    def set_host_state(self, host: str, value: int) -> None:
+        child = self._host_states.get(host)
+        if child is None:
+            child = self._host_states[host] = self.host_state.labels(host)
+        child.set(value)
+
+    def forget_host(self, host: str) -> None:
+        if self._host_states.pop(host, None) is not None:
+            self.host_state.remove(host)
+
+    def count_transition(self, to: str) -> None:
+        self._transitions[to].inc()
 
     def observe_store(self, op: str, seconds: float) -> None:
         (self._store_write if op == "write" else self._store_read if op == "read"

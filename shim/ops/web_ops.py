@@ -6,6 +6,7 @@ from aiohttp import web
 
 from shim.basic_auth import basic_credentials, check_pair
 from shim.config import mask_userinfo, user_mode
+from shim.core import iso_from_us
 from shim.errors import AccessDenied, BadRequest, NotFound, Unavailable
 from shim.facade.web_v1 import json_response, read_json
 from shim.keys import CONFIG, DELIVERY, MAIN_APP, METRICS, STORE, UPSTREAM, USAGE
@@ -166,6 +167,18 @@ async def discard_deliveries(request: web.Request) -> web.StreamResponse:
     return await _bulk(request, "discard")
 
 
+async def hosts(request: web.Request) -> web.StreamResponse:
+    """This replica's view of callback endpoint health (in memory): per host its breaker state,
+    recent successes and failures, latency, and when an open breaker lets its probe through."""
+    main = _admin(request)
+    out = []
+    for h in main[DELIVERY].health.snapshot():
+        opened, probe = h.pop("openedUs"), h.pop("nextProbeUs")
+        out.append(h | {"openedAt": iso_from_us(opened) if opened is not None else None,
+                        "nextProbeAt": iso_from_us(probe) if probe is not None else None})
+    return json_response(out)
+
+
 async def migration(request: web.Request) -> web.StreamResponse:
     """The migration report (SPEC §8): every replica's counts (this one's flushed first)."""
     main = _admin(request)
@@ -214,6 +227,7 @@ def add_admin_routes(app: web.Application) -> None:
     app.router.add_post("/admin/deliveries/replay", replay_deliveries)
     app.router.add_post("/admin/deliveries/discard", discard_deliveries)
     app.router.add_get("/admin/migration", migration, allow_head=False)
+    app.router.add_get("/admin/hosts", hosts, allow_head=False)
     app.router.add_post("/admin/users/{userId}/mode", set_mode)
 
 

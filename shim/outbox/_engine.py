@@ -9,6 +9,11 @@ Leases: every delivery this engine holds (in flight, waiting locally behind its 
 delivered and not yet recorded) has its lease renewed every ``lease_s / 3``, so no other claim
 round or replica starts it while it is held however slow the receiver; a replica that dies stops
 renewing and its work is taken over once its leases run out.
+
+Endpoint health: every attempt is recorded (in memory, O(1)) in a per-host ``HealthBook``; a
+host whose breaker is open is added to the claim's skip list, so its deliveries stay pending and
+unattempted (no retry budget spent) until one probe is let through. Deliveries of such a host
+already claimed and waiting locally are released (lease dropped, attempts unchanged).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from collections import defaultdict, deque
 
 from shim.clock import Clock, Rng, now_us, system_rng
 from shim.config import Config
-from shim.core import Delivery, next_delay
+from shim.core import STATE_VALUE, BreakerPolicy, Delivery, HealthBook, health_outcome, next_delay
 from shim.ops import AccessLog, Metrics, scrub
 from shim.store import Attempt, Store, host_key
 
@@ -65,6 +70,11 @@ class DeliveryEngine:
             self.policy, concurrency=cfg.callbacks.concurrency, per_host=cfg.callbacks.per_host_concurrency,
             signing_secrets=cfg.callbacks.secrets(), http_client=cfg.callbacks.http_client,
         )
+        b = cfg.callbacks.breaker
+        self.health = HealthBook(BreakerPolicy(
+            enabled=b.enabled, failure_threshold=b.failure_threshold, failure_rate=b.failure_rate,
+            min_attempts=b.min_attempts, window=b.window, open_s=b.open_s, max_open_s=b.max_open_s,
+        ), b.max_hosts)
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._in_flight: Tally[str] = Tally()
@@ -146,6 +156,7 @@ class DeliveryEngine:
                 self._wake.clear()  # work enqueued while we claim wakes the next round
                 if free > 0:
                     busy = [h for h, n in self._in_flight.items() if n >= cap]
+                    busy += self.health.skip_hosts(self.clock())  # open breakers
                     # Up to two slots' worth per host: the second half waits locally, so a
                     # claim round trip is never what keeps a healthy host idle.
                     claimed = await self.store.claim(self.owner, free, self.lease_us, 2 * cap, busy)
@@ -222,7 +233,41 @@ class DeliveryEngine:
         if self._in_flight[host] >= self.cfg.callbacks.per_host_concurrency:
             self._waiting[host].append(d)  # bounded: busy hosts are not claimed
             return
+        if not self._admit(host):  # the breaker opened since the claim, or a probe is out
+            if self._in_flight[host]:
+                self._waiting[host].append(d)  # decided when the host's attempts finish
+            else:
+                self._hold_back([d])
+            return
         self._start(d, host)
+
+    def _admit(self, host: str) -> bool:
+        allowed, entered = self.health.admit(host, self.clock())
+        if entered is not None:
+            self._transition(host, entered)
+        return allowed
+
+    def _transition(self, host: str, state: str) -> None:
+        self.metrics.count_transition(state)
+        self.metrics.set_host_state(host, STATE_VALUE[state])
+        log.warning("callback host breaker " + state, extra={"host": host})
+
+    def _hold_back(self, held: list[Delivery]) -> None:
+        """Give back claimed deliveries of a host whose breaker is open, unattempted: their leases
+        are released (attempts and schedule unchanged) and the claim skips them until a probe."""
+        ids = [d.id for d in held]
+        self._held.difference_update(ids)
+
+        async def release() -> None:
+            for i in ids:
+                try:
+                    await self.store.release(i, self.owner)
+                except Exception:
+                    log.exception("could not release a held-back delivery; its lease will expire")
+
+        task = asyncio.create_task(release())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _start(self, d: Delivery, host: str) -> None:
         self._in_flight[host] += 1
@@ -279,11 +324,19 @@ class DeliveryEngine:
                 del self._in_flight[host]
             queue = self._waiting.get(host)
             if queue:
-                nxt = queue.popleft()
-                if not queue:
+                if self._stopping:
+                    queue.popleft()
+                    if not queue:
+                        del self._waiting[host]
+                elif self._admit(host):
+                    # Usually one slot came free; after a successful probe, all of them did.
+                    while queue and self._in_flight[host] < self.cfg.callbacks.per_host_concurrency:
+                        self._start(queue.popleft(), host)
+                    if not queue:
+                        del self._waiting[host]
+                elif not self._in_flight[host]:  # breaker open: nothing left to decide for them
                     del self._waiting[host]
-                if not self._stopping:
-                    self._start(nxt, host)
+                    self._hold_back(list(queue))
             # Claim again once this host's pipeline is down to its slots, not after every completion.
             pipeline = self._in_flight[host] + len(self._waiting.get(host, ()))
             if pipeline <= self.cfg.callbacks.per_host_concurrency:
@@ -293,6 +346,15 @@ class DeliveryEngine:
         """One HTTP attempt, counted by target and outcome and logged (one line each)."""
         started, at_us = time.perf_counter(), self.clock()
         result = await self.client.attempt(d.spec, url)
+        seconds = time.perf_counter() - started
+        entered, forgotten = self.health.record(
+            host, health_outcome(result.ok, result.status, result.permanent), seconds, self.clock())
+        if forgotten is not None:
+            self.metrics.forget_host(forgotten)
+        if entered is not None:
+            self._transition(host, entered)
+        elif not self.metrics.knows_host(host):
+            self.metrics.set_host_state(host, STATE_VALUE[self.health.state(host)])
         outcome = attempt_outcome(result)
         self._attempts[d.id].append(Attempt(
             at_us, d.id, d.spec.event_id, d.spec.order_key, d.spec.user_id, target, host, result.status,
@@ -306,7 +368,7 @@ class DeliveryEngine:
                 "event_id": d.spec.event_id, "delivery_id": d.id, "order_key": d.spec.order_key,
                 "user_id": d.spec.user_id, "request_id": d.spec.request_id, "attempt": d.attempts + 1,
                 "target": target, "host": host, "status": result.status,
-                "ms": round((time.perf_counter() - started) * 1000, 2), "outcome": outcome,
+                "ms": round(seconds * 1000, 2), "outcome": outcome,
                 **({"error": result.error} if result.error else {}),
             }, "info" if result.ok else "warning")
         return result
