@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import functools
 import gc
 import ipaddress
@@ -15,8 +16,8 @@ import secrets
 import signal
 import sys
 import urllib.request
-from collections.abc import Callable
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from aiohttp import web
@@ -26,6 +27,9 @@ from shim import __version__
 from shim.config import Config, ConfigError, demo_config, load_config, mask_userinfo, masked, parse_listen
 from shim.ops import setup_logging
 from shim.sandbox.web_sandbox import CallbackTarget, build_sandbox_app
+
+if TYPE_CHECKING:
+    from shim.store import Store
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -268,26 +272,18 @@ async def run_receiver(host: str, port: int) -> None:
 
 async def dead_letters(cfg: Config, action: str, ids: list[int]) -> Any:
     """``ids`` empty with ``replay`` means every dead letter (the CLI asks for ``--all``)."""
-    from shim.gateway import Gateway
     from shim.ops import scrub
-    from shim.store import open_store
 
-    store = open_store(cfg.store.url, Gateway(cfg))
-    await store.open()
-    try:
+    async with existing_store(cfg, "dead-letters") as store:
         if action == "list":
             return [vars(d) | {"url": mask_userinfo(d.url), "last_error": scrub(d.last_error or "")}
                     for d in await store.dead_letters(1000)]
         return {"replayed": await store.replay(ids or None)}
-    finally:
-        await store.close()
 
 
 async def deliveries(cfg: Config, action: str, fields: dict[str, Any], match_all: bool, dry_run: bool) -> Any:
     """``shim deliveries replay|discard``: on an existing store only (never creates one)."""
-    from shim.gateway import Gateway
     from shim.ops._deliveries import parse_filter
-    from shim.store import open_store
 
     try:
         f = parse_filter({k: v for k, v in fields.items() if v is not None})
@@ -298,22 +294,33 @@ async def deliveries(cfg: Config, action: str, fields: dict[str, Any], match_all
                           " or --all")
     if action == "discard" and f.outcome not in (None, "dead"):
         raise ConfigError("deliveries discard removes dead letters only (--outcome dead)")
+    async with existing_store(cfg, "deliveries") as store:
+        if action == "replay":
+            count = await store.replay_matching(f, dry_run)
+        else:
+            count = await store.discard_matching(f, dry_run)
+    return {"matched": count, "dryRun": True} if dry_run else {"replayed" if action == "replay" else "discarded": count}
+
+
+@contextlib.asynccontextmanager
+async def existing_store(cfg: Config, verb: str) -> AsyncIterator[Store]:
+    """The store of ``cfg``, opened for an operator command: never created (a typo in
+    ``store.url`` must not yield an empty store and a misleading answer)."""
+    from shim.gateway import Gateway
+    from shim.store import open_store
+
     try:
         exists = await store_exists(cfg.store.url)
     except Exception as e:
         raise StartupError(f"cannot open the store: {type(e).__name__}") from None
     if not exists:
-        raise StartupError(f"no store at {mask_userinfo(cfg.store.url)} (shim deliveries never creates one)")
+        raise StartupError(f"no store at {mask_userinfo(cfg.store.url)} (shim {verb} never creates one)")
     store = open_store(cfg.store.url, Gateway(cfg), pool_size=2)
     await store.open()
     try:
-        if action == "replay":
-            count = await store.replay_matching(f, dry_run)
-        else:
-            count = await store.discard_matching(f, dry_run)
+        yield store
     finally:
         await store.close()
-    return {"matched": count, "dryRun": True} if dry_run else {"replayed" if action == "replay" else "discarded": count}
 
 
 async def store_exists(url: str) -> bool:
@@ -335,10 +342,8 @@ async def store_exists(url: str) -> bool:
 async def reconcile(cfg: Config, user_id: str | None, since: str | None, dry_run: bool) -> dict[str, Any]:
     """One reconcile run on the store (``shim reconcile``): what it looked up, repaired, gave up on."""
     from shim.core import parse_time_us
-    from shim.gateway import Gateway
     from shim.ops import Metrics
     from shim.reconcile import Reconciler
-    from shim.store import open_store
     from shim.upstream import UpstreamClient
 
     since_us = None
@@ -351,43 +356,23 @@ async def reconcile(cfg: Config, user_id: str | None, since: str | None, dry_run
     if cfg.upstream.mode == "sandbox":
         raise ConfigError("upstream.mode: sandbox: the embedded simulator lives in `shim serve`; "
                           "point upstream.base_url at a v2 API (mode bandwidth) to reconcile")
-    try:
-        exists = await store_exists(cfg.store.url)
-    except Exception as e:
-        raise StartupError(f"cannot open the store: {type(e).__name__}") from None
-    if not exists:
-        raise StartupError(f"no store at {mask_userinfo(cfg.store.url)} (shim reconcile never creates one)")
-    store = open_store(cfg.store.url, Gateway(cfg), pool_size=2)
-    upstream = UpstreamClient(cfg.upstream, cfg.upstream.base_url)
-    await store.open()
-    await upstream.start()
-    try:
-        report = await Reconciler(cfg, store, upstream, Metrics()).run(
-            user_id=user_id, since_us=since_us, dry_run=dry_run)
-        return report.as_dict() | {"balance": await store.outbound_balance(user_id)}
-    finally:
-        await upstream.close()
-        await store.close()
+    async with existing_store(cfg, "reconcile") as store:
+        upstream = UpstreamClient(cfg.upstream, cfg.upstream.base_url)
+        await upstream.start()
+        try:
+            report = await Reconciler(cfg, store, upstream, Metrics()).run(
+                user_id=user_id, since_us=since_us, dry_run=dry_run)
+            return report.as_dict() | {"balance": await store.outbound_balance(user_id)}
+        finally:
+            await upstream.close()
 
 
 async def migration_report(cfg: Config) -> dict[str, Any]:
     """The migration report from the store (``shim report``): what every replica flushed."""
-    from shim.gateway import Gateway
     from shim.ops import report
-    from shim.store import open_store
 
-    try:
-        exists = await store_exists(cfg.store.url)
-    except Exception as e:
-        raise StartupError(f"cannot open the store: {type(e).__name__}") from None
-    if not exists:
-        raise StartupError(f"no store at {mask_userinfo(cfg.store.url)} (shim report never creates one)")
-    store = open_store(cfg.store.url, Gateway(cfg), pool_size=2)
-    await store.open()
-    try:
+    async with existing_store(cfg, "report") as store:
         return report(await store.usage_rows(), {}, [u.user_id for u in cfg.users])
-    finally:
-        await store.close()
 
 
 def report_table(data: dict[str, Any]) -> str:

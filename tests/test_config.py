@@ -113,6 +113,11 @@ async def test_dead_letters_cli(tmp_path: Path) -> None:
     assert res.returncode == 0 and '"replayed": 1' in res.stdout
     res = run_cli("dead-letters", "list", "--config", str(cfg))
     assert res.stdout.strip() == "[]"
+    # A store.url that names nothing: refused, and nothing is created there.
+    missing = tmp_path / "typo.db"
+    cfg.write_text(f"upstream: {{mode: sandbox}}\nstore:\n  url: sqlite:///{missing}\n")
+    res = run_cli("dead-letters", "list", "--config", str(cfg))
+    assert res.returncode == 2 and "never creates one" in res.stderr and not missing.exists()
 
 
 BANDWIDTH_USER = USER | {"api_secret": "long-enough-secret"}
