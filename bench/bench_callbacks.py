@@ -21,16 +21,18 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
 import socket
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 HERE = Path(__file__).resolve()
+sys.path.insert(0, str(HERE.parent))
+from bench_client import new_loop, pinned, serve_canned  # noqa: E402  (bench/bench_client.py, beside this script)
+
 CLIENTS = ["aiohttp", "httptools"]
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 BODY = {
@@ -41,38 +43,9 @@ BODY = {
 }
 
 
-def new_loop() -> asyncio.AbstractEventLoop:
-    try:
-        import uvloop  # shim serves on uvloop
-        return uvloop.new_event_loop()
-    except ImportError:
-        return asyncio.new_event_loop()
-
-
 # -- the receiver: canned 200 for every request, keep-alive --------------------------------------
 def serve(port: int) -> None:
-    import httptools
-
-    response = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
-
-    class Proto(asyncio.Protocol):
-        def connection_made(self, transport: asyncio.BaseTransport) -> None:
-            self.transport = cast(asyncio.Transport, transport)
-            self.parser = httptools.HttpRequestParser(self)
-
-        def data_received(self, data: bytes) -> None:
-            self.parser.feed_data(data)
-
-        def on_message_complete(self) -> None:
-            self.transport.write(response)
-
-    loop = new_loop()
-    server = loop.run_until_complete(loop.create_server(Proto, "127.0.0.1", port, backlog=1024))
-    print("ready", flush=True)
-    try:
-        loop.run_forever()
-    finally:
-        server.close()
+    serve_canned(port, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
 
 
 # -- one client process ---------------------------------------------------------------------------
@@ -115,10 +88,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def pinned(core: int) -> list[str]:
-    return ["taskset", "-c", str(core)] if shutil.which("taskset") and (os.cpu_count() or 1) > 1 else []
 
 
 def main() -> None:

@@ -57,11 +57,9 @@ def new_loop() -> asyncio.AbstractEventLoop:
 
 
 # -- the server: canned 202 for every request, keep-alive ---------------------------------------
-def serve(port: int, cert: str | None, key: str | None) -> None:
+def serve_canned(port: int, response: bytes, ctx: ssl.SSLContext | None = None) -> None:
+    """A raw asyncio server answering every request with ``response``, keep-alive (never the limit)."""
     import httptools
-
-    response = (b"HTTP/1.1 202 Accepted\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%b"
-                % (len(ANSWER), ANSWER))
 
     class Proto(asyncio.Protocol):
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -74,10 +72,6 @@ def serve(port: int, cert: str | None, key: str | None) -> None:
         def on_message_complete(self) -> None:
             self.transport.write(response)
 
-    ctx = None
-    if cert and key:
-        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ctx.load_cert_chain(cert, key)
     loop = new_loop()
     server = loop.run_until_complete(loop.create_server(Proto, "127.0.0.1", port, ssl=ctx, backlog=1024))
     print("ready", flush=True)
@@ -85,6 +79,15 @@ def serve(port: int, cert: str | None, key: str | None) -> None:
         loop.run_forever()
     finally:
         server.close()
+
+
+def serve(port: int, cert: str | None, key: str | None) -> None:
+    ctx = None
+    if cert and key:
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(cert, key)
+    serve_canned(port, b"HTTP/1.1 202 Accepted\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%b"
+                 % (len(ANSWER), ANSWER), ctx)
 
 
 # -- the clients: each returns (send one request, close) -----------------------------------------
