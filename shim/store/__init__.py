@@ -9,7 +9,16 @@ from ._base import Store
 from ._deliveries import OUTCOMES, OutboxRow, Timeline
 from ._postgres import PostgresStore
 from ._sqlite import SqliteStore
-from ._types import Attempt, DeadLetter, DeliveryFilter, EventRules, IncomingEvent, RetentionReport, host_key
+from ._types import (
+    Attempt,
+    DeadLetter,
+    DeliveryFilter,
+    EventRules,
+    IncomingEvent,
+    PendingCallback,
+    RetentionReport,
+    host_key,
+)
 
 __all__ = [
     "OUTCOMES",
@@ -20,6 +29,7 @@ __all__ = [
     "EventRules",
     "IncomingEvent",
     "OutboxRow",
+    "PendingCallback",
     "PostgresStore",
     "RetentionReport",
     "SqliteStore",

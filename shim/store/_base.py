@@ -2,7 +2,8 @@
 
 Every transaction is written once, as a sans-io generator that yields SQL operations (``_ops``)
 and receives their results, grouped by concern: ``_messages``, ``_events``, ``_outbox``,
-``_retention``, ``_reconcile``, ``_deliveries``, and the schema in ``migrations``. Backends only drive generators, and both group
+``_retention``, ``_reconcile``, ``_deliveries``, ``_usage``, ``_console``, and the schema in
+``migrations``. Backends only drive generators, and both group
 commit: SQLite runs a whole batch of them in its writer thread in one hop and one commit;
 PostgreSQL runs the writes submitted in one turn of the event loop in one database transaction
 on one connection. Either runs a failed batch's transactions again apart, so one failing
@@ -17,6 +18,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from . import migrations
+from ._console import ConsoleTxs
 from ._deliveries import DeliveryLogTxs
 from ._events import EventTxs
 from ._messages import MessageTxs
@@ -29,7 +31,8 @@ from ._usage import UsageTxs
 log = logging.getLogger("shim.store")
 
 
-class Store(ReconcileTxs, MessageTxs, EventTxs, OutboxTxs, RetentionTxs, UsageTxs, DeliveryLogTxs):
+class Store(ReconcileTxs, MessageTxs, EventTxs, OutboxTxs, RetentionTxs, UsageTxs, DeliveryLogTxs,
+            ConsoleTxs):
     """Every transaction; subclasses drive them (``_write``/``_read``) and open the database."""
 
     # The backend's column types for ``{serial}`` and ``{bigint}`` in migrations.

@@ -92,3 +92,44 @@ class MessageTxs(StoreCore):
         sql = f"SELECT seq, doc FROM messages WHERE {' AND '.join(where)} ORDER BY seq {order} LIMIT ? OFFSET ?"
         rows = await self._timed_read(all_tx, sql, *args, *extra, q.size + 1, q.offset)
         return [record(r) for r in rows]
+
+    async def find_messages(self, *, message_id: str | None = None, number: str | None = None,
+                            user_id: str | None = None, since_us: int | None = None, until_us: int | None = None,
+                            limit: int = 50) -> list[MessageRecord]:
+        """An operator's search across every user: the newest ``limit`` messages (``time_us``,
+        then ``seq``, descending) matching every filter given: ``message_id`` (the exact id; a
+        send's unbound intent has its ``pending-…`` id), ``number`` (sender or recipient),
+        ``user_id``, ``since_us``/``until_us`` (message time, both inclusive). Unbound intents are
+        included (an operator must see orphaned sends). Found through an index: the id, one
+        lookup per side of a number (``messages_from_time``, ``messages_to_time``, each reading
+        at most ``limit`` rows, merged), else the user's rows (``messages_user_seq``, all of
+        them sorted: the cost follows that user's history), else the time index (newest first,
+        or the window)."""
+        if limit <= 0:
+            return []
+        conds: list[str] = []
+        args: list[Any] = []
+        for cond, value in (("id = ?", message_id), ("user_id = ?", user_id),
+                            ("time_us >= ?", since_us), ("time_us <= ?", until_us)):
+            if value is not None:
+                conds.append(cond)
+                args.append(value)
+        newest = "ORDER BY time_us DESC, seq DESC LIMIT ?"
+        if number is None:
+            where = f" WHERE {' AND '.join(conds)}" if conds else ""
+            order = newest
+            if user_id is not None and message_id is None:
+                # Ordered by an expression: the user's rows are found through their index and
+                # sorted (however old they are), never by walking the time index through every
+                # user's history looking for theirs.
+                order = "ORDER BY time_us + 0 DESC, seq DESC LIMIT ?"
+            rows = await self._timed_read(all_tx, f"SELECT seq, doc FROM messages{where} {order}", *args, limit)
+            return [record(r) for r in rows]
+        # One indexed lookup per side, each its newest ``limit``; UNION drops a message found by
+        # both (sent to its own sender's number).
+        rest = "".join(f" AND {c}" for c in conds)
+        side = "SELECT seq, time_us, doc FROM messages WHERE {col} = ?" + rest + " " + newest
+        sql = (f"SELECT seq, doc FROM (SELECT * FROM ({side.format(col='from_number')}) f"
+               f" UNION SELECT * FROM ({side.format(col='to_number')}) t) u {newest}")
+        rows = await self._timed_read(all_tx, sql, number, *args, limit, number, *args, limit, limit)
+        return [record(r) for r in rows]

@@ -12,7 +12,7 @@ from shim.core import Delivery, DeliverySpec
 from ._core import StoreCore
 from ._deliveries import log_attempts
 from ._ops import All, Exec, One, Tx, all_tx, exec_tx
-from ._types import Attempt, DeadLetter, host_key
+from ._types import Attempt, DeadLetter, PendingCallback, host_key
 
 # Rows per outbox insert (8 parameters each: well under any backend's limit).
 ENQUEUE_CHUNK = 200
@@ -185,12 +185,32 @@ class OutboxTxs(StoreCore):
 
     async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         rows = await self._timed_read(all_tx,
-            "SELECT id, event_id, spec, attempts, last_error, updated_us FROM outbox"
+            "SELECT id, event_id, spec, attempts, last_error, updated_us, order_key, user_id, host FROM outbox"
             " WHERE status = 'dead' ORDER BY id LIMIT ?", limit,
         )
         return [
             DeadLetter(id=r[0], event_id=r[1], url=DeliverySpec.model_validate_json(r[2]).url,
-                       attempts=r[3], last_error=r[4], updated_us=r[5])
+                       attempts=r[3], last_error=r[4], updated_us=r[5], message_id=r[6], user_id=r[7], host=r[8])
+            for r in rows
+        ]
+
+    async def pending_callbacks(self, limit: int = 100) -> list[PendingCallback]:
+        """The oldest ``limit`` callbacks still to deliver (by id), leased ones (in flight)
+        included. Read through a partial index on pending rows: the cost follows the live queue
+        (its rows are sorted for the first ``limit``), never the delivered history."""
+        if limit <= 0:
+            return []
+        # ``id + 0``: ordered by an expression, so no plan walks the primary key from the first
+        # row ever enqueued (through the whole history) looking for pending ones.
+        rows = await self._timed_read(all_tx,
+            "SELECT id, event_id, order_key, user_id, host, spec, attempts, next_attempt_us, created_us,"
+            " last_error, lease_owner FROM outbox WHERE status = 'pending' ORDER BY id + 0 LIMIT ?", limit,
+        )
+        return [
+            PendingCallback(id=int(r[0]), event_id=r[1], message_id=r[2], user_id=r[3], host=r[4],
+                            url=DeliverySpec.model_validate_json(r[5]).url, attempts=int(r[6]),
+                            next_attempt_us=int(r[7]), created_us=int(r[8]), last_error=r[9],
+                            leased=r[10] is not None)
             for r in rows
         ]
 

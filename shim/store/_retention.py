@@ -16,7 +16,9 @@ rows through an index on exactly the rows still to do (text: partial indexes on
 * Purge (older than ``purge_before_us``): messages by ``time_us``, events by ``received_us``,
   outbox rows in any status by ``updated_us`` (their last change): delivered, dead letters, and
   pending rows too, which are past any retry schedule by then (retries span about a day; a
-  replayed dead letter starts a new period); the delivery log's attempts by ``at_us``.
+  replayed dead letter starts a new period); the delivery log's attempts by ``at_us``; the
+  migration report's daily counts of days before the UTC day of ``purge_before_us`` (a small
+  table: one statement, no batches).
 * Text (older than ``clear_text_before_us``): messages by ``time_us``, with their events and
   outbox rows whatever their age; then events and outbox rows by their own age (events of
   messages sent natively on v2, which shim has no record of, and late arrivals).
@@ -42,6 +44,7 @@ from ._core import StoreCore
 from ._messages import doc, record
 from ._ops import All, Exec, One, Tx
 from ._types import RetentionReport
+from ._usage import utc_day
 
 # A batch: rows looked at, rows done (a batch that did nothing ends the step), what it did.
 Batch = tuple[int, int, RetentionReport]
@@ -146,6 +149,7 @@ class RetentionTxs(StoreCore):
             (self._tx_purge_events, purge_before_us),
             (self._tx_purge_outbox, purge_before_us),
             (self._tx_purge_attempts, purge_before_us),
+            (self._tx_purge_usage_days, purge_before_us),
             (self._tx_purge_rejected, clear_text_before_us),
             (self._tx_clear_messages, clear_text_before_us),
             (self._tx_clear_events, clear_text_before_us),
@@ -185,6 +189,12 @@ class RetentionTxs(StoreCore):
     def _tx_purge_attempts(self, before_us: int, limit: int) -> Tx[Batch]:
         n = yield from self._purge("delivery_log", "id", "at_us", before_us, limit)
         return n, n, RetentionReport(attempts_purged=n)
+
+    def _tx_purge_usage_days(self, before_us: int, limit: int) -> Tx[Batch]:
+        # One row per user, feature and day: small enough for one statement (a pass's first
+        # batch deletes them all; the next finds none and ends the step).
+        rows = yield All("DELETE FROM migration_usage_daily WHERE day < ? RETURNING 1", utc_day(before_us))
+        return len(rows), len(rows), RetentionReport(usage_days_purged=len(rows))
 
     def _tx_purge_rejected(self, before_us: int, limit: int) -> Tx[Batch]:
         # Kept raw for inspection, so they go when text goes.

@@ -52,6 +52,28 @@ class DeadLetter:
     attempts: int
     last_error: str | None
     updated_us: int
+    # The callback's message (its order key: ``native_<id>`` for a native route), user and host.
+    message_id: str = ""
+    user_id: str | None = None
+    host: str = ""
+
+
+@dataclass(frozen=True)
+class PendingCallback:
+    """A callback still to deliver (an operator's view of the queue): ``leased`` while a replica
+    holds it (in flight), else waiting for ``next_attempt_us``."""
+
+    id: int
+    event_id: str
+    message_id: str  # the outbox row's order key
+    user_id: str | None
+    host: str
+    url: str
+    attempts: int
+    next_attempt_us: int
+    created_us: int
+    last_error: str | None
+    leased: bool
 
 
 @dataclass(frozen=True)
@@ -112,6 +134,7 @@ class RetentionReport:
     outbox_purged: int = 0
     rejected_purged: int = 0
     attempts_purged: int = 0
+    usage_days_purged: int = 0
 
     def add(self, other: RetentionReport) -> None:
         for name, value in vars(other).items():

@@ -182,6 +182,20 @@ CREATE INDEX IF NOT EXISTS delivery_log_host ON delivery_log (host, at_us);
 CREATE INDEX IF NOT EXISTS outbox_user ON outbox (user_id, id);
 CREATE INDEX IF NOT EXISTS outbox_host ON outbox (host, id)
 """),
+    # The operator console: messages found by number across users (either side, through one
+    # index each, newest first), and the migration report's counters per UTC day (``day`` is
+    # ``YYYY-MM-DD``), added by the same flushes as ``migration_usage``, purged with retention.
+    Migration(10, "console: message search by number, daily migration usage", """
+CREATE INDEX IF NOT EXISTS messages_from_time ON messages (from_number, time_us);
+CREATE INDEX IF NOT EXISTS messages_to_time ON messages (to_number, time_us);
+CREATE TABLE IF NOT EXISTS migration_usage_daily (
+    user_id TEXT NOT NULL,
+    day TEXT NOT NULL,
+    feature TEXT NOT NULL,
+    count {bigint} NOT NULL,
+    PRIMARY KEY (user_id, day, feature)
+)
+"""),
 )
 
 LEDGER = """

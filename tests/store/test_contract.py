@@ -9,6 +9,7 @@ import sqlite3
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from shim.store import (
 )
 from shim.store import _postgres as postgres_backend
 from shim.store import _sqlite as sqlite_backend
+from shim.store._messages import doc
 from shim.store._ops import Exec, Tx
 from shim.store._postgres import to_pg
 from shim.store.migrations import MIGRATIONS
@@ -965,3 +967,261 @@ async def test_replay_and_discard_by_filter(store: Store) -> None:
     assert await store.replay_matching(DeliveryFilter(host="127.0.0.%")) == 0  # no wildcards
     counts = await store.outbox_counts()
     assert counts == {"pending": 2, "delivered": 0, "dead": 1}
+
+
+# -- the operator console's queries --------------------------------------------------------------
+def ids_of(recs: list[MessageRecord]) -> list[str]:
+    return [r.id for r in recs]
+
+
+async def test_find_messages_filters_combined_newest_first(store: Store) -> None:
+    # u-test: m0001..m0009 from +15551230001 to +1555000000{i % 3}, at i seconds.
+    for i in range(1, 10):
+        await store.insert_message(msg(i))
+    # Another user: from a number that is u-test's recipient, and a message to itself.
+    await store.insert_message(msg(10, id="o-10", user_id="u-other", from_="+15550000001", to="+15557770000"))
+    await store.insert_message(msg(11, id="o-11", user_id="u-other", from_="+15550000001", to="+15550000001"))
+    # Two at the same time: the later written (higher seq) first.
+    await store.insert_message(msg(12, id="o-12a", user_id="u-other", from_="+15557770000", to="+15550000002"))
+    await store.insert_message(msg(12, id="o-12b", user_id="u-other", from_="+15557770000", to="+15550000002"))
+    # A send's intent, never bound (orphaned): operators see it.
+    await store.record_intent(intent(13, to="+15550000001"))
+    pending = pending_id(key(13))
+
+    assert ids_of(await store.find_messages()) == [pending, "o-12b", "o-12a", "o-11", "o-10",
+                                                   *[f"m{i:04d}" for i in range(9, 0, -1)]]
+    assert ids_of(await store.find_messages(limit=3)) == [pending, "o-12b", "o-12a"]
+    assert await store.find_messages(limit=0) == []
+    # By id: exact (an intent by its pending id too); with other filters, all must match.
+    assert ids_of(await store.find_messages(message_id="m0004")) == ["m0004"]
+    assert ids_of(await store.find_messages(message_id=pending)) == [pending]
+    assert await store.find_messages(message_id="m000") == []
+    assert await store.find_messages(message_id="m0004", user_id="u-other") == []
+    assert ids_of(await store.find_messages(message_id="m0004", number="+15550000001")) == ["m0004"]
+    assert await store.find_messages(message_id="m0004", number="+15550000002") == []
+    assert await store.find_messages(message_id="m0004", since_us=4_000_001) == []
+    # By number: sender or recipient, any user, a message to itself once.
+    n1 = "+15550000001"
+    assert ids_of(await store.find_messages(number=n1)) == [pending, "o-11", "o-10", "m0007", "m0004", "m0001"]
+    assert ids_of(await store.find_messages(number="+15557770000")) == ["o-12b", "o-12a", "o-10"]
+    assert len(await store.find_messages(number="+15551230001")) == 10  # m0001..m0009 and the intent
+    assert await store.find_messages(number="+1555") == []
+    # The newest across both sides, then the limit.
+    assert ids_of(await store.find_messages(number=n1, limit=2)) == [pending, "o-11"]
+    assert ids_of(await store.find_messages(number="+15557770000", limit=2)) == ["o-12b", "o-12a"]
+    assert ids_of(await store.find_messages(number=n1, limit=3)) == [pending, "o-11", "o-10"]
+    # Number and user, number and window (both ends inclusive).
+    assert ids_of(await store.find_messages(number=n1, user_id="u-test")) == [pending, "m0007", "m0004", "m0001"]
+    assert ids_of(await store.find_messages(number=n1, user_id="u-other")) == ["o-11", "o-10"]
+    assert ids_of(await store.find_messages(number=n1, since_us=4_000_000, until_us=11_000_000)) == \
+        ["o-11", "o-10", "m0007", "m0004"]
+    assert ids_of(await store.find_messages(number=n1, since_us=4_000_001, until_us=10_999_999)) == \
+        ["o-10", "m0007"]
+    assert ids_of(await store.find_messages(number=n1, user_id="u-test", since_us=2_000_000, until_us=7_000_000,
+                                            limit=1)) == ["m0007"]
+    # User and window without a number.
+    assert ids_of(await store.find_messages(user_id="u-other")) == ["o-12b", "o-12a", "o-11", "o-10"]
+    assert ids_of(await store.find_messages(since_us=3_000_000, until_us=5_000_000)) == ["m0005", "m0004", "m0003"]
+    assert ids_of(await store.find_messages(since_us=12_000_000)) == [pending, "o-12b", "o-12a"]
+    assert ids_of(await store.find_messages(until_us=1_000_000)) == ["m0001"]
+    assert ids_of(await store.find_messages(user_id="u-test", since_us=9_000_000)) == [pending, "m0009"]
+    assert await store.find_messages(user_id="u-nobody") == []
+    got = (await store.find_messages(message_id="m0004"))[0]
+    assert (got.user_id, got.text, got.seq is not None) == ("u-test", "t4", True)
+
+
+async def test_pending_callbacks_oldest_first_with_their_state(store_url: str) -> None:
+    t = [1_000_000_000]
+    async with opened(store_url, clock=lambda: t[0]) as store:
+        a, b = "http://127.0.0.1:9/cb", "http://127.0.0.3:8080/other"
+        await store.enqueue([DeliverySpec(event_id="e1", order_key="m1", user_id="u-1", url=a, body={}),
+                             DeliverySpec(event_id="e2", order_key="m1", user_id="u-1", url=a, body={}),
+                             DeliverySpec(event_id="e3", order_key="native_m3", url=b, body={}),
+                             DeliverySpec(event_id="e4", order_key="m4", user_id="u-2", url=b, body={})])
+        t[0] += 1_000
+        await store.enqueue([DeliverySpec(event_id="e5", order_key="m5", user_id="u-2", url=a, body={})])
+        got = {d.spec.event_id: d for d in await store.claim("w", 10, 5_000_000)}
+        assert sorted(got) == ["e1", "e3", "e4", "e5"]  # e2 waits behind e1
+        assert await store.mark_delivered(got["e1"].id, "w")  # no longer pending
+        assert await store.mark_failed(got["e3"].id, "w", "HTTP 503", t[0] + 60_000_000)  # retrying
+        assert await store.mark_failed(got["e4"].id, "w", "HTTP 410", None)  # dead: not pending
+        # e2 waits (never tried), e3 waits for its retry, e5 is in flight.
+        pending = await store.pending_callbacks()
+        assert [(p.event_id, p.message_id, p.user_id, p.host, p.url, p.attempts, p.next_attempt_us, p.created_us,
+                 p.last_error, p.leased) for p in pending] == [
+            ("e2", "m1", "u-1", "127.0.0.1:9", a, 0, 1_000_000_000, 1_000_000_000, None, False),
+            ("e3", "native_m3", None, "127.0.0.3:8080", b, 1, 1_000_001_000 + 60_000_000, 1_000_000_000,
+             "HTTP 503", False),
+            ("e5", "m5", "u-2", "127.0.0.1:9", a, 0, 1_000_001_000, 1_000_001_000, None, True),
+        ]
+        assert [p.id for p in pending] == sorted(p.id for p in pending)
+        assert [p.event_id for p in await store.pending_callbacks(limit=2)] == ["e2", "e3"]
+        assert await store.pending_callbacks(limit=0) == []
+        await store.release_all("w")
+        assert [p.leased for p in await store.pending_callbacks()] == [False, False, False]
+        # The dead letter, with its message, user and host.
+        (dead,) = await store.dead_letters()
+        assert (dead.event_id, dead.message_id, dead.user_id, dead.host, dead.url, dead.last_error) == \
+            ("e4", "m4", "u-2", "127.0.0.3:8080", b, "HTTP 410")
+
+
+async def test_activity_counts_events_and_attempts_in_the_window(store_url: str) -> None:
+    t = [1_000_000_000]
+    async with opened(store_url, clock=lambda: t[0]) as store:
+        for i in range(1, 4):
+            await store.insert_message(msg(i))
+        await store.ingest([GW.prepare(status("m0001", "message-sending"))])  # at t0
+        t[0] = 2_000_000_000
+        await store.ingest([GW.prepare(status("m0002", "message-delivered")), GW.prepare(status("m0003", "message-sent"))])
+        assert await store.ingest([GW.prepare(status("m0003", "message-sent"))]) == 0  # a duplicate: not stored
+        assert (await store.query("SELECT COUNT(*) FROM events"))[0][0] == 3
+        await store.enqueue([spec(i, f"k{i}") for i in range(1, 4)])
+        claimed = {d.spec.event_id: d for d in await store.claim("w", 10, 5_000_000)}
+        ds = [claimed["e1"], claimed["e2"], claimed["e3"]]
+        # Attempts before the window, at its first microsecond, after.
+        await store.mark_delivered_many([ds[0].id], "w", [attempt(ds[0], status=500, at_us=1_999_999_999, error="x"),
+                                                          attempt(ds[0], "fallback", at_us=2_000_000_000)])
+        await store.mark_failed(ds[1].id, "w", "HTTP 503", None, [
+            attempt(ds[1], status=503, at_us=2_000_000_000, error="HTTP 503"),
+            Attempt(at_us=2_000_000_500, outbox_id=ds[1].id, event_id=ds[1].spec.event_id,
+                    order_key=ds[1].spec.order_key, user_id=None, target="primary", host="h:1", status=None,
+                    latency_us=5, outcome="timeout", error="timeout")])
+        await store.mark_delivered_many([ds[2].id], "w", [attempt(ds[2], at_us=2_000_001_000)])
+        assert await store.activity(2_000_000_000) == {"events": 2, "attempts_ok": 2, "attempts_failed": 2}
+        assert await store.activity(1_999_999_999) == {"events": 2, "attempts_ok": 2, "attempts_failed": 3}
+        assert await store.activity(1_000_000_000) == {"events": 3, "attempts_ok": 2, "attempts_failed": 3}
+        assert await store.activity(2_000_000_001) == {"events": 0, "attempts_ok": 1, "attempts_failed": 1}
+        assert await store.activity(2_000_001_001) == {"events": 0, "attempts_ok": 0, "attempts_failed": 0}
+
+
+def us_at(iso: str) -> int:
+    """Epoch microseconds of an ISO-8601 UTC time."""
+    return int(datetime.fromisoformat(iso).replace(tzinfo=UTC).timestamp()) * 1_000_000
+
+
+async def test_usage_daily_counts_by_utc_day(store: Store) -> None:
+    late, next_day = us_at("2026-03-01T23:59:59") + 999_999, us_at("2026-03-02T00:00:00")
+    await store.add_usage([("u-1", "list:page", 2, late - 3_600_000_000), ("u-1", "v1:message", 1, late)])
+    # A second flush the same day adds to the day; the next day starts its own counts.
+    await store.add_usage([("u-1", "list:page", 3, late), ("u-2", "v1:message", 4, next_day)])
+    await store.add_usage([("u-1", "list:page", 7, next_day + 1), ("u-1", "list:page", 1, next_day + 2)])
+    assert await store.usage_daily("2026-03-01") == [
+        ("u-1", "2026-03-01", "list:page", 5), ("u-1", "2026-03-01", "v1:message", 1),
+        ("u-1", "2026-03-02", "list:page", 8), ("u-2", "2026-03-02", "v1:message", 4)]
+    assert await store.usage_daily("2026-03-02") == [
+        ("u-1", "2026-03-02", "list:page", 8), ("u-2", "2026-03-02", "v1:message", 4)]
+    assert await store.usage_daily("2026-03-03") == []
+    assert await store.usage_daily("2026-02-28") == await store.usage_daily("2026-03-01")
+    # The totals are what they always were.
+    assert sorted(await store.usage_rows()) == [
+        ("u-1", "list:page", 13, next_day + 2), ("u-1", "v1:message", 1, late), ("u-2", "v1:message", 4, next_day)]
+
+
+async def test_retention_purges_daily_usage_before_the_purge_day(store: Store) -> None:
+    for day in ("2026-01-29", "2026-01-30", "2026-01-31", "2026-02-01"):
+        await store.add_usage([("u-1", "v1:message", 1, us_at(f"{day}T12:00:00")),
+                               ("u-2", "list:page", 2, us_at(f"{day}T00:00:00"))])
+    report = await store.apply_retention(0, us_at("2026-01-31T06:00:00"))
+    assert report.usage_days_purged == 4
+    assert sorted({day for _, day, _, _ in await store.usage_daily("2000-01-01")}) == ["2026-01-31", "2026-02-01"]
+    assert len(await store.usage_daily("2000-01-01")) == 4
+    assert (await store.apply_retention(0, us_at("2026-01-31T06:00:00"))).usage_days_purged == 0
+    # The totals are not retention's business.
+    assert sorted(await store.usage_rows()) == [
+        ("u-1", "v1:message", 4, us_at("2026-02-01T12:00:00")), ("u-2", "list:page", 8, us_at("2026-02-01T00:00:00"))]
+
+
+async def test_console_queries_use_indexes_not_history(store_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every statement of the console's queries finds its rows through the index meant for it,
+    over HISTORY rows of messages, events, delivered callbacks and attempts."""
+    async with opened(store_url) as store:
+        numbers = f"WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {HISTORY})"
+        await store.run_sql(
+            f"{numbers} INSERT INTO messages (id, user_id, direction, from_number, to_number, state, time_us,"
+            " created_us, doc, send_key) SELECT 'om-' || i, 'hu-' || (i % 100), 'out', '+1' || (i % 1000),"
+            " '+2' || (i % 997), 'sent', i, i, ? || i || ?, 'ok-' || i FROM n",
+            *doc(msg(0, id="om-@")).split("@"))
+        await store.run_sql(
+            f"{numbers} INSERT INTO events (dedupe_key, message_id, payload, status, received_us)"
+            " SELECT 'old-' || i, 'om-' || i, '{}', 'applied', i FROM n")
+        await store.run_sql(
+            f"{numbers} INSERT INTO outbox (event_id, order_key, user_id, host, status, spec, attempts,"
+            " next_attempt_us, created_us, updated_us)"
+            " SELECT 'old-' || i, 'ok-' || i, 'u-test', 'old.example:80', 'delivered', '{}', 1, 0, i, i FROM n")
+        await store.run_sql(
+            f"{numbers} INSERT INTO delivery_log (at_us, outbox_id, event_id, order_key, user_id, target, host,"
+            " status, latency_us, outcome) SELECT i, i, 'old-' || i, 'ok-' || i, 'u-test', 'primary',"
+            " 'old.example:80', 200, 10, 'ok' FROM n")
+        for i in range(1, 6):
+            await store.insert_message(msg(i, time_us=now_us()))
+        # A backlog (with 6 rows, the planners would sort them too; with a few hundred, a plain
+        # ORDER BY id walks the primary key from the first row ever enqueued).
+        await store.enqueue([spec(i, f"k{i}") for i in range(1, 301)])
+        held = await store.claim("w", 3, 60_000_000)
+        await store.mark_failed(held[0].id, "w", "HTTP 500", None, [attempt(held[0], status=500)])
+        await store.mark_delivered_many([held[1].id], "w", [attempt(held[1])])
+        assert await store.ingest([GW.prepare(status("m0001", "message-delivered"))]) == 2  # sent + receipt
+        await store.run_sql("ANALYZE")
+
+        ops: list[tuple[str, tuple[Any, ...]]] = []
+        module: Any = sqlite_backend if store_url.startswith("sqlite:") else postgres_backend
+        original = module.run
+
+        def recording(conn: Any, op: Any) -> Any:
+            if op.kind != "lock":
+                ops.append((op.sql, op.args))
+            return original(conn, op)
+
+        monkeypatch.setattr(module, "run", recording)
+        recent = now_us() - 3_600_000_000
+        # Each call, and the indexes each of its statements must use.
+        both = ("messages_from_time", "messages_to_time")
+        calls: list[tuple[Any, list[tuple[str, ...]]]] = [
+            (store.find_messages(), [("messages_time",)]),
+            (store.find_messages(number="+15551230001"), [both]),
+            (store.find_messages(number="+1777", since_us=100, until_us=15_000), [both]),
+            (store.find_messages(number="+2555", user_id="hu-55", limit=5), [both]),
+            (store.find_messages(message_id="om-77"), [("messages_id",)]),
+            (store.find_messages(message_id="om-77", number="+177", user_id="hu-77"), [("messages_id",)]),
+            (store.find_messages(since_us=100, until_us=200), [("messages_time",)]),
+            (store.find_messages(user_id="hu-7"), [("messages_user_seq",)]),
+            (store.pending_callbacks(), [("outbox_pending",)]),
+            (store.dead_letters(), [("outbox_dead",)]),
+            (store.activity(recent), [("events_received",), ("delivery_log_at",)]),
+        ]
+        results = []
+        expected: list[tuple[str, ...]] = []
+        for call, indexes in calls:
+            before = len(ops)
+            results.append(await call)
+            assert len(ops) - before == len(indexes)
+            expected += indexes
+        monkeypatch.undo()
+
+        assert len(results[1]) == 5 and len(results[0]) == 50
+        assert [r.id for r in results[4]] == ["om-77"] == [r.id for r in results[5]]
+        assert len(results[8]) == 100 and len(results[9]) == 1
+        assert [p.id for p in results[8]] == sorted(p.id for p in results[8])
+        assert results[10] == {"events": 1, "attempts_ok": 1, "attempts_failed": 1}
+        assert len(ops) == len(expected) >= 12
+        for (sql, args), indexes in zip(ops, expected, strict=True):
+            plan = await explain(store_url, sql, args)
+            assert not scans_a_table(store_url, plan), f"{sql}\n{plan}"
+            for index in indexes:
+                if index == "messages_id":  # the UNIQUE constraint's index, named by each backend
+                    assert re.search(r"sqlite_autoindex_messages_1|messages_id_key", plan), f"{sql}\n{plan}"
+                else:
+                    assert index in plan, f"{sql}\n{plan}"
+            # Pending callbacks: a partial index on pending rows, never the primary key from the start.
+            assert "outbox_pkey" not in plan, f"{sql}\n{plan}"
+
+
+HISTORY_TABLES = r"(messages|events|outbox|delivery_log)"
+
+
+def scans_a_table(url: str, plan: str) -> bool:
+    """A table with history read whole (SQLite: ``SCAN t`` without an index, not a subquery's
+    rows; PostgreSQL: a Seq Scan)."""
+    if url.startswith("sqlite:"):
+        return any(re.fullmatch(rf"SCAN {HISTORY_TABLES}", line.strip()) for line in plan.splitlines())
+    return re.search(rf"Seq Scan on {HISTORY_TABLES}\b", plan) is not None
