@@ -2,8 +2,10 @@
 
 Counting is a dict update on the request path (no store round trip): each replica keeps the
 counts since its last flush and writes them to the store in one transaction every
-``FLUSH_S`` seconds (and at shutdown, and before a report), adding to what every replica wrote.
-The report is the store's sums plus what this replica has not flushed yet. ``/metrics`` shows
+``FLUSH_S`` seconds (and at shutdown, and before a report), adding to what every replica wrote:
+to each feature's total and last-seen time, and to its count for the UTC day of that last-seen
+time (the store's ``usage_daily``; retention purges the days past ``retention.purge_days``).
+The report is the store's totals plus what this replica has not flushed yet. ``/metrics`` shows
 this process's counts since start (``shim_migration_usage_total{user,feature}``), read at scrape
 time.
 

@@ -76,6 +76,9 @@ async def test_report_counts_each_v1_feature_and_the_native_share(make_harness: 
     rows = await sql_rows(h.app[STORE], "SELECT count FROM migration_usage WHERE user_id = ? AND feature = ?",
                           "u-test", "v1:message")
     assert [r[0] for r in rows] == [4]
+    # And by UTC day (the flushes of this test fall on one day, or two around midnight).
+    daily = await h.app[STORE].usage_daily("2000-01-01")
+    assert sum(n for user, _, feature, n in daily if (user, feature) == ("u-test", "v1:message")) == 4
     from_store = await migration_report(h.cfg)
     (stored,) = [u for u in from_store["users"] if u["userId"] == "u-test"]
     assert _counts(stored) == counts
