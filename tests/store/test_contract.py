@@ -7,7 +7,7 @@ import json
 import re
 import sqlite3
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -1176,24 +1176,24 @@ async def test_console_queries_use_indexes_not_history(store_url: str, monkeypat
         recent = now_us() - 3_600_000_000
         # Each call, and the indexes each of its statements must use.
         both = ("messages_from_time", "messages_to_time")
-        calls: list[tuple[Any, list[tuple[str, ...]]]] = [
-            (store.find_messages(), [("messages_time",)]),
-            (store.find_messages(number="+15551230001"), [both]),
-            (store.find_messages(number="+1777", since_us=100, until_us=15_000), [both]),
-            (store.find_messages(number="+2555", user_id="hu-55", limit=5), [both]),
-            (store.find_messages(message_id="om-77"), [("messages_id",)]),
-            (store.find_messages(message_id="om-77", number="+177", user_id="hu-77"), [("messages_id",)]),
-            (store.find_messages(since_us=100, until_us=200), [("messages_time",)]),
-            (store.find_messages(user_id="hu-7"), [("messages_user_seq",)]),
-            (store.pending_callbacks(), [("outbox_pending",)]),
-            (store.dead_letters(), [("outbox_dead",)]),
-            (store.activity(recent), [("events_received",), ("delivery_log_at",)]),
+        calls: list[tuple[Callable[[], Awaitable[Any]], list[tuple[str, ...]]]] = [
+            (lambda: store.find_messages(), [("messages_time",)]),
+            (lambda: store.find_messages(number="+15551230001"), [both]),
+            (lambda: store.find_messages(number="+1777", since_us=100, until_us=15_000), [both]),
+            (lambda: store.find_messages(number="+2555", user_id="hu-55", limit=5), [both]),
+            (lambda: store.find_messages(message_id="om-77"), [("messages_id",)]),
+            (lambda: store.find_messages(message_id="om-77", number="+177", user_id="hu-77"), [("messages_id",)]),
+            (lambda: store.find_messages(since_us=100, until_us=200), [("messages_time",)]),
+            (lambda: store.find_messages(user_id="hu-7"), [("messages_user_seq",)]),
+            (lambda: store.pending_callbacks(), [("outbox_pending",)]),
+            (lambda: store.dead_letters(), [("outbox_dead",)]),
+            (lambda: store.activity(recent), [("events_received",), ("delivery_log_at",)]),
         ]
         results = []
         expected: list[tuple[str, ...]] = []
         for call, indexes in calls:
             before = len(ops)
-            results.append(await call)
+            results.append(await call())
             assert len(ops) - before == len(indexes)
             expected += indexes
         monkeypatch.undo()
