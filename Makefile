@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 RUN_STAMP := $(VENV)/.installed-run
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: run test lint bench lock clean
+.PHONY: run test lint bench lock clean screenshots
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -32,12 +32,17 @@ lint: $(TEST_STAMP)
 test: $(TEST_STAMP) lint
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
+# The README's console screenshots, taken by the browser tests (needs chromium + chromium-driver).
+screenshots: $(TEST_STAMP)
+	SHIM_SCREENSHOTS=docs/console $(BIN)/pytest -q tests/console/test_browser.py
+
 # `make bench` is the quick run (under ~10 minutes); `make bench BENCH_ARGS=` the full one. Add
 # `--baseline PATH` (a checkout, e.g. a `git worktree`) to print its figures beside the current ones.
 BENCH_ARGS ?= --quick
 bench: $(TEST_STAMP)
 	sh bench/setup.sh
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+	$(BIN)/python bench/console.py
 
 # requirements.lock: what the image installs, hash-pinned (pip-tools in a throwaway venv).
 lock:

@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-from shim import __version__
+from shim import __version__, console
 from shim.basic_auth import basic_credentials, check_pair
 from shim.clock import Clock, new_request_id, now_us
 from shim.config import Config, UserConfig
@@ -192,6 +192,8 @@ def build_app(
     app[RECONCILER] = Reconciler(cfg, app[STORE], app[UPSTREAM], app[METRICS], clock=clock,
                                  on_enqueued=app[DELIVERY].wake)
     web_ops.setup(app)
+    if not cfg.admin.listen:
+        console.add_routes(app)
     web_messages.setup(app)
     web_media.setup(app)
     web_account.setup(app)
@@ -243,4 +245,5 @@ def build_admin_app(main: web.Application) -> web.Application:
     admin[MAIN_APP] = main
     admin[ACCESS_LOG] = main[ACCESS_LOG]
     web_ops.add_admin_routes(admin)
+    console.add_routes(admin)
     return admin

@@ -23,7 +23,11 @@ def test_installed_package_has_its_data(tmp_path: Path) -> None:
     code = ("import shim, shim.core as o, shim.core as d; "
             f"assert str(shim.__file__).startswith({str(target)!r}), shim.__file__; "
             "assert o.load_spec()['components']['schemas']['messageRequest']; "
-            "assert d.v2_names()[4432] == 'rejected-forbidden-country'; print('ok')")
+            "assert d.v2_names()[4432] == 'rejected-forbidden-country'; "
+            "from shim.console import web_console as w; "
+            "assert all(w._env.get_template(t) for t in ('search.html', 'timeline.html', 'deliveries.html',"
+            " 'confirm.html', 'migration.html', 'health.html', 'error.html')); "
+            "assert b'font' in w._CSS; print('ok')")
     env = dict(os.environ, PYTHONPATH=str(target))
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr

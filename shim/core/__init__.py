@@ -48,6 +48,7 @@ from ._translate_send import (
     v1_media_url,
     v2_error_to_v1,
     v2_media_url,
+    v2_request_of,
     v2_tag,
 )
 from ._v1_send import MAX_MEDIA_URL, MAX_TAG, MAX_TEXT, SendRequest, is_http_url, parse_send_item
@@ -131,6 +132,7 @@ __all__ = [
     'v2_error_to_v1',
     'v2_media_url',
     'v2_names',
+    'v2_request_of',
     'v2_tag',
     'validator',
 ]

@@ -89,16 +89,30 @@ def pending_id(send_key: str) -> str:
 def to_v2_request(
     req: SendRequest, user: UserConfig, public_url: str, v2_base: str, send_key: str
 ) -> dict[str, Any]:
+    return _v2_body(user, req.to, req.from_, req.text, req.media, req.tag, public_url, v2_base, send_key)
+
+
+def v2_request_of(rec: MessageRecord, user: UserConfig, public_url: str, v2_base: str) -> dict[str, Any] | None:
+    """The v2 request shim made (or, in dry-run, would have made) for a stored v1 send: v2 keeps
+    nothing, so the console shows it rebuilt by the same mapping. None for what shim did not send
+    through v1 (inbound, native v2 sends, records without a send key)."""
+    if rec.direction != "out" or rec.native or rec.send_key is None:
+        return None
+    return _v2_body(user, rec.to, rec.from_, rec.text, rec.media, rec.tag, public_url, v2_base, rec.send_key)
+
+
+def _v2_body(user: UserConfig, to: str, from_: str, text: str | None, media: list[str], tag: str | None,
+             public_url: str, v2_base: str, send_key: str) -> dict[str, Any]:
     body: dict[str, Any] = {
         "applicationId": user.application_id,
-        "to": [req.to],
-        "from": req.from_,
+        "to": [to],
+        "from": from_,
     }
-    if req.text is not None and req.text != "":
-        body["text"] = req.text
-    if req.media:
-        body["media"] = [rewrite_outbound_media(u, public_url, user, v2_base) for u in req.media]
-    body["tag"] = v2_tag(send_key, req.tag)
+    if text is not None and text != "":
+        body["text"] = text
+    if media:
+        body["media"] = [rewrite_outbound_media(u, public_url, user, v2_base) for u in media]
+    body["tag"] = v2_tag(send_key, tag)
     return body
 
 

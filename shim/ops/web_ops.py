@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
 from shim.basic_auth import basic_credentials, check_pair
 from shim.config import mask_userinfo, user_mode
 from shim.core import iso_from_us
-from shim.errors import AccessDenied, BadRequest, NotFound, Unavailable
+from shim.errors import AccessDenied, BadRequest, Forbidden, NotFound, Unavailable
 from shim.facade.web_v1 import json_response, read_json
 from shim.keys import CONFIG, DELIVERY, MAIN_APP, METRICS, STORE, UPSTREAM, USAGE
 from shim.ops._deliveries import FILTER_KEYS, attempt_json, parse_filter, timeline_json
+from shim.ops._guard import cross_origin
 from shim.ops._logs import scrub
 from shim.ops._usage import report
 
@@ -41,9 +44,11 @@ async def metrics(request: web.Request) -> web.StreamResponse:
     return web.Response(body=m.render(), headers={"Content-Type": "text/plain; version=0.0.4"})
 
 
-def _admin(request: web.Request) -> web.Application:
+def admin_app(request: web.Request) -> web.Application:
     """Authorise an admin request; returns the app holding shim's state (the main app, also when
-    the admin API has its own listener). Off (404) unless admin credentials are configured."""
+    the admin API has its own listener). Off (404) unless admin credentials are configured. A
+    request that changes state is refused when a browser says it comes from another site: the
+    credentials are Basic auth, which browsers attach by themselves (``_guard``)."""
     main = request.app.get(MAIN_APP, request.app)
     cfg = main[CONFIG].admin
     if not cfg.enabled or cfg.username is None or cfg.password is None:
@@ -51,11 +56,25 @@ def _admin(request: web.Request) -> web.Application:
     if not check_pair(basic_credentials(request.headers.get("Authorization")), cfg.username,
                       cfg.password.get_secret_value()):
         raise AccessDenied()
+    if request.method not in ("GET", "HEAD"):
+        why = cross_origin(request.headers, request.host)
+        if why is not None:
+            raise Forbidden(f"Cross-site admin requests are refused ({why})")
     return main
 
 
+async def _admin_json(request: web.Request) -> Any:
+    """An admin POST's JSON body (None when empty). Only ``application/json``: a form on another
+    site can post ``text/plain`` that parses as JSON, but not this without the browser asking first."""
+    if not await request.read():
+        return None
+    if request.content_type != "application/json":
+        raise BadRequest("Admin requests with a body must be sent with Content-Type: application/json")
+    return await read_json(request)
+
+
 async def list_dead(request: web.Request) -> web.StreamResponse:
-    main = _admin(request)
+    main = admin_app(request)
     raw = request.query.get("limit", "100")
     if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIST:
         raise BadRequest(f"limit must be an integer between 1 and {MAX_LIST}")
@@ -68,9 +87,9 @@ async def list_dead(request: web.Request) -> web.StreamResponse:
 
 
 async def replay_dead(request: web.Request) -> web.StreamResponse:
-    main = _admin(request)
+    main = admin_app(request)
     usage = 'The body must be {"ids": [int, ...]} or {"all": true}'
-    data = await read_json(request) if await request.read() else None
+    data = await _admin_json(request)
     if not isinstance(data, dict):
         raise BadRequest(usage)
     ids: list[int] | None
@@ -91,7 +110,7 @@ async def replay_dead(request: web.Request) -> web.StreamResponse:
 
 async def timeline(request: web.Request) -> web.StreamResponse:
     """A message's stored v1 record, its v2 events, its v1 callbacks and every attempt of them."""
-    main = _admin(request)
+    main = admin_app(request)
     try:
         t = await main[STORE].message_timeline(request.match_info["messageId"])
     except Exception:
@@ -104,7 +123,7 @@ async def timeline(request: web.Request) -> web.StreamResponse:
 async def list_deliveries(request: web.Request) -> web.StreamResponse:
     """Attempts by filter, newest first: ``status`` is an HTTP status (the attempt's) or an
     outcome (dead | delivered | pending: its callback's now)."""
-    main = _admin(request)
+    main = admin_app(request)
     query = dict(request.query)
     raw = query.pop("limit", "100")
     if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIST:
@@ -128,8 +147,8 @@ async def list_deliveries(request: web.Request) -> web.StreamResponse:
 
 
 async def _bulk(request: web.Request, action: str) -> web.StreamResponse:
-    main = _admin(request)
-    data = await read_json(request) if await request.read() else None
+    main = admin_app(request)
+    data = await _admin_json(request)
     if not isinstance(data, dict):
         raise BadRequest('The body must be a JSON object: a filter ({"userId", "host", "since", "until", "outcome",'
                          ' "ids"}), "all": true to match everything, "dryRun": true to count only')
@@ -170,7 +189,7 @@ async def discard_deliveries(request: web.Request) -> web.StreamResponse:
 async def hosts(request: web.Request) -> web.StreamResponse:
     """This replica's view of callback endpoint health (in memory): per host its breaker state,
     recent successes and failures, latency, and when an open breaker lets its probe through."""
-    main = _admin(request)
+    main = admin_app(request)
     out = []
     for h in main[DELIVERY].health.snapshot():
         opened, probe = h.pop("openedUs"), h.pop("nextProbeUs")
@@ -181,7 +200,7 @@ async def hosts(request: web.Request) -> web.StreamResponse:
 
 async def migration(request: web.Request) -> web.StreamResponse:
     """The migration report (SPEC §8): every replica's counts (this one's flushed first)."""
-    main = _admin(request)
+    main = admin_app(request)
     usage = main[USAGE]
     await usage.flush()
     try:
@@ -194,11 +213,11 @@ async def migration(request: web.Request) -> web.StreamResponse:
 async def set_mode(request: web.Request) -> web.StreamResponse:
     """A user's mode (live | dry-run), at once on this replica, on every other within
     ``MODE_REFRESH_S`` (kept in the store, where it wins over ``users[].mode`` from then on)."""
-    main = _admin(request)
+    main = admin_app(request)
     user = main[CONFIG].user(request.match_info["userId"])
     if user is None:
         raise NotFound("No users[] entry has this user_id")
-    data = await read_json(request) if await request.read() else None
+    data = await _admin_json(request)
     mode = user_mode(data.get("mode")) if isinstance(data, dict) else None
     if mode is None:
         raise BadRequest('The body must be {"mode": "live"} or {"mode": "dry-run"}')

@@ -21,6 +21,7 @@ from shim.core import (
     send_key_of,
     to_v2_request,
     v2_error_to_v1,
+    v2_request_of,
     v2_tag,
 )
 from shim.errors import ShimError
@@ -60,6 +61,25 @@ def test_v1_to_v2(v1: dict[str, Any], v2: dict[str, Any]) -> None:
     body = to_v2_request(parse_send_item(v1), U, PUBLIC, V2, KEY)
     assert body == v2
     assert message_request_errors(body) == []
+
+
+@pytest.mark.parametrize("v1", [
+    {"from": "+15551230001", "to": "+15551230002", "text": "hi"},
+    {"from": "+15551230001", "to": "+15551230002", "text": "hi", "tag": "t", "callbackUrl": "https://a.b/c"},
+    {"from": "+15551230001", "to": "+15551230002", "text": "", "media": [f"{PUBLIC}/v1/users/u-test/media/p.png"]},
+])
+def test_the_console_rebuilds_the_v2_request_from_the_stored_record(v1: dict[str, Any]) -> None:
+    req = parse_send_item(v1)
+    rec = bind_v2(record_from_send(req, U, KEY, 0), "m-1")
+    assert v2_request_of(rec, U, PUBLIC, V2) == to_v2_request(req, U, PUBLIC, V2, KEY)
+
+
+def test_no_v2_request_for_what_shim_did_not_send_through_v1() -> None:
+    rec = bind_v2(record_from_send(parse_send_item({"from": "+15551230001", "to": "+15551230002", "text": "x"}),
+                                   U, KEY, 0), "m-1")
+    assert v2_request_of(rec.model_copy(update={"native": True}), U, PUBLIC, V2) is None
+    assert v2_request_of(rec.model_copy(update={"direction": "in"}), U, PUBLIC, V2) is None
+    assert v2_request_of(rec.model_copy(update={"send_key": None}), U, PUBLIC, V2) is None
 
 
 def test_media_rewrites() -> None:
