@@ -42,7 +42,7 @@ NAV = ((ROOT, "Search", "search"), (f"{UI}/deliveries", "Deliveries", "deliverie
        (f"{UI}/migration", "Migration", "migration"), (f"{UI}/health", "Health", "health"))
 # No script, no frames, forms and styles from shim only: a page cannot be turned against itself.
 HEADERS = {
-    "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self';"
+    "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self';"
                                " frame-ancestors 'none'; base-uri 'none'",
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",
