@@ -67,7 +67,7 @@ def _check_whsec(value: str) -> str:
 def parse_listen(value: str) -> tuple[str, int]:
     """``host:port`` (``[v6]:port`` for IPv6)."""
     host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) <= 65535 or not host:
+    if not sep or not (port.isascii() and port.isdigit()) or not 0 < int(port) <= 65535 or not host:
         raise ValueError(f"must be host:port, got {value!r}")
     return host.strip("[]"), int(port)
 
@@ -608,5 +608,9 @@ def masked(cfg: Config) -> dict[str, Any]:
 
 
 def mask_userinfo(url: str) -> str:
-    """``scheme://user:***@host``: a URL's userinfo password never shown."""
-    return re.sub(r"//([^/@:]+):([^/@]*)@", r"//\1:***@", url)
+    """``scheme://user:***@host``: a URL's userinfo password never shown; userinfo without a
+    password (``scheme://token@host``) is a secret itself and shown as ``***``."""
+    return _USERINFO.sub(lambda m: f"//{m.group(1)}:***@" if m.group(2) is not None else "//***@", url)
+
+
+_USERINFO = re.compile(r"//([^/@:\s]+)(:[^/@\s]*)?@")

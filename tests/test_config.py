@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from shim.config import ConfigError, demo_config, load_config, masked, parse_config
+from shim.config import ConfigError, demo_config, load_config, mask_userinfo, masked, parse_config
 
 from .conftest import OTHER_USER, USER, free_port
 
@@ -354,3 +354,15 @@ def test_the_demo_beyond_loopback_gets_random_credentials() -> None:
     other.server.host = "::"
     harden_demo(other)
     assert other.users[0].api_secret.get_secret_value() != secret
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("https://u:p@h.example/x", "https://u:***@h.example/x"),
+    ("https://tok@h.example/x", "https://***@h.example/x"),  # userinfo without a password: a token
+    ("https://h.example/x", "https://h.example/x"),
+    ("postgresql://shim:pw@db:5432/shim", "postgresql://shim:***@db:5432/shim"),
+    ("a https://a:b@h and https://t@k/", "a https://a:***@h and https://***@k/"),
+    ("https://h.example/p@q", "https://h.example/p@q"),  # an @ in the path is no userinfo
+])
+def test_mask_userinfo(url: str, shown: str) -> None:
+    assert mask_userinfo(url) == shown

@@ -42,7 +42,7 @@ def read_time(value: str) -> int | None:
 
 
 def show_time(us: int | None) -> str:
-    return iso_from_us(us).replace("T", " ").removesuffix("Z") if us else "—"
+    return iso_from_us(us).replace("T", " ").removesuffix("Z") if us is not None else "—"
 
 
 def ago(delta_us: int) -> str:

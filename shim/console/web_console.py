@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from importlib.resources import files
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from aiohttp import web
 from jinja2 import Environment, PackageLoader, StrictUndefined
@@ -116,7 +117,16 @@ def _see_other(location: str) -> web.Response:
 
 
 def _href(message_id: str) -> str:
-    return f"{UI}/messages/{message_id}"
+    return f"{UI}/messages/{quote(message_id, safe='')}"
+
+
+def _order_href(order_key: str) -> tuple[str, str]:
+    """An outbox row's message id (a native v2 message's rows are keyed ``native_<id>``) and its link."""
+    message_id = order_key.removeprefix("native_")
+    return message_id, _href(message_id)
+
+
+_NUMBER = re.compile(r"[0-9]{1,18}")  # ASCII only: str.isdigit() takes "²", which int() refuses
 
 
 def _state_class(state: str) -> str:
@@ -166,11 +176,12 @@ async def search(request: web.Request, main: web.Application) -> web.StreamRespo
 def _v1_pairs(t: Timeline) -> list[tuple[str, str]]:
     if t.message is None:
         return []
-    out = []
-    for k, v in t.message.to_v1().items():
-        text = v if isinstance(v, str) else json.dumps(v)
-        out.append((k, mask_userinfo(text) if "://" in text else text))
-    return out
+    return [(k, mask_userinfo(v if isinstance(v, str) else json.dumps(v))) for k, v in t.message.to_v1().items()]
+
+
+def _shown_json(value: Any) -> str:
+    """JSON for a ``<pre>``, with every URL's userinfo masked (media URLs, base URLs, event payloads)."""
+    return mask_userinfo(json.dumps(value, indent=2, ensure_ascii=False))
 
 
 @_page("search", "Timeline")
@@ -200,8 +211,8 @@ async def timeline(request: web.Request, main: web.Application) -> web.StreamRes
         if user is not None:
             body = v2_request_of(rec, user, main[CONFIG].server.public_url, main[UPSTREAM].base_url)
             if body is not None:
-                v2_body = json.dumps(body, indent=2, ensure_ascii=False)
-                v2_url = f"{main[UPSTREAM].base_url}/users/{user.account_id}/messages"
+                v2_body = _shown_json(body)
+                v2_url = mask_userinfo(f"{main[UPSTREAM].base_url}/users/{user.account_id}/messages")
         elif rec.direction == "out":
             v2_none = "This message's user is no longer configured: its v2 request cannot be rebuilt."
     events = []
@@ -213,7 +224,7 @@ async def timeline(request: web.Request, main: web.Application) -> web.StreamRes
         ev = ev if isinstance(ev, dict) else {}
         events.append({"received": show_time(received_us), "type": str(ev.get("type", "")), "status": status,
                        "description": str(ev.get("description", "")),
-                       "json": json.dumps(ev, indent=2, ensure_ascii=False)})
+                       "json": _shown_json(ev)})
     callbacks = [{
         "id": c.id, "event_id": c.event_id, "url": mask_userinfo(c.url),
         "fallback": mask_userinfo(c.fallback_url) if c.fallback_url else "", "status": c.status,
@@ -254,7 +265,7 @@ async def deliveries(request: web.Request, main: web.Application) -> web.StreamR
         })
     done = ""
     action, n = request.query.get("done", ""), request.query.get("n", "")
-    if action in DONE and n.isdigit() and len(n) < 12:
+    if action in DONE and _NUMBER.fullmatch(n):
         done = DONE[action].format(n=int(n), s="" if int(n) == 1 else "s")
     return _render(
         request, main, "deliveries.html", title="Deliveries", active="deliveries", done=done, gauges=gauges,
@@ -262,10 +273,12 @@ async def deliveries(request: web.Request, main: web.Application) -> web.StreamR
         failing_count=sum(1 for h in hosts if h["state"] != "closed"), hosts=hosts,
         users=[u.user_id for u in main[CONFIG].users],
         dead_hosts=sorted({d.host for d in dead if d.host}),
-        dead=[{"id": d.id, "message_id": d.message_id, "href": _href(d.message_id), "user": d.user_id or "",
+        dead=[{"id": d.id, "message_id": _order_href(d.message_id)[0], "href": _order_href(d.message_id)[1],
+               "user": d.user_id or "",
                "url": mask_userinfo(d.url), "attempts": d.attempts, "error": scrub(d.last_error or ""),
                "updated": show_time(d.updated_us)} for d in dead],
-        pending=[{"message_id": p.message_id, "href": _href(p.message_id), "user": p.user_id or "",
+        pending=[{"message_id": _order_href(p.message_id)[0], "href": _order_href(p.message_id)[1],
+                  "user": p.user_id or "",
                   "url": mask_userinfo(p.url), "attempts": p.attempts, "next": show_time(p.next_attempt_us),
                   "leased": p.leased, "error": scrub(p.last_error or ""), "created": show_time(p.created_us)}
                  for p in pending],
@@ -292,13 +305,22 @@ def _bulk_form(form: Any) -> tuple[str, DeliveryFilter, list[tuple[str, str]]]:
         raise BadRequest(str(e)) from None
     if fields["ids"]:
         parts = fields["ids"].replace(",", " ").split()
-        if not parts or len(parts) > LIST_LIMIT or not all(p.isdigit() and len(p) < 19 for p in parts):
+        if not parts or len(parts) > LIST_LIMIT or not all(_NUMBER.fullmatch(p) for p in parts):
             raise BadRequest("ids must be callback ids (numbers)")
         f.ids = [int(p) for p in parts]
     if f.empty():
         raise BadRequest("Choose at least one filter: callbacks, user, host, time or a callback")
     if action == "discard" and f.outcome != "dead":
         raise BadRequest("Discard removes dead letters only: choose dead letters")
+    if f.outcome in (None, "delivered") and not (f.user_id or f.host or f.ids or f.since_us or f.until_us):
+        # Dead and pending rows have their own indexes; "every delivered callback" is the history.
+        raise BadRequest("Every delivered callback at once is too broad for the console: narrow it by user, host,"
+                         " time or callback (the command line's `shim deliveries replay --all` does everything)")
+    bound = str(form.get("upto", ""))
+    if bound:
+        if not _NUMBER.fullmatch(bound):
+            raise BadRequest("upto must be an outbox id")
+        f.max_id = int(bound)
     return action, f, list(fields.items())
 
 
@@ -317,6 +339,13 @@ def _describe(action: str, f: DeliveryFilter) -> list[tuple[str, str]]:
     return out
 
 
+async def _form(request: web.Request) -> Any:
+    try:
+        return await request.post()
+    except (UnicodeDecodeError, ValueError):
+        raise BadRequest("The form could not be read (it must be UTF-8, url-encoded)") from None
+
+
 async def _run(main: web.Application, action: str, f: DeliveryFilter, dry_run: bool) -> int:
     store = main[STORE]
     if action == "replay":
@@ -329,14 +358,18 @@ async def _run(main: web.Application, action: str, f: DeliveryFilter, dry_run: b
 
 @_page("deliveries", "Confirm")
 async def confirm(request: web.Request, main: web.Application) -> web.StreamResponse:
-    form = await request.post()
+    form = await _form(request)
     _check_token(main, str(form.get("token", "")))
     try:
         action, f, fields = _bulk_form(form)
     except BadRequest as e:
         return _render(request, main, "error.html", 400, title="Confirm", active="deliveries",
                        heading="Nothing was changed", message=e.message)
+    if f.max_id is None:
+        # What is counted now is what a confirmation acts on: nothing enqueued after this.
+        f.max_id = (await main[STORE].outbox_gauges())["max_id"]
     count = await _run(main, action, f, dry_run=True)
+    fields.append(("upto", str(f.max_id)))
     verb = "Replay" if action == "replay" else "Discard"
     consequence = ("They are delivered again with their original webhook-id." if action == "replay"
                    else "They are deleted and cannot be replayed afterwards.")
@@ -347,10 +380,12 @@ async def confirm(request: web.Request, main: web.Application) -> web.StreamResp
 
 @_page("deliveries", "Apply")
 async def apply(request: web.Request, main: web.Application) -> web.StreamResponse:
-    form = await request.post()
+    form = await _form(request)
     _check_token(main, str(form.get("token", "")))
     try:
         action, f, _ = _bulk_form(form)
+        if f.max_id is None:
+            raise BadRequest("Confirm from the page that shows the count (upto is missing)")
     except BadRequest as e:
         return _render(request, main, "error.html", 400, title="Apply", active="deliveries",
                        heading="Nothing was changed", message=e.message)
@@ -367,7 +402,9 @@ async def migration(request: web.Request, main: web.Application) -> web.StreamRe
     rep = report(await store.usage_rows(), usage.unflushed(), [u.user_id for u in main[CONFIG].users])
     today = datetime.fromtimestamp(_now_us(main) / 1_000_000, UTC).date()
     days = days_back(today, CHART_DAYS)
-    daily = await store.usage_daily(days[0])
+    by_user: dict[str, list[tuple[str, str, int]]] = {}
+    for uid, day, feature, count in await store.usage_daily(days[0]):
+        by_user.setdefault(uid, []).append((day, feature, count))
     users = []
     for u in rep["users"]:
         cfg = main[CONFIG].user(u["userId"])
@@ -378,7 +415,7 @@ async def migration(request: web.Request, main: web.Application) -> web.StreamRe
             "v1_features": [f for f in u["features"] if not f["feature"].startswith("native:")],
             "features": [{"feature": f["feature"], "count": f["count"], "last": show_time_iso(f["lastSeen"])}
                          for f in u["features"]],
-            "chart": usage_chart(days, ((d, f, c) for uid, d, f, c in daily if uid == u["userId"])),
+            "chart": usage_chart(days, by_user.get(u["userId"], [])),
         })
     return _render(request, main, "migration.html", title="Migration", active="migration", users=users,
                    days=CHART_DAYS)
@@ -420,6 +457,8 @@ async def stylesheet(request: web.Request) -> web.StreamResponse:
 
 
 async def to_root(request: web.Request) -> web.StreamResponse:
+    if not request.app.get(MAIN_APP, request.app)[CONFIG].admin.enabled:
+        raise NotFound("The requested resource was not found")
     return web.Response(status=301, headers={"Location": ROOT})
 
 

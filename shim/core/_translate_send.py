@@ -94,11 +94,17 @@ def to_v2_request(
 
 def v2_request_of(rec: MessageRecord, user: UserConfig, public_url: str, v2_base: str) -> dict[str, Any] | None:
     """The v2 request shim made (or, in dry-run, would have made) for a stored v1 send: v2 keeps
-    nothing, so the console shows it rebuilt by the same mapping. None for what shim did not send
-    through v1 (inbound, native v2 sends, records without a send key)."""
-    if rec.direction != "out" or rec.native or rec.send_key is None:
+    nothing, so the console shows it rebuilt by the same mapping, with the record's application
+    and the user's current account and URLs. A dry-run record keeps no send key: its tag shows
+    ``dry-run`` in the key's place. None for what shim did not send through v1 (inbound, native
+    v2 sends, legacy records without a key)."""
+    key = rec.send_key or ("dry-run" if rec.dry_run else None)
+    if rec.direction != "out" or rec.native or key is None:
         return None
-    return _v2_body(user, rec.to, rec.from_, rec.text, rec.media, rec.tag, public_url, v2_base, rec.send_key)
+    body = _v2_body(user, rec.to, rec.from_, rec.text, rec.media, rec.tag, public_url, v2_base, key)
+    if rec.application_id:
+        body["applicationId"] = rec.application_id
+    return body
 
 
 def _v2_body(user: UserConfig, to: str, from_: str, text: str | None, media: list[str], tag: str | None,

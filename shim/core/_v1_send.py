@@ -116,7 +116,7 @@ def _timeout(item: dict[str, Any]) -> int | None:
         number = value
     elif isinstance(value, float) and value.is_integer():
         number = int(value)
-    elif isinstance(value, str) and value.strip().isdigit():
+    elif isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():  # not "²"
         number = int(value.strip())
     if number is None or not 1 <= number <= 10000:
         raise InvalidProperty(

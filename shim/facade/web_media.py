@@ -86,6 +86,10 @@ async def get_media(request: web.Request) -> web.StreamResponse:
             raise v2_error_to_v1(resp.status, None, media_name=name)
         out = web.StreamResponse(status=200)
         out.content_type = resp.headers.get("Content-Type", "application/octet-stream")
+        # Whatever the file is (an inbound MMS can be text/html), it never runs as a page of shim's
+        # origin, where the operator console lives.
+        out.headers["Content-Security-Policy"] = "sandbox"
+        out.headers["X-Content-Type-Options"] = "nosniff"
         if resp.content_length is not None:
             out.content_length = resp.content_length
         if request.method == "HEAD":

@@ -8,22 +8,28 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Mapping
+import re
+from collections.abc import Collection, Mapping
 from urllib.parse import urlsplit
 
 TOKEN_TTL_S = 2 * 3600
+# Replicas' clocks differ a little: a token issued by one a bit ahead is still good on another.
+CLOCK_SKEW_S = 60
+_TOKEN = re.compile(r"([0-9]{1,12})\.([0-9a-f]{32})")
 
 
-def cross_origin(headers: Mapping[str, str], host: str) -> str | None:
+def cross_origin(headers: Mapping[str, str], hosts: Collection[str]) -> str | None:
     """Why a state-changing request did not come from shim's own pages, or None when it may have.
     Browsers send ``Sec-Fetch-Site`` and ``Origin`` with every cross-origin POST; clients that are
-    not browsers (curl, scripts) send neither and are judged by their credentials alone."""
+    not browsers (curl, scripts) send neither and are judged by their credentials alone. ``hosts``:
+    the ``host[:port]`` shim is reached as (the request's ``Host``, ``server.public_url``'s, for a
+    proxy that rewrites ``Host``)."""
     site = headers.get("Sec-Fetch-Site")
     if site is not None and site not in ("same-origin", "none"):
         return f"Sec-Fetch-Site is {site}"
     origin = headers.get("Origin")
     if origin is not None:
-        if origin == "null" or urlsplit(origin).netloc.lower() != host.lower():
+        if origin == "null" or urlsplit(origin).netloc.lower() not in {h.lower() for h in hosts if h}:
             return "Origin is not this server"
     return None
 
@@ -40,12 +46,10 @@ def form_token(secret: str, username: str, now_s: int) -> str:
 
 
 def token_ok(token: str | None, secret: str, username: str, now_s: int) -> bool:
-    if not token or "." not in token:
+    m = _TOKEN.fullmatch(token or "")
+    if m is None:
         return False
-    issued, _, mac = token.partition(".")
-    if not issued.isdigit() or len(issued) > 12:
+    issued = int(m.group(1))
+    if not -CLOCK_SKEW_S <= now_s - issued <= TOKEN_TTL_S:
         return False
-    age = now_s - int(issued)
-    if not 0 <= age <= TOKEN_TTL_S:
-        return False
-    return hmac.compare_digest(mac, _mac(secret, username, int(issued)))
+    return hmac.compare_digest(m.group(2), _mac(secret, username, issued))

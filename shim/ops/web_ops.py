@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -18,6 +20,8 @@ from shim.ops._logs import scrub
 from shim.ops._usage import report
 
 MAX_LIST = 1000
+# ASCII digits only: str.isdigit() accepts "²", which int() refuses.
+_DIGITS = re.compile(r"[0-9]{1,9}")
 # How often each replica reads the modes set at run time by the others.
 MODE_REFRESH_S = 10.0
 
@@ -57,7 +61,7 @@ def admin_app(request: web.Request) -> web.Application:
                       cfg.password.get_secret_value()):
         raise AccessDenied()
     if request.method not in ("GET", "HEAD"):
-        why = cross_origin(request.headers, request.host)
+        why = cross_origin(request.headers, (request.host, urlsplit(main[CONFIG].server.public_url).netloc))
         if why is not None:
             raise Forbidden(f"Cross-site admin requests are refused ({why})")
     return main
@@ -76,7 +80,7 @@ async def _admin_json(request: web.Request) -> Any:
 async def list_dead(request: web.Request) -> web.StreamResponse:
     main = admin_app(request)
     raw = request.query.get("limit", "100")
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIST:
+    if not _DIGITS.fullmatch(raw) or not 1 <= int(raw) <= MAX_LIST:
         raise BadRequest(f"limit must be an integer between 1 and {MAX_LIST}")
     rows = await main[STORE].dead_letters(int(raw))
     return json_response([
@@ -126,12 +130,12 @@ async def list_deliveries(request: web.Request) -> web.StreamResponse:
     main = admin_app(request)
     query = dict(request.query)
     raw = query.pop("limit", "100")
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIST:
+    if not _DIGITS.fullmatch(raw) or not 1 <= int(raw) <= MAX_LIST:
         raise BadRequest(f"limit must be an integer between 1 and {MAX_LIST}")
     status = query.pop("status", None)
     http_status = None
     if status is not None:
-        if status.isdigit() and len(status) == 3:
+        if re.fullmatch(r"[0-9]{3}", status):
             http_status = int(status)
         else:
             query["outcome"] = status

@@ -76,6 +76,9 @@ def where(f: DeliveryFilter, p: str = "", time_col: str = "updated_us") -> tuple
     if f.event_id is not None:
         conds.append(f"{p}event_id = ?")
         args.append(f.event_id)
+    if f.max_id is not None:
+        conds.append(f"{p}id <= ?")
+        args.append(f.max_id)
     return conds, args
 
 

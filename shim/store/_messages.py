@@ -102,9 +102,8 @@ class MessageTxs(StoreCore):
         ``user_id``, ``since_us``/``until_us`` (message time, both inclusive). Unbound intents are
         included (an operator must see orphaned sends). Found through an index: the id, one
         lookup per side of a number (``messages_from_time``, ``messages_to_time``, each reading
-        at most ``limit`` rows, merged), else the user's rows (``messages_user_seq``, all of
-        them sorted: the cost follows that user's history), else the time index (newest first,
-        or the window)."""
+        at most ``limit`` rows, merged), else the user's rows newest recorded first (by ``seq``
+        on ``messages_user_seq``), else the time index (newest first, or the window)."""
         if limit <= 0:
             return []
         conds: list[str] = []
@@ -119,10 +118,10 @@ class MessageTxs(StoreCore):
             where = f" WHERE {' AND '.join(conds)}" if conds else ""
             order = newest
             if user_id is not None and message_id is None:
-                # Ordered by an expression: the user's rows are found through their index and
-                # sorted (however old they are), never by walking the time index through every
-                # user's history looking for theirs.
-                order = "ORDER BY time_us + 0 DESC, seq DESC LIMIT ?"
+                # The user's rows newest recorded first, read in order from their index
+                # (``messages_user_seq``): never a walk of the time index through every user's
+                # history, nor a sort of all of this user's.
+                order = "ORDER BY seq DESC LIMIT ?"
             rows = await self._timed_read(all_tx, f"SELECT seq, doc FROM messages{where} {order}", *args, limit)
             return [record(r) for r in rows]
         # One indexed lookup per side, each its newest ``limit``; UNION drops a message found by

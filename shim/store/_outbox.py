@@ -196,15 +196,13 @@ class OutboxTxs(StoreCore):
 
     async def pending_callbacks(self, limit: int = 100) -> list[PendingCallback]:
         """The oldest ``limit`` callbacks still to deliver (by id), leased ones (in flight)
-        included. Read through a partial index on pending rows: the cost follows the live queue
-        (its rows are sorted for the first ``limit``), never the delivered history."""
+        included. Read in order from the partial index of pending ids (``outbox_pending_id``):
+        ``limit`` rows, however long the queue (an outage is when operators look) or the history."""
         if limit <= 0:
             return []
-        # ``id + 0``: ordered by an expression, so no plan walks the primary key from the first
-        # row ever enqueued (through the whole history) looking for pending ones.
         rows = await self._timed_read(all_tx,
             "SELECT id, event_id, order_key, user_id, host, spec, attempts, next_attempt_us, created_us,"
-            " last_error, lease_owner FROM outbox WHERE status = 'pending' ORDER BY id + 0 LIMIT ?", limit,
+            " last_error, lease_owner FROM outbox WHERE status = 'pending' ORDER BY id LIMIT ?", limit,
         )
         return [
             PendingCallback(id=int(r[0]), event_id=r[1], message_id=r[2], user_id=r[3], host=r[4],

@@ -108,9 +108,12 @@ class DeliveryFilter:
     ids: Sequence[int] | None = None
     message_id: str | None = None
     event_id: str | None = None
+    # Only rows enqueued up to this outbox id: what a count shown to an operator covered, so
+    # the confirmed action never reaches callbacks that arrived after it (not a filter by itself).
+    max_id: int | None = None
 
     def empty(self) -> bool:
-        return all(v is None for v in vars(self).values())
+        return all(v is None for k, v in vars(self).items() if k != "max_id")
 
 
 def host_key(url: str) -> str:

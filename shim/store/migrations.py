@@ -185,9 +185,10 @@ CREATE INDEX IF NOT EXISTS outbox_host ON outbox (host, id)
     # The operator console: messages found by number across users (either side, through one
     # index each, newest first), and the migration report's counters per UTC day (``day`` is
     # ``YYYY-MM-DD``), added by the same flushes as ``migration_usage``, purged with retention.
-    Migration(10, "console: message search by number, daily migration usage", """
+    Migration(10, "console: message search by number, pending callbacks by age, daily migration usage", """
 CREATE INDEX IF NOT EXISTS messages_from_time ON messages (from_number, time_us);
 CREATE INDEX IF NOT EXISTS messages_to_time ON messages (to_number, time_us);
+CREATE INDEX IF NOT EXISTS outbox_pending_id ON outbox (id) WHERE status = 'pending';
 CREATE TABLE IF NOT EXISTS migration_usage_daily (
     user_id TEXT NOT NULL,
     day TEXT NOT NULL,

@@ -367,7 +367,7 @@ class _Response:
     @property
     def content_length(self) -> int | None:
         value = self._headers.get("Content-Length")
-        return int(value) if value is not None and value.isdigit() else None
+        return int(value) if value is not None and value.isascii() and value.isdigit() else None
 
     async def _next(self) -> bytes | None:
         conn = self._conn

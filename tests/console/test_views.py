@@ -73,3 +73,11 @@ def test_usage_chart_stacks_v1_under_native_scaled_to_the_peak() -> None:
 def test_usage_chart_of_nothing_is_flat() -> None:
     c = usage_chart(["2026-11-23"], [])
     assert c.peak == 0 and c.bars[0].v1_h == 0 and c.bars[0].native_h == 0
+
+
+def test_links_to_a_message_are_encoded_and_native_rows_point_at_their_message() -> None:
+    from shim.console.web_console import _href, _order_href
+
+    assert _href("a/b?c#d%") == "/admin/ui/messages/a%2Fb%3Fc%23d%25"
+    assert _order_href("native_m-1") == ("m-1", "/admin/ui/messages/m-1")  # a native v2 message's outbox key
+    assert _order_href("m-2") == ("m-2", "/admin/ui/messages/m-2")

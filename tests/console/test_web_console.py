@@ -47,7 +47,7 @@ async def _dead(h: Harness) -> str:
 
 async def test_every_page_needs_the_admin_credentials_and_is_off_without_them(make_harness: HarnessFactory) -> None:
     off = await make_harness()
-    for path in (*PAGES, "/admin/ui/messages/x", "/admin/ui/console.css"):
+    for path in (*PAGES, "/admin", "/admin/ui/messages/x", "/admin/ui/console.css"):
         r, body = await _page(off, path)
         assert r.status == 404 and r.content_type == "application/json", (path, body)  # as any unknown path
 
@@ -110,10 +110,14 @@ async def test_forms_from_other_sites_are_refused_and_change_nothing(make_harnes
     assert r.status == 403
     assert (await h.app[STORE].outbox_counts())["dead"] == 1
 
-    # From the console itself: counted, then done.
+    # From the console itself: counted, then done (up to what was counted: "upto", from the count's page).
     status, body = await _post(h, "/admin/ui/deliveries/confirm", form, {"Origin": h.url, "Sec-Fetch-Site": "same-origin"})
     assert status == 200 and '<strong id="match-count">1</strong>' in body
-    status, _ = await _post(h, "/admin/ui/deliveries/apply", form, {"Origin": h.url})
+    upto = re.search(r'name="upto" value="([0-9]+)"', body)
+    assert upto, body
+    status, body = await _post(h, "/admin/ui/deliveries/apply", form, {"Origin": h.url})
+    assert status == 400 and "Confirm from the page that shows the count" in body  # never without a count
+    status, _ = await _post(h, "/admin/ui/deliveries/apply", form | {"upto": upto.group(1)}, {"Origin": h.url})
     assert status == 303
     await wait_until(outbox_is(h.app[STORE], dead=0, pending=0, delivered=1))
 
@@ -130,10 +134,14 @@ async def test_bad_input_gets_a_clear_page_and_changes_nothing(make_harness: Har
         ({"action": "replay", "ids": "1; DROP TABLE outbox"}, "ids must be callback ids"),
         ({"action": "replay", "ids": " ".join(["1"] * 101)}, "ids must be callback ids"),
         ({"action": "replay", "outcome": "dead", "since": "yesterday"}, "is not a time"),
+        ({"action": "replay", "ids": "\u00b2"}, "ids must be callback ids"),  # a digit to str.isdigit() only
+        ({"action": "replay", "outcome": "delivered"}, "too broad"),
+        ({"action": "replay", "outcome": ""}, "Choose at least one filter"),
+        ({"action": "replay", "outcome": "", "ids": "1", "upto": "x"}, "upto must be an outbox id"),
         ({"action": "replay", "host": "x" * 100_000}, "0</strong> callbacks match"),  # cut to 300 characters
     ):
         for path in ("/admin/ui/deliveries/confirm", "/admin/ui/deliveries/apply"):
-            status, body = await _post(h, path, form | {"token": token})
+            status, body = await _post(h, path, {"upto": "1000"} | form | {"token": token})
             expected = 200 if "match" in message and path.endswith("confirm") else 400
             if path.endswith("apply") and "match" in message:
                 expected = 303
@@ -150,6 +158,14 @@ async def test_bad_input_gets_a_clear_page_and_changes_nothing(make_harness: Har
     assert r.status == 200 and "<script>" not in body and 'class="notice done"' not in body
     r, body = await _page(h, "/admin/ui/deliveries", params={"done": "replay", "n": "2"})
     assert "Replayed 2 callbacks" in body
+    r, body = await _page(h, "/admin/ui/deliveries", params={"done": "replay", "n": "\u00b2"})
+    assert r.status == 200 and 'class="notice done"' not in body
+    raw = b"action=replay&outcome=dead&host=\xff\xfe&token=" + token.encode()
+    r = await h.session.post(f"{h.url}/admin/ui/deliveries/confirm", data=raw,
+                             headers=BROWSER | CREDS | {"Content-Type": "application/x-www-form-urlencoded"})
+    assert r.status == 400 and "UTF-8" in await r.text()
+    r, _ = await _page(h, "/admin/dead-letters", params={"limit": "\u00b2"})
+    assert r.status == 400
 
 
 async def test_search_finds_by_id_number_user_and_time(make_harness: HarnessFactory) -> None:
@@ -173,15 +189,21 @@ async def test_search_finds_by_id_number_user_and_time(make_harness: HarnessFact
 async def test_secrets_and_hostile_text_never_reach_the_page_raw(make_harness: HarnessFactory) -> None:
     h = await make_harness(admin=ADMIN)
     hook = h.receiver.url.replace("http://", "http://hook:hook-secret-77@")
+    token_hook = h.receiver.url.replace("http://", "http://tok-secret-88@")
     mid = await h.send(text='<img src=x onerror="alert(1)">', tag="</pre><script>alert(2)</script>",
-                       callbackUrl=f"{hook}/cb", fallbackUrl=f"{hook}/fb")
-    await wait_until(outbox_is(h.app[STORE], pending=0, delivered=1))
+                       callbackUrl=f"{hook}/cb", fallbackUrl=f"{token_hook}/fb",
+                       media=["https://mu:media-secret-99@cdn.example/a.png"])
+    h.receiver.script["/down"] = [500]
+    await h.send(callbackUrl=f"{token_hook}/down")
+    await wait_until(outbox_is(h.app[STORE], pending=0, delivered=1, dead=1))
     for path in (f"/admin/ui/messages/{mid}", "/admin/", "/admin/ui/deliveries"):
         _, body = await _page(h, path)
-        assert "hook-secret-77" not in body and ADMIN["password"] not in body, path
+        for secret in ("hook-secret-77", "tok-secret-88", "media-secret-99", ADMIN["password"]):
+            assert secret not in body, (path, secret)
         assert "<script>alert" not in body and "<img src=x" not in body, path
     _, body = await _page(h, f"/admin/ui/messages/{mid}")
-    assert "&lt;script&gt;alert(2)&lt;/script&gt;" in body and "hook:***@" in body
+    assert "&lt;script&gt;alert(2)&lt;/script&gt;" in body and "hook:***@" in body and "//***@" in body
+    assert "mu:***@cdn.example" in body  # in the v1 fields and the v2 request's media
 
 
 async def test_console_on_the_admin_listener_only(make_harness: HarnessFactory) -> None:
@@ -202,3 +224,31 @@ async def test_console_on_the_admin_listener_only(make_harness: HarnessFactory) 
         assert r.status == 200 and "queue depth" in body
     finally:
         await runner.cleanup()
+
+
+async def test_a_confirmed_discard_never_reaches_callbacks_that_died_after_the_count(
+        make_harness: HarnessFactory) -> None:
+    h = await make_harness(admin=ADMIN)
+    await _dead(h)
+    token = await _token(h)
+    form = {"action": "discard", "outcome": "dead", "token": token}
+    status, body = await _post(h, "/admin/ui/deliveries/confirm", form)
+    assert status == 200 and '<strong id="match-count">1</strong>' in body
+    upto = re.search(r'name="upto" value="([0-9]+)"', body)
+    assert upto
+    await h.send(callbackUrl=f"{h.receiver.url}/down")  # another one dies while the operator reads
+    await wait_until(outbox_is(h.app[STORE], pending=0, dead=2))
+    r = await h.session.post(f"{h.url}/admin/ui/deliveries/apply", data=form | {"upto": upto.group(1)},
+                             headers=BROWSER | CREDS, allow_redirects=False)
+    assert (r.status, r.headers["Location"]) == (303, "/admin/ui/deliveries?done=discard&n=1")
+    assert (await h.app[STORE].outbox_counts())["dead"] == 1
+
+
+async def test_dry_run_shows_the_v2_request_it_did_not_send(make_harness: HarnessFactory) -> None:
+    from ..conftest import OTHER_USER, USER
+
+    h = await make_harness(admin=ADMIN, users=[USER | {"mode": "dry-run"}, OTHER_USER])
+    mid = await h.send(text="rehearsal", tag="t1")
+    _, body = await _page(h, f"/admin/ui/messages/{mid}")
+    assert "not sent (dry-run)" in body and "shim1:dry-run:t1" in body and "rehearsal" in body
+    assert h.v2_requests == []

@@ -45,6 +45,7 @@ NOW = 1_445_412_480.0  # Wed, 21 Oct 2015 07:28:00 GMT
         ("", None),
         (None, None),
         ("-5", None),
+        ("\u00b2", None),  # "²": a digit to str.isdigit(), not to float()
         ("Wed, 21 Oct 2015 07:28:00", None),  # no zone: not an HTTP date
     ],
 )

@@ -67,6 +67,7 @@ def test_accepted(extra: dict[str, Any], expected: dict[str, Any]) -> None:
         (BASE | {"callbackTimeout": 0}, "validation-error"),
         (BASE | {"callbackTimeout": True}, "validation-error"),
         (BASE | {"callbackTimeout": "20.5"}, "validation-error"),
+        (BASE | {"callbackTimeout": "\u00b2"}, "validation-error"),  # "²": str.isdigit() says yes, int() no
         (BASE | {"callbackHttpMethod": "PATCH"}, "validation-error"),
         (BASE | {"callbackUrl": "javascript:alert(1)"}, "callback-invalid-url"),
         (BASE | {"callbackUrl": "http://"}, "callback-invalid-url"),

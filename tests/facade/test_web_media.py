@@ -30,6 +30,8 @@ async def test_put_get_list_delete_roundtrip(harness: Harness) -> None:
     resp = await harness.session.get(url, headers=harness.auth)
     assert resp.status == 200
     assert resp.headers["Content-Type"] == "image/png"
+    # Never a page of shim's origin (where the console lives), whatever the file is.
+    assert resp.headers["Content-Security-Policy"] == "sandbox" and resp.headers["X-Content-Type-Options"] == "nosniff"
     assert await resp.read() == data
 
     resp = await harness.session.get(f"{harness.url}/v1/users/u-test/media", headers=harness.auth)

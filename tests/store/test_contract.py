@@ -969,6 +969,21 @@ async def test_replay_and_discard_by_filter(store: Store) -> None:
     assert counts == {"pending": 2, "delivered": 0, "dead": 1}
 
 
+async def test_a_bound_keeps_a_confirmed_action_to_what_was_counted(store: Store) -> None:
+    a = "http://127.0.0.1:9/cb"
+    await store.enqueue([spec(1, "k1", a)])
+    (d,) = await store.claim("w", 10, 5_000_000)
+    await store.mark_failed(d.id, "w", "x", None)
+    counted = DeliveryFilter(outcome="dead", max_id=(await store.outbox_gauges())["max_id"])
+    assert await store.discard_matching(counted, dry_run=True) == 1
+    await store.enqueue([spec(2, "k2", a)])  # another dead letter arrives before the confirmation
+    (d2,) = await store.claim("w", 10, 5_000_000)
+    await store.mark_failed(d2.id, "w", "x", None)
+    assert await store.discard_matching(counted) == 1
+    assert [x.event_id for x in await store.dead_letters()] == ["e2"]
+    assert DeliveryFilter(max_id=5).empty()  # a bound alone is not a filter
+
+
 # -- the operator console's queries --------------------------------------------------------------
 def ids_of(recs: list[MessageRecord]) -> list[str]:
     return [r.id for r in recs]
@@ -1185,7 +1200,7 @@ async def test_console_queries_use_indexes_not_history(store_url: str, monkeypat
             (lambda: store.find_messages(message_id="om-77", number="+177", user_id="hu-77"), [("messages_id",)]),
             (lambda: store.find_messages(since_us=100, until_us=200), [("messages_time",)]),
             (lambda: store.find_messages(user_id="hu-7"), [("messages_user_seq",)]),
-            (lambda: store.pending_callbacks(), [("outbox_pending",)]),
+            (lambda: store.pending_callbacks(), [("outbox_pending_id",)]),
             (lambda: store.dead_letters(), [("outbox_dead",)]),
             (lambda: store.activity(recent), [("events_received",), ("delivery_log_at",)]),
         ]
