@@ -333,9 +333,9 @@ def _describe(action: str, f: DeliveryFilter) -> list[tuple[str, str]]:
     if f.host:
         out.append(("Host", f.host))
     if f.since_us is not None:
-        out.append(("Since", show_time(f.since_us)))
+        out.append(("Last change since", show_time(f.since_us)))
     if f.until_us is not None:
-        out.append(("Until", show_time(f.until_us)))
+        out.append(("Last change before", show_time(f.until_us)))
     return out
 
 
