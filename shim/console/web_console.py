@@ -346,6 +346,22 @@ async def _form(request: web.Request) -> Any:
         raise BadRequest("The form could not be read (it must be UTF-8, url-encoded)") from None
 
 
+async def _bulk_request(request: web.Request, main: web.Application, title: str, confirmed: bool
+                        ) -> tuple[str, DeliveryFilter, list[tuple[str, str]]] | web.Response:
+    """A replay/discard form posted from the console (its token checked), or the page that says
+    why nothing was changed. ``confirmed``: the apply step, which acts only up to what was counted."""
+    form = await _form(request)
+    _check_token(main, str(form.get("token", "")))
+    try:
+        action, f, fields = _bulk_form(form)
+        if confirmed and f.max_id is None:
+            raise BadRequest("Confirm from the page that shows the count (upto is missing)")
+    except BadRequest as e:
+        return _render(request, main, "error.html", 400, title=title, active="deliveries",
+                       heading="Nothing was changed", message=e.message)
+    return action, f, fields
+
+
 async def _run(main: web.Application, action: str, f: DeliveryFilter, dry_run: bool) -> int:
     store = main[STORE]
     if action == "replay":
@@ -358,13 +374,10 @@ async def _run(main: web.Application, action: str, f: DeliveryFilter, dry_run: b
 
 @_page("deliveries", "Confirm")
 async def confirm(request: web.Request, main: web.Application) -> web.StreamResponse:
-    form = await _form(request)
-    _check_token(main, str(form.get("token", "")))
-    try:
-        action, f, fields = _bulk_form(form)
-    except BadRequest as e:
-        return _render(request, main, "error.html", 400, title="Confirm", active="deliveries",
-                       heading="Nothing was changed", message=e.message)
+    got = await _bulk_request(request, main, "Confirm", confirmed=False)
+    if isinstance(got, web.Response):
+        return got
+    action, f, fields = got
     if f.max_id is None:
         # What is counted now is what a confirmation acts on: nothing enqueued after this.
         f.max_id = (await main[STORE].outbox_gauges())["max_id"]
@@ -380,15 +393,10 @@ async def confirm(request: web.Request, main: web.Application) -> web.StreamResp
 
 @_page("deliveries", "Apply")
 async def apply(request: web.Request, main: web.Application) -> web.StreamResponse:
-    form = await _form(request)
-    _check_token(main, str(form.get("token", "")))
-    try:
-        action, f, _ = _bulk_form(form)
-        if f.max_id is None:
-            raise BadRequest("Confirm from the page that shows the count (upto is missing)")
-    except BadRequest as e:
-        return _render(request, main, "error.html", 400, title="Apply", active="deliveries",
-                       heading="Nothing was changed", message=e.message)
+    got = await _bulk_request(request, main, "Apply", confirmed=True)
+    if isinstance(got, web.Response):
+        return got
+    action, f, _ = got
     count = await _run(main, action, f, dry_run=False)
     return _see_other(f"{UI}/deliveries?" + urlencode({"done": action, "n": count}))
 

@@ -698,16 +698,7 @@ async def test_periodic_work_uses_indexes_not_history(store_url: str, monkeypatc
         await store.mark_failed(held[0].id, "w", "HTTP 500", None)  # a dead letter
         await store.run_sql("ANALYZE")
 
-        ops: list[tuple[str, tuple[Any, ...]]] = []
-        module: Any = sqlite_backend if store_url.startswith("sqlite:") else postgres_backend
-        original = module.run
-
-        def recording(conn: Any, op: Any) -> Any:
-            if op.kind != "lock":
-                ops.append((op.sql, op.args))
-            return original(conn, op)
-
-        monkeypatch.setattr(module, "run", recording)
+        ops = record_statements(monkeypatch, store_url)
         # What the delivery engine does every round, every lease_s/3 and every sweep.
         assert await store.route_unmatched(now_us()) == 1
         await store.expire_leases()
@@ -738,16 +729,7 @@ async def test_sends_and_events_read_no_history(store_url: str, monkeypatch: pyt
             f"{numbers} INSERT INTO messages (id, user_id, direction, from_number, to_number, state, time_us,"
             " created_us, doc, send_key) SELECT 'om-' || i, 'u-test', 'out', '+1', '+2', 'sent', i, i, '{}', 'ok-' || i FROM n")
         await store.run_sql("ANALYZE")
-        ops: list[tuple[str, tuple[Any, ...]]] = []
-        module: Any = sqlite_backend if store_url.startswith("sqlite:") else postgres_backend
-        original = module.run
-
-        def recording(conn: Any, op: Any) -> Any:
-            if op.kind != "lock":
-                ops.append((op.sql, op.args))
-            return original(conn, op)
-
-        monkeypatch.setattr(module, "run", recording)
+        ops = record_statements(monkeypatch, store_url)
         await store.record_intent(intent(1))
         assert await store.bind_send(bind_v2(intent(1), "v2-1")) == 0
         await store.ingest([GW.prepare(status("v2-2", "message-sent", key(2)))])  # before its send
@@ -1178,16 +1160,7 @@ async def test_console_queries_use_indexes_not_history(store_url: str, monkeypat
         assert await store.ingest([GW.prepare(status("m0001", "message-delivered"))]) == 2  # sent + receipt
         await store.run_sql("ANALYZE")
 
-        ops: list[tuple[str, tuple[Any, ...]]] = []
-        module: Any = sqlite_backend if store_url.startswith("sqlite:") else postgres_backend
-        original = module.run
-
-        def recording(conn: Any, op: Any) -> Any:
-            if op.kind != "lock":
-                ops.append((op.sql, op.args))
-            return original(conn, op)
-
-        monkeypatch.setattr(module, "run", recording)
+        ops = record_statements(monkeypatch, store_url)
         recent = now_us() - 3_600_000_000
         # Each call, and the indexes each of its statements must use.
         both = ("messages_from_time", "messages_to_time")
@@ -1229,6 +1202,21 @@ async def test_console_queries_use_indexes_not_history(store_url: str, monkeypat
                     assert index in plan, f"{sql}\n{plan}"
             # Pending callbacks: a partial index on pending rows, never the primary key from the start.
             assert "outbox_pkey" not in plan, f"{sql}\n{plan}"
+
+
+def record_statements(monkeypatch: pytest.MonkeyPatch, store_url: str) -> list[tuple[str, tuple[Any, ...]]]:
+    """Every statement the store runs from now on (locks aside), with its arguments, for their plans."""
+    ops: list[tuple[str, tuple[Any, ...]]] = []
+    module: Any = sqlite_backend if store_url.startswith("sqlite:") else postgres_backend
+    original = module.run
+
+    def recording(conn: Any, op: Any) -> Any:
+        if op.kind != "lock":
+            ops.append((op.sql, op.args))
+        return original(conn, op)
+
+    monkeypatch.setattr(module, "run", recording)
+    return ops
 
 
 HISTORY_TABLES = r"(messages|events|outbox|delivery_log)"
