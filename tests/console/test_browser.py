@@ -200,3 +200,20 @@ async def test_the_console_asks_for_the_admin_credentials(make_harness: HarnessF
     await b.login()
     await b.open(f"/admin/ui/messages/{mid}")
     assert mid in await b.text("h1")
+
+
+async def test_every_field_is_labelled_and_every_page_has_one_heading(make_harness: HarnessFactory,
+                                                                      chromium: Any) -> None:
+    h, b = await _setup(make_harness, chromium)
+    mid = await _dead_letter(h)
+    unlabelled_js = ("return [...document.querySelectorAll('input:not([type=hidden]), select, button')]"
+                     ".filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label')"
+                     " && !e.textContent.trim()).map(e => e.outerHTML)")
+    for path in ("/admin/", f"/admin/ui/messages/{mid}", "/admin/ui/deliveries", "/admin/ui/migration",
+                 "/admin/ui/health"):
+        await b.open(path)
+        assert await b.js(unlabelled_js) == [], path
+        assert await b.js("return document.querySelectorAll('h1').length") == 1, path
+        assert await b.js("return document.documentElement.lang") == "en"
+        # Readable on a laptop: nothing wider than the window.
+        assert await b.js("return document.documentElement.scrollWidth <= window.innerWidth"), path
