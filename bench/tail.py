@@ -167,6 +167,9 @@ def summarize_trace(trace: list[list[Any]], t_start: float) -> None:
     ck = [r for r in trace if r[0] == "ckpt" and r[1] >= t_start]
     if ck:
         durs = sorted((r[2] - r[1]) * 1000 for r in ck)
+        cpu = sum(float(r[3][-1].split()[1]) for r in ck if str(r[3][-1]).startswith("cpu"))
+        span = max(ck[-1][2] - t_start, 1e-9)
+        print(f"    checkpoint thread CPU: {cpu / span:.1f} ms per second")
         print(f"    checkpoints: {len(ck)}, ms: p50 {pct(durs, 50):.1f} max {durs[-1]:.1f}; at (mod 1 s) "
               + " ".join(f"{(r[1] - t_start) % 1:.2f}" for r in ck[:12]))
         frames = [r[3][0][1] for r in ck if isinstance(r[3][0], list)]
@@ -180,6 +183,17 @@ def summarize_trace(trace: list[list[Any]], t_start: float) -> None:
         w = sorted(r[3] * 1000 for r in commits)
         print(f"    writer txs: {len(commits)}; BEGIN p99 {pct(b, 99):.2f} max {b[-1]:.1f}; work p99 {pct(w, 99):.2f} "
               f"max {w[-1]:.1f}; COMMIT p99 {pct(c, 99):.2f} max {c[-1]:.1f} ms")
+        # Slow writer transactions, and how many of them overlap a checkpoint (the correlation).
+        slow = [r for r in commits if sum(r[2:]) > 0.003]
+        during = [r for r in slow if any(k[1] <= r[1] + sum(r[2:]) and r[1] <= k[2] for k in ck)]
+        busy = sum(k[2] - k[1] for k in ck) / max(commits[-1][1] - t_start, 1e-9)
+        print(f"    writer txs over 3 ms: {len(slow)}, {len(during)} of them during a checkpoint "
+              f"(checkpoints run {busy:.0%} of the time)")
+    for name in ("record_intent", "bind_send"):
+        w = sorted(r[3] * 1000 for r in trace if r[0] == "wait" and r[1] == name and r[2] >= t_start)
+        if w:
+            print(f"    a request's wait for {name}: p50 {pct(w, 50):.2f} p99 {pct(w, 99):.2f} max {w[-1]:.1f} ms "
+                  f"({sum(x > 5 for x in w)} over 5 ms)")
     lag = [r for r in trace if r[0] == "lag" and r[1] >= t_start]
     if lag:
         print(f"    shim loop lag over 2 ms: {len(lag)} times, worst {max(r[2] for r in lag) * 1000:.1f} ms")
@@ -214,17 +228,21 @@ async def main_async(args: argparse.Namespace) -> None:
                                 url, proc = await run.helper(tmp, "forwarder", "--upstream", ups["plain"],
                                                              core=run.PROXY_CORE)
                             await open_loop(s, url + SEND_PATH, args.rate, 1.0)  # warm up
+                            cpu0 = run.cpu_s(proc)
                             reqs, bad, lags = await open_loop(s, url + SEND_PATH, args.rate, args.seconds)
+                            cpu_us = (run.cpu_s(proc) - cpu0) / max(len(reqs), 1) * 1e6
                             proc.terminate()
                             proc.wait(20)
                         trace = None
                         if trace_path is not None and trace_path.exists():
                             trace = [json.loads(x) for x in trace_path.read_text().splitlines()]
                         figs = report(f"run {i + 1}: {label}", reqs, bad, lags, args.slow, trace, args.verbose)
+                        figs["cpu_us"] = cpu_us
+                        print(f"    CPU per send (all of the process's threads): {cpu_us:.0f} us")
                         results.setdefault(label, []).append(figs)
         print("\nsummary (ms, per run)")
         for label, runs in results.items():
-            for key in ("p50", "p99", "max"):
+            for key in ("p50", "p99", "max", "cpu_us"):
                 vals = [r[key] for r in runs]
                 print(f"  {label:<28} {key:>4}: " + " ".join(f"{v:6.2f}" for v in vals)
                       + f"   median {sorted(vals)[len(vals) // 2]:6.2f}")
