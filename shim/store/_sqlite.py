@@ -7,8 +7,9 @@ so the failing one rolls back alone. The event loop is woken once per batch. At 
 ``max_queued`` transactions wait for it; further writers wait for a slot (backpressure). Reads run
 on a small pool of reader connections. WAL with ``synchronous=NORMAL`` keeps every committed
 transaction across a process crash (``kill -9``); only an OS crash can lose the last commits.
-Checkpoints run on their own thread and connection (PASSIVE, once a second), so the writer
-never stalls behind one.
+Checkpoints run on their own thread and connection (PASSIVE), so the writer never waits for one;
+each runs ``CHECKPOINT_AFTER_S`` after the first commit since the last, so it has little of the WAL
+to sync (see ``_checkpoint_loop``).
 """
 
 from __future__ import annotations
@@ -36,6 +37,11 @@ MAX_QUEUED = 4096
 # Prepared statements kept per connection (sqlite3's default is 128; shim's are a few dozen
 # shapes, but ``IN (?, ?, …)`` lists of every length add up).
 CACHED_STATEMENTS = 512
+# A checkpoint runs this long after the first commit since the last one (none while idle). Short,
+# because a checkpoint first fdatasyncs the WAL, and the writer's WAL appends stall behind that
+# sync for as long as it takes: with a checkpoint a second under 500 sends/s (~40 MB of WAL), 20-50
+# ms, every request of that moment delayed (performance issue 9, the bursts of the p99).
+CHECKPOINT_AFTER_S = 0.05
 
 # (make the transaction, its caller's future, the caller's loop)
 Item = tuple[TxFn[Any], "asyncio.Future[Any]", asyncio.AbstractEventLoop]
@@ -91,6 +97,7 @@ class SqliteStore(Store):
         self._lock = threading.Lock()
         self._checkpointer: threading.Thread | None = None
         self._closing = threading.Event()
+        self._committed = threading.Event()  # set by the writer: the WAL has frames to checkpoint
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10,
@@ -120,6 +127,7 @@ class SqliteStore(Store):
 
     async def close(self) -> None:
         self._closing.set()
+        self._committed.set()  # wakes the checkpointer
         if self._checkpointer is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._checkpointer.join)
             self._checkpointer = None
@@ -174,18 +182,30 @@ class SqliteStore(Store):
         return drive(conn, make())
 
     def _checkpoint_loop(self) -> None:
+        """A PASSIVE checkpoint ``CHECKPOINT_AFTER_S`` after the first commit since the last one:
+        often under load, so each has a few MB of WAL to sync (the writer's appends wait for that
+        sync), never while idle. Durability is SQLite's either way: a checkpoint syncs the WAL
+        before it copies pages into the database."""
         conn = self._connect()
         try:
-            while not self._closing.wait(1.0):
-                try:
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-                except sqlite3.Error:
-                    pass
+            while True:
+                self._committed.wait()
+                if self._closing.wait(CHECKPOINT_AFTER_S):
+                    break
+                self._committed.clear()  # commits from here on are for the next checkpoint
+                self._checkpoint(conn)
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
         except sqlite3.Error:
             pass
         finally:
             conn.close()
+
+    @staticmethod
+    def _checkpoint(conn: sqlite3.Connection) -> None:
+        try:
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except sqlite3.Error:
+            pass
 
     # -- the writer thread -----------------------------------------------------------------
     def _write_loop(self) -> None:
@@ -207,6 +227,8 @@ class SqliteStore(Store):
                     break
                 batch.extend(items)
             self._run_batch(conn, batch)
+            if not self._committed.is_set():
+                self._committed.set()
             if stop:
                 return
 
