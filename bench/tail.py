@@ -172,7 +172,8 @@ def summarize_trace(trace: list[list[Any]], t_start: float) -> None:
         print(f"    checkpoint thread CPU: {cpu / span:.1f} ms per second")
         print(f"    checkpoints: {len(ck)}, ms: p50 {pct(durs, 50):.1f} max {durs[-1]:.1f}; at (mod 1 s) "
               + " ".join(f"{(r[1] - t_start) % 1:.2f}" for r in ck[:12]))
-        frames = [r[3][0][1] for r in ck if isinstance(r[3][0], list)]
+        # The frames each checkpoint saw: shim's own count, or the PRAGMA's row (older shims).
+        frames = [r[3][0] if isinstance(r[3][0], int) else r[3][0][1] for r in ck if isinstance(r[3][0], (int, list))]
         restarts = sum(b < a for a, b in itertools.pairwise(frames))
         print(f"    WAL frames at the checkpoints: last {frames[-1] if frames else '?'}, max {max(frames, default=0)}; "
               f"WAL restarted {restarts} times")

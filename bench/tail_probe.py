@@ -17,6 +17,7 @@ The records are written to PATH as JSON lines when the store closes (shim's grac
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import os
 import sqlite3
@@ -103,16 +104,18 @@ def install(path: str) -> None:
         # An interval given, or a shim before issue 9's fix (a checkpoint a second): the loop replaced.
         cls._checkpoint_loop = checkpoint_loop  # type: ignore[method-assign]
     else:
-        def checkpoint(conn: sqlite3.Connection) -> None:
-            # shim's ``_checkpoint``, timed and with its result kept.
-            t0, cpu0 = clock(), time.thread_time()
-            try:
-                row: list[Any] = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-            except sqlite3.Error as e:
-                row = [str(e)]
-            TRACE.append(("ckpt", t0, clock(), [*row, f"cpu {(time.thread_time() - cpu0) * 1000:.1f} ms"]))
+        original_checkpoint = inspect.getattr_static(cls, "_checkpoint")
+        static = isinstance(original_checkpoint, staticmethod)  # shims before the WAL restart: (conn) -> None
 
-        cls._checkpoint = staticmethod(checkpoint)  # type: ignore[method-assign]
+        def checkpoint(self: Any, conn: sqlite3.Connection) -> bool:
+            # shim's ``_checkpoint``, timed, with the WAL's frames it saw and whether it finished.
+            t0, cpu0 = clock(), time.thread_time()
+            done = original_checkpoint.__func__(conn) if static else original_checkpoint(self, conn)
+            TRACE.append(("ckpt", t0, clock(), [getattr(self, "_wal_frames", None), done,
+                                                f"cpu {(time.thread_time() - cpu0) * 1000:.1f} ms"]))
+            return bool(done)
+
+        cls._checkpoint = checkpoint  # type: ignore[method-assign]
 
     for name in ("record_intent", "bind_send"):
         orig = getattr(cls, name)

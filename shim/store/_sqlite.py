@@ -42,6 +42,12 @@ CACHED_STATEMENTS = 512
 # sync for as long as it takes: with a checkpoint a second under 500 sends/s (~40 MB of WAL), 20-50
 # ms, every request of that moment delayed (performance issue 9, the bursts of the p99).
 CHECKPOINT_AFTER_S = 0.05
+# The WAL only starts over when a write begins with every frame of it checkpointed, which under
+# steady load never happens by itself (each checkpoint trails the writer by CHECKPOINT_AFTER_S):
+# the file would grow by tens of MB a second for as long as the load lasts. Past this many frames
+# (about 64 MiB of 4 KiB pages), the writer checkpoints the little that is left between two of its
+# batches (a short pause, once per this much WAL), so its next write starts the WAL over.
+WAL_RESTART_FRAMES = 16_384
 
 # (make the transaction, its caller's future, the caller's loop)
 Item = tuple[TxFn[Any], "asyncio.Future[Any]", asyncio.AbstractEventLoop]
@@ -98,6 +104,7 @@ class SqliteStore(Store):
         self._checkpointer: threading.Thread | None = None
         self._closing = threading.Event()
         self._committed = threading.Event()  # set by the writer: the WAL has frames to checkpoint
+        self._wal_frames = 0  # the WAL's frames at the checkpointer's last pass
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10,
@@ -200,12 +207,14 @@ class SqliteStore(Store):
         finally:
             conn.close()
 
-    @staticmethod
-    def _checkpoint(conn: sqlite3.Connection) -> None:
+    def _checkpoint(self, conn: sqlite3.Connection) -> bool:
+        """A PASSIVE checkpoint; True when it left nothing of the WAL unchecked."""
         try:
-            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            (busy, frames, done), = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
         except sqlite3.Error:
-            pass
+            return False
+        self._wal_frames = frames
+        return not busy and frames == done
 
     # -- the writer thread -----------------------------------------------------------------
     def _write_loop(self) -> None:
@@ -229,6 +238,10 @@ class SqliteStore(Store):
             self._run_batch(conn, batch)
             if not self._committed.is_set():
                 self._committed.set()
+            if self._wal_frames >= WAL_RESTART_FRAMES and not self.memory:
+                # Between two batches: all of the WAL checkpointed, the next BEGIN starts it over.
+                self._checkpoint(conn)
+                self._wal_frames = 0
             if stop:
                 return
 

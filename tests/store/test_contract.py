@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import re
 import sqlite3
@@ -1254,3 +1255,31 @@ async def test_sqlite_checkpoints_soon_after_a_commit(tmp_path: Path) -> None:
             frames, done = wal_backfill(db)
         assert done == frames
         assert await store.get_message("u-test", "m0001") is not None
+
+
+async def test_sqlite_wal_starts_over_under_steady_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Under a load with no pause, each checkpoint trails the writer and the WAL never starts over
+    # by itself: the file grows for as long as the load lasts. Past WAL_RESTART_FRAMES the writer
+    # finishes a checkpoint between two batches, so its next write starts the WAL over.
+    monkeypatch.setattr(sqlite_backend, "WAL_RESTART_FRAMES", 300)
+    db = tmp_path / "wal.db"
+    async with opened(f"sqlite:///{db}") as store:
+        frames: list[int] = []
+        stop = False
+
+        async def watch() -> None:
+            while not stop:
+                frames.append(wal_backfill(db)[0])
+                await asyncio.sleep(0.002)
+
+        async def writer(w: int) -> None:
+            for i in range(200):
+                await store.insert_message(msg(w * 1000 + i))
+
+        watcher = asyncio.create_task(watch())
+        await asyncio.gather(*(writer(w) for w in range(8)))
+        stop = True
+        await watcher
+        restarts = sum(b < a for a, b in itertools.pairwise(frames))
+        assert restarts >= 3, (restarts, max(frames))  # without the writer's checkpoint: 0, ~5 000 frames
+        assert len(await store.find_messages(limit=2000)) == 1600
