@@ -14,6 +14,8 @@ _V1_QUERY = re.compile(
 def iso_from_us(us: int) -> str:
     """With milliseconds, as v1's callback examples show (``2012-11-14T16:13:06.076Z``)."""
     dt = datetime.fromtimestamp(us / 1_000_000, UTC)
+    if dt.year >= 1000:  # ``isoformat`` is the cheaper format; the same text from year 1000 on
+        return dt.isoformat(timespec="milliseconds")[:-6] + "Z"
     return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
 
 

@@ -26,17 +26,19 @@ def message_uri(public_url: str, user_id: str, message_id: str) -> str:
 
 
 def v1_callback_body(
-    rec: MessageRecord, public_url: str, *, delivery: bool = False, state: str | None = None
+    rec: MessageRecord, public_url: str, *, delivery: bool = False, state: str | None = None,
+    time: str | None = None,
 ) -> dict[str, Any]:
+    """``time``: ``rec.time`` when the caller has it already (it costs a date format)."""
     body: dict[str, Any] = {
-        "eventType": rec.event_type,
+        "eventType": "mms" if rec.media else "sms",
         "direction": rec.direction,
         "messageId": rec.id,
-        "messageUri": message_uri(public_url, rec.user_id, rec.id),
+        "messageUri": f"{public_url}/v1/users/{rec.user_id}/messages/{rec.id}",
         "from": rec.from_,
         "to": rec.to,
         "text": rec.text,
-        "time": rec.time,
+        "time": time or rec.time,
         "state": state or rec.state,
         "segmentCount": rec.segment_count,
     }
@@ -57,63 +59,77 @@ def v1_callback_body(
     return body
 
 
-def _outbound_spec(rec: MessageRecord, kind: str, body: dict[str, Any]) -> DeliverySpec:
+def _outbound_specs(rec: MessageRecord, calls: list[tuple[str, dict[str, Any]]]) -> list[DeliverySpec]:
+    """The message's v1 callbacks: what ``DeliverySpec.to`` builds from the message's route
+    (without building the route for each)."""
     assert rec.callback_url is not None
-    route = Route(url=rec.callback_url, fallback_url=rec.fallback_url, method=rec.callback_method,
-                  timeout_ms=rec.callback_timeout or 10000)
-    return DeliverySpec.to(route, event_id=f"evt_{rec.id}_{kind}", order_key=rec.id, user_id=rec.user_id,
-                           body=body)
+    url, fallback, method, timeout = rec.callback_url, rec.fallback_url, rec.callback_method, rec.callback_timeout
+    return [DeliverySpec(event_id=f"evt_{rec.id}_{kind}", order_key=rec.id, user_id=rec.user_id, url=url,
+                         fallback_url=fallback, method=method, timeout_ms=timeout or 10000, format="v1", body=body)
+            for kind, body in calls]
 
 
 def apply_status(
     rec: MessageRecord, event: dict[str, Any] | V2Event, public_url: str
 ) -> tuple[MessageRecord, list[DeliverySpec]]:
     """One v2 status event applied to a stored outbound message. ``event`` is validated here
-    unless the caller already did (ingest validates each event once, at the gateway)."""
+    unless the caller already did (ingest validates each event once, at the gateway).
+
+    The state machine works on plain values; the record is copied once, with its changes (the
+    same result as setting them one by one on a copy)."""
     ev = event if isinstance(event, V2Event) else V2Event.model_validate(event)
     if rec.direction != "out":
         return rec, []
-    new = rec.model_copy()
-    calls: list[tuple[str, dict[str, Any]]] = []
+    changes: dict[str, Any] = {}
+    kinds: list[str] = []  # the callbacks, in order: "sent", "receipt", "error"
+    state: str = rec.state
     receipt = rec.receipt_requested or "none"
 
-    def advance(state: str) -> None:
-        if STATE_RANK[state] > STATE_RANK[new.state]:
-            new.state = state  # type: ignore[assignment]
+    def advance(to: str) -> str:
+        return to if STATE_RANK[to] > STATE_RANK[state] else state
 
     def notify_sent() -> None:
-        if not new.sent_notified and new.state == "sent":
-            new.sent_notified = True
-            calls.append(("sent", v1_callback_body(new, public_url, state="sent")))
+        if not rec.sent_notified and state == "sent":
+            changes["sent_notified"] = True
+            kinds.append("sent")
 
     if ev.type == "message-sending":
-        advance("sending")
+        state = advance("sending")
     elif ev.type == "message-sent":
-        advance("sent")
+        state = advance("sent")
         notify_sent()
     elif ev.type == "message-delivered":
         # Failed wins over a later delivered (group duplicates); a second delivered is a dup.
-        if new.state == "error" or new.delivery_state is not None:
+        if state == "error" or rec.delivery_state is not None:
             return rec, []
-        advance("sent")
-        new.delivery_state = "delivered"
-        new.delivery_code = "0"
-        new.delivery_description = DELIVERED_DESCRIPTION
+        state = advance("sent")
+        changes["delivery_state"] = "delivered"
+        changes["delivery_code"] = "0"
+        changes["delivery_description"] = DELIVERED_DESCRIPTION
         notify_sent()
         if receipt == "all":
-            calls.append(("receipt", v1_callback_body(new, public_url, delivery=True)))
+            kinds.append("receipt")
     elif ev.type == "message-failed":
-        if new.state == "error":
+        if state == "error":
             return rec, []
-        new.state = "error"
-        new.delivery_state = "not-delivered"
-        new.delivery_code, new.delivery_description = map_error_code(ev.errorCode, ev.description)
-        body = v1_callback_body(new, public_url, delivery=receipt in ("all", "error"))
-        calls.append(("error", body))
+        state = "error"
+        changes["delivery_state"] = "not-delivered"
+        changes["delivery_code"], changes["delivery_description"] = map_error_code(ev.errorCode, ev.description)
+        kinds.append("error")
     else:
         return rec, []
-    specs = [_outbound_spec(new, kind, body) for kind, body in calls] if rec.callback_url else []
-    return new, specs
+    if state != rec.state:
+        changes["state"] = state
+    new = rec.model_copy(update=changes)
+    if not rec.callback_url or not kinds:
+        return new, []
+    # Only the state and the delivery fields change here, so every body is built from the final
+    # record: the "sent" one names its state and carries no delivery fields.
+    time = new.time
+    calls = [(kind, v1_callback_body(new, public_url, time=time, state="sent" if kind == "sent" else None,
+                                     delivery=kind == "receipt" or (kind == "error" and receipt in ("all", "error"))))
+             for kind in kinds]
+    return new, _outbound_specs(new, calls)
 
 
 def inbound_id(ev: V2Event) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -116,8 +117,10 @@ class DeliveryFilter:
         return all(v is None for k, v in vars(self).items() if k != "max_id")
 
 
+@functools.lru_cache(maxsize=4096)
 def host_key(url: str) -> str:
-    """What per-host fairness counts by: ``host:port`` of a callback URL."""
+    """What per-host fairness counts by: ``host:port`` of a callback URL. Pure: cached (a
+    message's callbacks, and a user's, repeat their URL)."""
     try:
         u = URL(url)
         return f"{u.host}:{u.port}"
