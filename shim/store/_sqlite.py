@@ -195,8 +195,11 @@ class SqliteStore(Store):
         before it copies pages into the database."""
         conn = self._connect()
         try:
-            while True:
-                self._committed.wait()
+            while not self._closing.is_set():
+                # A timeout, not an endless wait: close() may set _committed just before the
+                # clear() below swallows it; then this wait ends within a second anyway.
+                if not self._committed.wait(1.0):
+                    continue
                 if self._closing.wait(CHECKPOINT_AFTER_S):
                     break
                 self._committed.clear()  # commits from here on are for the next checkpoint

@@ -9,6 +9,7 @@ import re
 import sqlite3
 import sys
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -1283,3 +1284,26 @@ async def test_sqlite_wal_starts_over_under_steady_load(tmp_path: Path, monkeypa
         restarts = sum(b < a for a, b in itertools.pairwise(frames))
         assert restarts >= 3, (restarts, max(frames))  # without the writer's checkpoint: 0, ~5 000 frames
         assert len(await store.find_messages(limit=2000)) == 1600
+
+
+async def test_sqlite_closes_although_the_checkpointer_swallowed_its_wake_up(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    # close() sets _closing and wakes the checkpointer through _committed; landing just before the
+    # checkpointer's clear() of _committed, that wake-up was swallowed and close() waited forever
+    # (seen as a hung suite). Here close() lands exactly there, every time (before the fix this
+    # test hangs: close() never returns, nor does the loop's executor).
+    monkeypatch.setattr(sqlite_backend, "CHECKPOINT_AFTER_S", 0)
+    store: Any = open_store(f"sqlite:///{tmp_path}/close.db", GW)
+
+    class CloseLandsBeforeClear(threading.Event):
+        def clear(self) -> None:
+            # The checkpointer is about to clear: let close() set _closing and wake it first.
+            deadline = time.monotonic() + 5
+            while not (store._closing.is_set() and self.is_set()) and time.monotonic() < deadline:
+                time.sleep(0.001)
+            super().clear()
+
+    store._committed = CloseLandsBeforeClear()
+    await store.open()
+    await store.insert_message(msg(1))
+    await asyncio.wait_for(store.close(), 5)
