@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,21 +28,15 @@ import aiohttp
 import yaml
 from aiohttp import web
 
-ROOT = Path(__file__).resolve().parent.parent
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+from run import SEND_AUTH, SEND_PATH, USER, free_port, wait_http  # noqa: E402  (bench/run.py, beside this script)
+
+from shim.basic_auth import basic_header as basic  # noqa: E402
+
 ADMIN = ("admin", "bench-admin-password")
-USER = {"user_id": "u-bench", "api_token": "t-bench", "api_secret": "s-bench-secret", "account_id": "1",
-        "application_id": "app-bench", "v2_username": "v2", "v2_password": "v2pw"}
 ATTEMPTS = 20
-
-
-def basic(user: str, password: str) -> str:
-    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def receiver() -> tuple[web.AppRunner, str, list[int]]:
@@ -81,18 +73,10 @@ async def prepare(tmp: Path) -> tuple[subprocess.Popen[bytes], str, str, web.App
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(tmp / "shim.log", "wb"))
     base = f"http://127.0.0.1:{port}"
     admin = {"Authorization": basic(*ADMIN)}
+    await wait_http(f"{base}/healthz", proc, tmp / "shim.log")
     async with aiohttp.ClientSession() as s:
-        for _ in range(200):
-            try:
-                async with s.get(f"{base}/healthz") as r:
-                    if r.status == 200:
-                        break
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.05)
         body = {"from": "+15551230001", "to": "+15551230002", "text": "console bench", "callbackUrl": f"{rurl}/cb"}
-        async with s.post(f"{base}/v1/users/u-bench/messages", json=body,
-                          headers={"Authorization": basic("t-bench", "s-bench-secret")}) as r:
+        async with s.post(f"{base}{SEND_PATH}", json=body, headers={"Authorization": SEND_AUTH}) as r:
             assert r.status == 201, await r.text()
             mid = r.headers["Location"].rsplit("/", 1)[1]
         deadline = time.monotonic() + 60

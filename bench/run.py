@@ -34,7 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -354,7 +354,6 @@ async def open_loop(session: aiohttp.ClientSession, url: str, rate: float, secon
     latencies in ms, and how many were not 201."""
     lat: list[float] = []
     bad = 0
-    tasks = []
 
     async def one(i: int) -> None:
         nonlocal bad
@@ -364,14 +363,21 @@ async def open_loop(session: aiohttp.ClientSession, url: str, rate: float, secon
             bad += r.status != 201
         lat.append((time.perf_counter() - t0) * 1000)
 
-    start = time.perf_counter()
+    await at_rate(rate, seconds, one)
+    return lat, bad
+
+
+async def at_rate(rate: float, seconds: float, one: Callable[[int], Coroutine[Any, Any, None]]) -> None:
+    """``one(i)`` started ``rate`` times a second for ``seconds``, never waiting for an answer
+    before the next start (an open loop); then every one awaited."""
+    tasks: list[asyncio.Task[None]] = []
+    start = time.monotonic()
     for i in range(int(rate * seconds)):
-        delay = start + i / rate - time.perf_counter()
+        delay = start + i / rate - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
         tasks.append(asyncio.create_task(one(i)))
     await asyncio.gather(*tasks)
-    return lat, bad
 
 
 # -- report ----------------------------------------------------------------------------------------

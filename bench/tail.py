@@ -93,14 +93,7 @@ async def open_loop(session: aiohttp.ClientSession, url: str, rate: float, secon
                 lags.append((t0, late))
 
     lag_task = asyncio.create_task(probe())
-    tasks = []
-    start = time.monotonic()
-    for i in range(int(rate * seconds)):
-        delay = start + i / rate - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(one(i)))
-    await asyncio.gather(*tasks)
+    await run.at_rate(rate, seconds, one)
     done = True
     await lag_task
     return sorted(out), bad, lags

@@ -120,10 +120,10 @@ def _href(message_id: str) -> str:
     return f"{UI}/messages/{quote(message_id, safe='')}"
 
 
-def _order_href(order_key: str) -> tuple[str, str]:
+def _order_link(order_key: str) -> dict[str, str]:
     """An outbox row's message id (a native v2 message's rows are keyed ``native_<id>``) and its link."""
     message_id = order_key.removeprefix("native_")
-    return message_id, _href(message_id)
+    return {"message_id": message_id, "href": _href(message_id)}
 
 
 _NUMBER = re.compile(r"[0-9]{1,18}")  # ASCII only: str.isdigit() takes "²", which int() refuses
@@ -273,12 +273,10 @@ async def deliveries(request: web.Request, main: web.Application) -> web.StreamR
         failing_count=sum(1 for h in hosts if h["state"] != "closed"), hosts=hosts,
         users=[u.user_id for u in main[CONFIG].users],
         dead_hosts=sorted({d.host for d in dead if d.host}),
-        dead=[{"id": d.id, "message_id": _order_href(d.message_id)[0], "href": _order_href(d.message_id)[1],
-               "user": d.user_id or "",
+        dead=[{"id": d.id, **_order_link(d.message_id), "user": d.user_id or "",
                "url": mask_userinfo(d.url), "attempts": d.attempts, "error": scrub(d.last_error or ""),
                "updated": show_time(d.updated_us)} for d in dead],
-        pending=[{"message_id": _order_href(p.message_id)[0], "href": _order_href(p.message_id)[1],
-                  "user": p.user_id or "",
+        pending=[{**_order_link(p.message_id), "user": p.user_id or "",
                   "url": mask_userinfo(p.url), "attempts": p.attempts, "next": show_time(p.next_attempt_us),
                   "leased": p.leased, "error": scrub(p.last_error or ""), "created": show_time(p.created_us)}
                  for p in pending],

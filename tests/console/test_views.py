@@ -76,8 +76,9 @@ def test_usage_chart_of_nothing_is_flat() -> None:
 
 
 def test_links_to_a_message_are_encoded_and_native_rows_point_at_their_message() -> None:
-    from shim.console.web_console import _href, _order_href
+    from shim.console.web_console import _href, _order_link
 
     assert _href("a/b?c#d%") == "/admin/ui/messages/a%2Fb%3Fc%23d%25"
-    assert _order_href("native_m-1") == ("m-1", "/admin/ui/messages/m-1")  # a native v2 message's outbox key
-    assert _order_href("m-2") == ("m-2", "/admin/ui/messages/m-2")
+    # a native v2 message's outbox key
+    assert _order_link("native_m-1") == {"message_id": "m-1", "href": "/admin/ui/messages/m-1"}
+    assert _order_link("m-2") == {"message_id": "m-2", "href": "/admin/ui/messages/m-2"}
