@@ -81,6 +81,9 @@ class ServerConfig(_Model):
     # A connection that has not sent a whole request head this long after it opened (or after
     # its first byte of a new request) is answered 408 and closed: slow clients hold no slot.
     header_timeout_s: float = Field(10, gt=0)
+    # The hot routes (a v1 send, the callback POST) served straight from the connection instead of
+    # through aiohttp's request machinery (``shim.web_fastpath``); off: every request goes aiohttp's way.
+    fast_path: bool = True
 
     @field_validator("public_url")
     @classmethod

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from shim.sandbox import SandboxState
     from shim.store import Store
     from shim.upstream import UpstreamClient
+    from shim.web_fastpath import FastRoutes
 
 # shim
 CONFIG: web.AppKey[Config] = web.AppKey("config")
@@ -34,6 +35,8 @@ USAGE: web.AppKey[UsageTracker] = web.AppKey("usage")
 # On the admin listener's app: the main app whose state it serves.
 MAIN_APP: web.AppKey[web.Application] = web.AppKey("main_app")
 ACCESS_LOG: web.AppKey[AccessLog] = web.AppKey("access_log")
+# The connection fast path's routes (set by ``make_runner`` when ``server.fast_path`` is on).
+FAST_PATH: web.AppKey[FastRoutes] = web.AppKey("fast_path")
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id")
 # The v1 user a request authenticated as (for its access-log line).
 USER_ID: web.RequestKey[str] = web.RequestKey("user_id")

@@ -18,12 +18,13 @@ from shim.clock import Clock, new_request_id, now_us
 from shim.config import Config, UserConfig
 from shim.errors import BodyTooLarge, MethodNotAllowed, NotFound, ShimError
 from shim.facade import Sender, web_account, web_media, web_messages, web_v2
-from shim.facade.web_v1 import add_user_headers, v1_error_response
+from shim.facade.web_v1 import V1Request, add_user_headers, v1_error_response
 from shim.gateway import Gateway, web_ingest
 from shim.keys import (
     ACCESS_LOG,
     CONFIG,
     DELIVERY,
+    FAST_PATH,
     GATEWAY,
     MAIN_APP,
     METRICS,
@@ -41,6 +42,7 @@ from shim.outbox import DeliveryEngine
 from shim.reconcile import Reconciler
 from shim.store import Store, open_store
 from shim.upstream import Transport, UpstreamClient
+from shim.web_fastpath import FastRoutes
 from shim.web_server import V1AppRunner, undecodable_body
 
 log = logging.getLogger("shim.access")
@@ -77,6 +79,15 @@ def request_id(given: str | None) -> str:
 @web.middleware
 async def v1_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Request id, one JSON access-log line, and every error as a v1 body."""
+    route = request.match_info.route.resource
+    return await serve_v1(request, handler, route.canonical if route is not None else None)
+
+
+async def serve_v1(request: V1Request, handler: Callable[[Any], Awaitable[web.StreamResponse]],
+                   route_name: str | None) -> web.StreamResponse:
+    """What every v1 request gets around its handler, on aiohttp's path (``v1_middleware``) and on
+    the connection's fast path (``web_fastpath``) alike: ``route_name`` is the matched route's
+    pattern, None when no route matched."""
     rid = request_id(request.headers.get("X-Request-Id"))
     request[REQUEST_ID] = rid
     started = time.perf_counter()
@@ -99,18 +110,17 @@ async def v1_middleware(request: web.Request, handler: Handler) -> web.StreamRes
     extra = request.get(USER_HEADERS)  # the user's deprecation signals, if configured
     if extra:
         add_user_headers(resp, extra)
-    route = request.match_info.route.resource
-    route_name = route.canonical if route is not None else "unmatched"
     app = request.app
     elapsed = time.perf_counter() - started
     method = request.method if request.method in METHODS else "OTHER"  # labels stay bounded
-    log_route = route_name
+    route = route_name or "unmatched"
+    log_route = route
     usage = app.get(USAGE)
     if usage is not None:
         uid = request.get(USER_ID)
         if uid is not None:
-            usage.endpoint(uid, request.method, route_name)
-        elif route is None and request.path.startswith("/v1/"):
+            usage.endpoint(uid, request.method, route)
+        elif route_name is None and request.path.startswith("/v1/"):
             # A v1 endpoint shim does not serve: counted (by its path shape) for the user whose
             # v1 credentials came with it.
             user = _v1_caller(request, app[CONFIG])
@@ -119,16 +129,16 @@ async def v1_middleware(request: web.Request, handler: Handler) -> web.StreamRes
                 log_route = "unsupported " + usage.unsupported(user.user_id, request.method, request.path)
     metrics = app.get(METRICS)
     if metrics is not None:
-        metrics.count_request(route_name, method, resp.status, elapsed)
+        metrics.count_request(route, method, resp.status, elapsed)
     access = app.get(ACCESS_LOG)
-    quiet = route_name in QUIET_ROUTES
+    quiet = route in QUIET_ROUTES
     if access is not None and access.enabled(debug=quiet):
         access.request(rid, request.method, log_route, resp.status, round(elapsed * 1000, 2),
                        request.get(USER_ID), "debug" if quiet else "info")
     return resp
 
 
-def _v1_caller(request: web.Request, cfg: Config) -> UserConfig | None:
+def _v1_caller(request: V1Request, cfg: Config) -> UserConfig | None:
     """The configured user whose v1 credentials a request carries (their ``api_token`` names them)."""
     given = basic_credentials(request.headers.get("Authorization"))
     if given is None:
@@ -163,7 +173,12 @@ def apply_reload(app: web.Application, new: Config) -> list[str]:
 def make_runner(app: web.Application, cfg: Config, **kwargs: Any) -> web.AppRunner:
     """The one way shim is served (``cli.serve`` and the tests): aiohttp's own errors as v1 JSON
     and the request-head timeout ``server.header_timeout_s``. ``kwargs`` go to ``web.AppRunner``."""
-    return V1AppRunner(app, header_timeout_s=cfg.server.header_timeout_s, **kwargs)
+    fast = None
+    if cfg.server.fast_path and SENDER in app:  # the main app (the admin listener's has no hot route)
+        fast = FastRoutes(app, serve_v1, web_messages.post_messages, cfg.callbacks.path, web_ingest.ingest,
+                          cfg.server.max_body_bytes)
+        app[FAST_PATH] = fast
+    return V1AppRunner(app, header_timeout_s=cfg.server.header_timeout_s, fast=fast, **kwargs)
 
 
 def build_app(

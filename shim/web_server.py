@@ -1,6 +1,7 @@
 """The HTTP connection layer under the app: answers aiohttp's own parser errors (bad framing,
-oversized heads, unknown methods, undecodable bodies) as v1 JSON errors, and closes connections
-whose request head does not arrive within ``server.header_timeout_s``."""
+oversized heads, unknown methods, undecodable bodies) as v1 JSON errors, closes connections
+whose request head does not arrive within ``server.header_timeout_s``, and serves the hot routes
+on the connection's fast path (``web_fastpath``) when ``server.fast_path`` is on."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import logging
 import re
 from typing import Any
 
+import httptools
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMethod, ContentEncodingError, LineTooLong
 from aiohttp.web_protocol import RequestHandler
@@ -16,8 +18,11 @@ from aiohttp.web_request import BaseRequest
 
 from shim.core import v1_json_bytes
 from shim.errors import BodyTooLarge, ShimError, error_body
+from shim.web_fastpath import MAX_HEAD_BYTES, FastRoutes, Message, ShadowParser, fast_request, render
 
 log = logging.getLogger("shim.http")
+# Bytes kept while a fast-path request is being served before the connection stops reading.
+MAX_QUEUED_BYTES = 256 * 1024
 _TOKEN = re.compile(rb"^[!#$%&'*+.^_`|~0-9A-Za-z-]+ ")
 _PRINTABLE = re.compile(r"[^\x20-\x7e]")
 
@@ -85,14 +90,28 @@ def error_response(err: ShimError, remote: str | None = None) -> web.Response:
 
 
 class V1RequestHandler(RequestHandler):
-    """aiohttp's connection handler with v1 JSON errors and a request-head timeout."""
+    """aiohttp's connection handler with v1 JSON errors, a request-head timeout and the fast path."""
 
-    def __init__(self, manager: web.Server, *, header_timeout_s: float = 10.0, **kwargs: Any) -> None:
+    def __init__(self, manager: web.Server, *, header_timeout_s: float = 10.0,
+                 fast: FastRoutes | None = None, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._header_timeout_s = header_timeout_s
         self._head_timer: asyncio.TimerHandle | None = None
         self._head_bytes = 0
         self._first_line = b""
+        # The fast path: the shadow parser (None: this connection is aiohttp's for good), the
+        # bytes of a request being read for it, and bytes that came while one was being served.
+        self._fast = fast
+        self._shadow = ShadowParser(fast) if fast is not None else None
+        self._held: list[bytes] = []
+        self._held_msg: Message | None = None
+        self._queued: list[bytes] = []
+        self._queued_bytes = 0
+        self._fast_busy = False
+        self._fast_paused = False
+        self._fast_task: asyncio.Task[None] | None = None
+        self._aio_messages = 0  # requests the shadow parser saw in the bytes given to aiohttp
+        self._remote: str | None = None
 
     # --- v1 errors ---------------------------------------------------------------------------
     def handle_error(
@@ -113,24 +132,145 @@ class V1RequestHandler(RequestHandler):
     # --- request-head timeout ----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
+        peer = transport.get_extra_info("peername")
+        self._remote = str(peer[0]) if isinstance(peer, list | tuple) and peer else None
         self._arm_head_timer()
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._cancel_head_timer()
         super().connection_lost(exc)
 
-    def data_received(self, data: bytes) -> None:
+    def _to_aiohttp(self, data: bytes) -> None:
         waiting = self._waiter is not None and not self._waiter.done() and not self._messages
         if waiting:
-            if self._head_bytes == 0:
-                self._first_line = data[:64]
-            self._head_bytes += len(data)
-            if self._head_timer is None:
-                self._arm_head_timer()
+            self._head_started(data)
         super().data_received(data)
         if self._messages or (self._waiter is not None and self._waiter.done()):
             self._cancel_head_timer()
             self._head_bytes = 0
+
+    def _head_started(self, data: bytes) -> None:
+        if self._head_bytes == 0:
+            self._first_line = data[:64]
+        self._head_bytes += len(data)
+        if self._head_timer is None:
+            self._arm_head_timer()
+
+    # --- the fast path -----------------------------------------------------------------------
+    def data_received(self, data: bytes) -> None:
+        shadow = self._shadow
+        if shadow is None or self._force_close or self._close:
+            self._to_aiohttp(data)
+            return
+        if self._fast_busy:  # answers go out in order: this waits for the one being served
+            self._queued.append(data)
+            self._queued_bytes += len(data)
+            if self._queued_bytes > MAX_QUEUED_BYTES and not self._fast_paused and self.transport is not None:
+                self._fast_paused = True
+                self.transport.pause_reading()
+            return
+        free = shadow.current is None and self._aiohttp_idle()
+        try:
+            shadow.feed(data)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade):
+            # Not a request the fast path serves, nor any after it: aiohttp's parser decides.
+            self._shadow = None
+            self._give(data)
+            return
+        held = self._held_msg
+        if held is not None:  # the rest of a request being read for the fast path
+            if shadow.started or (held.head_done and held.route is None) or self._head_too_long(held, data):
+                self._give(data)  # another request follows it, or it is not one to serve here
+            elif held.complete:
+                self._serve_fast(held)
+            else:
+                self._hold(held, data)
+            return
+        started = shadow.started
+        msg = started[0] if len(started) == 1 else None
+        if not free or msg is None or (msg.head_done and msg.route is None) or self._head_too_long(msg, data):
+            self._give(data)
+        elif msg.complete:
+            self._serve_fast(msg)
+        else:
+            self._hold(msg, data)
+
+    def _aiohttp_idle(self) -> bool:
+        """aiohttp waits for a request and its parser is between requests (it made a request of
+        every one the shadow parser saw in the bytes it was given)."""
+        waiter = self._waiter
+        return (waiter is not None and not waiter.done() and not self._messages and not self._upgraded
+                and self._payload_parser is None and self._request_count == self._aio_messages)
+
+    def _give(self, data: bytes) -> None:
+        """This request (and the bytes held for it) to aiohttp."""
+        chunks = [*self._held, data]
+        held = self._held_msg
+        self._aio_messages += len(self._shadow.started if self._shadow is not None else ()) + (held is not None)
+        self._held, self._held_msg = [], None
+        for chunk in chunks:
+            self._to_aiohttp(chunk)
+
+    def _head_too_long(self, msg: Message, data: bytes) -> bool:
+        return not msg.head_done and sum(map(len, self._held)) + len(data) > MAX_HEAD_BYTES
+
+    def _hold(self, msg: Message, data: bytes) -> None:
+        self._held.append(data)
+        self._held_msg = msg
+        if msg.head_done:
+            self._cancel_head_timer()
+            self._head_bytes = 0
+        else:
+            self._head_started(data)
+
+    def _serve_fast(self, msg: Message) -> None:
+        assert self._fast is not None and msg.route is not None
+        self._held, self._held_msg = [], None
+        self._cancel_head_timer()
+        self._head_bytes = 0
+        self._fast_busy = True
+        self._request_in_progress = True  # a graceful shutdown waits for it, as for aiohttp's
+        self._fast_task = self._loop.create_task(self._run_fast(self._fast, msg))
+
+    async def _run_fast(self, fast: FastRoutes, msg: Message) -> None:
+        assert msg.route is not None
+        keep_alive = msg.keep_alive
+        try:
+            resp = await fast.serve(fast_request(fast, msg, self._remote), msg.route[0].handler, msg.route[0].name)
+            out = render(resp, msg.version, keep_alive)
+        except Exception:
+            log.exception("fast path failed")
+            keep_alive = False
+            out = render(error_response(ShimError("An internal error occurred"), self._remote), msg.version, False)
+        if self.transport is not None:
+            self.transport.write(out)
+        self._request_in_progress = False
+        if self._handler_waiter is not None:
+            self._handler_waiter.set_result(None)
+        self._fast_busy, self._fast_task = False, None
+        if not keep_alive or self._force_close or self._close:
+            self.force_close()  # the transport sends what it was given before it closes
+            return
+        self._keepalive = True
+        close_at = self._next_keepalive_close_time = self._loop.time() + self._keepalive_timeout
+        handle = self._keepalive_handle
+        if handle is None or (isinstance(handle, asyncio.TimerHandle) and handle.when() > close_at):
+            if handle is not None:
+                handle.cancel()
+            self._keepalive_handle = self._loop.call_at(close_at, self._process_keepalive)
+        if self._fast_paused:
+            self._fast_paused = False
+            if self.transport is not None:
+                self.transport.resume_reading()
+        queued, self._queued, self._queued_bytes = self._queued, [], 0
+        for chunk in queued:
+            self.data_received(chunk)
+
+    def _process_keepalive(self) -> None:
+        if self._fast_busy or self._held_msg is not None:  # a request is being read or served
+            self._keepalive_handle = None
+            return
+        super()._process_keepalive()
 
     def _arm_head_timer(self) -> None:
         self._cancel_head_timer()
@@ -160,25 +300,30 @@ class V1RequestHandler(RequestHandler):
 
 
 class V1Server(web.Server):
-    def __init__(self, *args: Any, header_timeout_s: float = 10.0, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, header_timeout_s: float = 10.0, fast: FastRoutes | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.header_timeout_s = header_timeout_s
+        self.fast = fast
 
     def __call__(self) -> RequestHandler:
-        return V1RequestHandler(self, loop=self._loop, header_timeout_s=self.header_timeout_s, **self._kwargs)
+        return V1RequestHandler(self, loop=self._loop, header_timeout_s=self.header_timeout_s, fast=self.fast,
+                                **self._kwargs)
 
 
 class V1AppRunner(web.AppRunner):
     """``web.AppRunner`` whose connections use ``V1RequestHandler``."""
 
-    def __init__(self, app: web.Application, *, header_timeout_s: float = 10.0, **kwargs: Any) -> None:
+    def __init__(self, app: web.Application, *, header_timeout_s: float = 10.0, fast: FastRoutes | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(app, **kwargs)
         self.header_timeout_s = header_timeout_s
+        self.fast = fast
 
     async def _make_server(self) -> web.Server:
         base = await super()._make_server()
         return V1Server(
             base.request_handler, request_factory=base.request_factory,
             handler_cancellation=base.handler_cancellation, loop=base._loop,
-            header_timeout_s=self.header_timeout_s, **base._kwargs,
+            header_timeout_s=self.header_timeout_s, fast=self.fast, **base._kwargs,
         )

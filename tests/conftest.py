@@ -178,6 +178,7 @@ class Harness:
     # Most v2 sends the sandbox saw in flight at once.
     v2_in_flight: dict[str, int] = field(default_factory=lambda: {"now": 0, "max": 0})
     auth: dict[str, str] = field(default_factory=lambda: auth(USER["api_token"], USER["api_secret"]))
+    server: ShimTestServer | None = None  # shim's own server (its runner, its connections)
 
     @property
     def messages_url(self) -> str:
@@ -291,7 +292,8 @@ async def make_harness(tmp_path: Path) -> AsyncIterator[HarnessFactory]:
         servers.append(server)
         session = aiohttp.ClientSession()
         sessions.append(session)
-        return Harness(f"http://127.0.0.1:{port}", cfg, app, sapp, receiver, session, v2_requests, v2_headers, in_flight)
+        return Harness(f"http://127.0.0.1:{port}", cfg, app, sapp, receiver, session, v2_requests, v2_headers, in_flight,
+                       server=server)
 
     yield factory
     for s in sessions:

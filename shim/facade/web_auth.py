@@ -3,15 +3,15 @@ Once authenticated, the user's deprecation headers (if configured) go on every r
 
 from __future__ import annotations
 
-from aiohttp import web
-
 from shim.basic_auth import basic_credentials, check_pair
 from shim.config import Config, UserConfig
 from shim.errors import AccessDenied
 from shim.keys import USER_HEADERS, USER_ID
 
+from .web_v1 import V1Request
 
-def authenticate(request: web.Request, cfg: Config) -> UserConfig:
+
+def authenticate(request: V1Request, cfg: Config) -> UserConfig:
     user = cfg.user(request.match_info.get("userId", ""))
     given = basic_credentials(request.headers.get("Authorization"))
     if user is None:

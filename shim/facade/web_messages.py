@@ -13,17 +13,17 @@ from shim.keys import CONFIG, REQUEST_ID, SENDER, STORE, USAGE
 
 from ._send import batch_item_error, message_path
 from .web_auth import authenticate
-from .web_v1 import json_response, read_json
+from .web_v1 import V1Request, json_response, read_json
 
 log = logging.getLogger("shim.messages")
 
 
-async def post_messages(request: web.Request) -> web.StreamResponse:
+async def post_messages(request: V1Request) -> web.StreamResponse:
     user = authenticate(request, request.app[CONFIG])
     data = await read_json(request)
     sender = request.app[SENDER]
     if isinstance(data, dict):
-        location = await sender.send(user, data, request.get(REQUEST_ID, ""))
+        location = await sender.send(user, data, (request.get(REQUEST_ID) or ""))
         return web.Response(status=201, headers={"Location": location})
     if not isinstance(data, list):
         raise BadRequest(
@@ -32,7 +32,7 @@ async def post_messages(request: web.Request) -> web.StreamResponse:
     if not data:
         raise BadRequest("The request body is an empty array; send 1 to 50 messages")
     request.app[USAGE].hit(user.user_id, "v1:batch")
-    results = await sender.send_batch(user, data, request.get(REQUEST_ID, ""))
+    results = await sender.send_batch(user, data, (request.get(REQUEST_ID) or ""))
     # Once any item was sent the answer is the 202 with per-item results, whatever happens here.
     try:
         return json_response(results, status=202)

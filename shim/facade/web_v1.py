@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 import orjson
 from aiohttp import web
@@ -13,6 +14,28 @@ from shim.core import v1_json_bytes
 from shim.errors import BadRequest, ShimError, error_body
 
 BODY_ENCODINGS = ("", "identity", "gzip", "deflate")
+
+
+class V1Request(Protocol):
+    """What shim's v1 handlers use of a request. aiohttp's ``web.Request`` is one; so is the
+    connection fast path's ``web_fastpath.FastRequest``, which serves the hot routes without
+    aiohttp's per-request machinery."""
+
+    @property
+    def app(self) -> web.Application: ...
+    @property
+    def method(self) -> str: ...
+    @property
+    def path(self) -> str: ...
+    @property
+    def remote(self) -> str | None: ...
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+    @property
+    def match_info(self) -> Mapping[str, str]: ...
+    def get(self, key: str | web.RequestKey[Any], /) -> Any: ...
+    def __setitem__(self, key: str | web.RequestKey[Any], value: Any, /) -> None: ...
+    async def read(self) -> bytes: ...
 _LONG_NUMBER = re.compile(rb"[0-9]{19}")
 
 
@@ -33,7 +56,7 @@ def add_user_headers(resp: web.StreamResponse, extra: tuple[tuple[str, str], ...
             resp.headers.add(name, value)
 
 
-def request_details(request: web.Request) -> dict[str, str]:
+def request_details(request: V1Request) -> dict[str, str]:
     return {
         "requestMethod": request.method,
         "remoteAddress": request.remote or "",
@@ -41,12 +64,12 @@ def request_details(request: web.Request) -> dict[str, str]:
     }
 
 
-def v1_error_response(request: web.Request, err: ShimError) -> web.Response:
+def v1_error_response(request: V1Request, err: ShimError) -> web.Response:
     headers = {"WWW-Authenticate": 'Basic realm="shim"'} if err.status == 401 else None
     return json_response(error_body(err, request_details(request)), err.status, headers)
 
 
-async def read_json(request: web.Request) -> Any:
+async def read_json(request: V1Request) -> Any:
     """The body as JSON, or the v1 ``bad-request`` saying exactly what is wrong."""
     encoding = request.headers.get("Content-Encoding", "").strip().lower()
     if encoding not in BODY_ENCODINGS:

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from shim.basic_auth import basic_credentials, check_pair
 from shim.errors import AccessDenied, BadRequest, StoreUnavailable
-from shim.facade.web_v1 import read_json
+from shim.facade.web_v1 import V1Request, read_json
 from shim.gateway._routing import Gateway
 from shim.keys import CONFIG, DELIVERY, GATEWAY, METRICS, REQUEST_ID, STORE
 from shim.store import IncomingEvent
@@ -41,7 +41,7 @@ def excerpt(value: Any, limit: int) -> str:
     return text if len(text) <= limit else text[:limit] + "...(truncated)"
 
 
-async def ingest(request: web.Request) -> web.StreamResponse:
+async def ingest(request: V1Request) -> web.StreamResponse:
     cfg = request.app[CONFIG].callbacks
     if cfg.username is not None:
         password = cfg.password.get_secret_value() if cfg.password else ""

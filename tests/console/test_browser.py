@@ -109,7 +109,8 @@ async def test_search_by_number_with_the_keyboard_then_a_timeline_of_20_attempts
     mid = await h.send(to="+15557770020", text="<b>hello</b> & bye", tag="<script>x</script>",
                        callbackUrl=f"{h.receiver.url.replace('http://', 'http://hook:hook-pw-999@')}/flaky")
     await h.send(to="+15557770021")
-    await wait_until(outbox_is(h.app[STORE], pending=0, delivered=1))
+    # 19 retries, each picked up at the delivery engine's next poll (every 0.5 s): ~9.5 s.
+    await wait_until(outbox_is(h.app[STORE], pending=0, delivered=1), timeout=30)
 
     await b.open("/admin/")
     focused = await b.js("return document.activeElement.id")
