@@ -236,18 +236,22 @@ class V1RequestHandler(RequestHandler):
         assert msg.route is not None
         keep_alive = msg.keep_alive
         try:
-            resp = await fast.serve(fast_request(fast, msg, self._remote), msg.route[0].handler, msg.route[0].name)
-            out = render(resp, msg.version, keep_alive)
-        except Exception:
-            log.exception("fast path failed")
-            keep_alive = False
-            out = render(error_response(ShimError("An internal error occurred"), self._remote), msg.version, False)
-        if self.transport is not None:
-            self.transport.write(out)
-        self._request_in_progress = False
-        if self._handler_waiter is not None:
-            self._handler_waiter.set_result(None)
-        self._fast_busy, self._fast_task = False, None
+            try:
+                resp = await fast.serve(fast_request(fast, msg, self._remote), msg.route[0].handler,
+                                        msg.route[0].name)
+                out = render(resp, msg.version, keep_alive)
+            except Exception:
+                log.exception("fast path failed")
+                keep_alive = False
+                out = render(error_response(ShimError("An internal error occurred"), self._remote), msg.version,
+                             False)
+            if self.transport is not None:
+                self.transport.write(out)
+        finally:
+            self._request_in_progress = False
+            if self._handler_waiter is not None and not self._handler_waiter.done():
+                self._handler_waiter.set_result(None)
+            self._fast_busy, self._fast_task = False, None
         if not keep_alive or self._force_close or self._close:
             self.force_close()  # the transport sends what it was given before it closes
             return

@@ -285,3 +285,24 @@ async def test_a_client_gone_mid_send_leaves_the_send_recorded(make_harness: Any
     await wait_until(bound)
     (reply,), _ = await exchange(h, [post()], 1)  # and the server still serves
     assert reply.status == 201
+
+
+async def test_a_failure_outside_the_handler_is_a_v1_500_and_a_closed_connection(
+        harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shim.web_server
+
+    real = shim.web_server.render
+
+    def broken(resp: Any, version: str, keep_alive: bool) -> bytes:
+        if resp.status == 201:
+            raise RuntimeError("cannot write this answer")
+        return real(resp, version, keep_alive)
+
+    monkeypatch.setattr(shim.web_server, "render", broken)
+    (reply,), closed = await exchange(harness, [post()], 1)
+    assert reply.status == 500 and closed
+    assert reply.header("Content-Type") == "application/json" and reply.header("Connection") == "close"
+    assert json.loads(reply.body)["message"] == "An internal error occurred"
+    monkeypatch.setattr(shim.web_server, "render", real)
+    (reply,), _ = await exchange(harness, [post()], 1)  # still serving
+    assert reply.status == 201
