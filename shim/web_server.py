@@ -196,11 +196,12 @@ class V1RequestHandler(RequestHandler):
             self._hold(msg, data)
 
     def _aiohttp_idle(self) -> bool:
-        """aiohttp waits for a request and its parser is between requests (it made a request of
-        every one the shadow parser saw in the bytes it was given)."""
+        """aiohttp waits for a request (or was never given one: its loop may not have started yet
+        on a new connection) and its parser is between requests (it made a request of every one
+        the shadow parser saw in the bytes it was given)."""
         waiter = self._waiter
-        return (waiter is not None and not waiter.done() and not self._messages and not self._upgraded
-                and self._payload_parser is None and self._request_count == self._aio_messages)
+        return ((self._request_count == 0 or (waiter is not None and not waiter.done())) and not self._messages
+                and not self._upgraded and self._payload_parser is None and self._request_count == self._aio_messages)
 
     def _give(self, data: bytes) -> None:
         """This request (and the bytes held for it) to aiohttp."""
