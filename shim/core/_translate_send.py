@@ -125,41 +125,45 @@ def _v2_body(user: UserConfig, to: str, from_: str, text: str | None, media: lis
 def record_from_send(req: SendRequest, user: UserConfig, send_key: str, received_us: int) -> MessageRecord:
     """The send's record as written *before* v2 is called (its intent), under ``pending_id``. Built
     from a validated ``SendRequest`` and the config: not validated again (the send's hot path)."""
-    return MessageRecord.model_construct(
-        id=pending_id(send_key),
-        user_id=user.user_id,
-        direction="out",
-        from_=req.from_,
-        to=req.to,
-        text=req.text or "",
-        media=list(req.media),
-        state="queued",
-        time_us=received_us,
-        application_id=user.application_id,
-        callback_url=req.callback_url,
-        callback_method=req.callback_method,
-        callback_timeout=req.callback_timeout,
-        fallback_url=req.fallback_url,
-        tag=req.tag,
-        receipt_requested=req.receipt_requested,
-        segment_count=1,
-        delivery_state=None,
-        delivery_code=None,
-        delivery_description=None,
-        sent_notified=False,
-        send_key=send_key,
-        seq=None,
-    )
+    return MessageRecord.built({
+        "id": pending_id(send_key),
+        "user_id": user.user_id,
+        "direction": "out",
+        "from_": req.from_,
+        "to": req.to,
+        "text": req.text or "",
+        "media": list(req.media),
+        "state": "queued",
+        "time_us": received_us,
+        "segment_count": 1,
+        "application_id": user.application_id,
+        "callback_url": req.callback_url,
+        "callback_method": req.callback_method,
+        "callback_timeout": req.callback_timeout,
+        "fallback_url": req.fallback_url,
+        "tag": req.tag,
+        "receipt_requested": req.receipt_requested,
+        "delivery_state": None,
+        "delivery_code": None,
+        "delivery_description": None,
+        "sent_notified": False,
+        "send_key": send_key,
+        "native": False,
+        "dry_run": False,
+        "seq": None,
+    })
 
 
 def bind_v2(rec: MessageRecord, v2_id: str, v2_time: str | None = None, segment_count: int | None = None) -> MessageRecord:
     """The intent bound to its v2 message: v2's id (the v1 id too), v2's time when it gave one."""
     time_us = parse_time_us(v2_time) if v2_time else None
-    return rec.model_copy(update={
-        "id": v2_id,
-        "time_us": rec.time_us if time_us is None else time_us,
-        "segment_count": rec.segment_count if segment_count is None else segment_count,
-    })
+    values = dict(rec.__dict__)  # what ``model_copy(update=...)`` does, without its generic work
+    values["id"] = v2_id
+    if time_us is not None:
+        values["time_us"] = time_us
+    if segment_count is not None:
+        values["segment_count"] = segment_count
+    return MessageRecord.built(values, rec.__pydantic_fields_set__ | {"id", "time_us", "segment_count"})
 
 
 def v2_error_to_v1(status: int, body: Any, *, media_name: str | None = None) -> ShimError:

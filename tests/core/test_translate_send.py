@@ -125,6 +125,21 @@ def test_records_built_without_validation_equal_validated_ones(item: dict[str, A
     intent = record_from_send(req, U, KEY, 1_700_000_000_000_000)
     assert MessageRecord.model_validate(intent.model_dump()) == intent
     assert MessageRecord.model_validate_json(intent.model_dump_json()).model_dump() == intent.model_dump()
+    # ...and what ``model_construct`` built before: the same values, in declaration order (the
+    # stored document is written from ``__dict__``), the same fields set.
+    constructed = MessageRecord.model_construct(**intent.model_dump())
+    assert list(intent.__dict__.items()) == list(constructed.__dict__.items())
+    assert intent.model_fields_set == constructed.model_fields_set
+    assert intent.__pydantic_extra__ is None and intent.__pydantic_private__ is None
+    for v2_time, segments in ((None, None), ("2021-07-21T21:00:45.179Z", 3)):
+        bound = bind_v2(intent, "m-bound", v2_time, segments)
+        update: dict[str, Any] = {"id": "m-bound"}
+        if v2_time is not None:
+            update |= {"time_us": 1626901245179000, "segment_count": 3}
+        copied = intent.model_copy(update=update)
+        assert list(bound.__dict__.items()) == list(copied.__dict__.items())
+        assert bound.model_fields_set == copied.model_fields_set | {"id", "time_us", "segment_count"}
+        assert bound.__dict__ is not intent.__dict__ and intent.id != "m-bound"
 
 
 @pytest.mark.parametrize(
