@@ -64,8 +64,7 @@ class Reply:
 async def exchange(h: Harness, chunks: list[bytes], replies: int, timeout: float = 5) -> tuple[list[Reply], bool]:
     """Write ``chunks`` one after the other on one connection; read ``replies`` responses, then
     whether the server closed the connection (waits at most a short while for that)."""
-    host, port = h.url.removeprefix("http://").split(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
+    reader, writer = await connect(h)
     try:
         for chunk in chunks:
             writer.write(chunk)
@@ -93,6 +92,24 @@ def fast(h: Harness) -> FastRoutes:
 def sends_served(h: Harness) -> int:
     """v1 sends the fast path served (the sandbox's own callbacks to shim are served there too)."""
     return fast(h).served["/v1/users/{userId}/messages"]
+
+
+async def connect(h: Harness) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    host, port = h.url.removeprefix("http://").split(":")
+    return await asyncio.open_connection(host, int(port))
+
+
+async def send_held_at_v2(h: Harness) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection whose send is in flight: v2 (the sandbox, ``upstream_delay_s``) holds it."""
+    reader, writer = await connect(h)
+    writer.write(post())
+    await wait_until(lambda: h.v2_in_flight["now"] == 1)
+    return reader, writer
+
+
+async def bound_messages(h: Harness) -> int:
+    rows = await h.app[STORE].query("SELECT count(*) FROM messages WHERE bound = 1")
+    return int(next(iter(rows))[0])
 
 
 # Requests the fast path serves; each must be answered exactly as aiohttp's path answers it.
@@ -173,8 +190,7 @@ async def test_other_requests_go_aiohttps_way(harness: Harness, raw: bytes, stat
 async def test_expect_continue_goes_aiohttps_way(harness: Harness) -> None:
     raw = post(headers=b"Expect: 100-continue\r\n")
     head, body = raw[: -len(SEND)], raw[-len(SEND):]
-    host, port = harness.url.removeprefix("http://").split(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
+    reader, writer = await connect(harness)
     writer.write(head)
     assert await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5) == b"HTTP/1.1 100 Continue\r\n\r\n"
     writer.write(body)
@@ -185,8 +201,7 @@ async def test_expect_continue_goes_aiohttps_way(harness: Harness) -> None:
 
 async def test_keep_alive_pipelining_and_order(harness: Harness) -> None:
     get = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
-    host, port = harness.url.removeprefix("http://").split(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
+    reader, writer = await connect(harness)
     # One request at a time on one kept-alive connection: sends fast, the rest aiohttp's way.
     statuses = []
     for raw in (post(), get, post(), post(), get, post()):
@@ -207,10 +222,7 @@ async def test_keep_alive_pipelining_and_order(harness: Harness) -> None:
 
 async def test_a_request_that_follows_a_fast_one_waits_for_its_answer(make_harness: Any) -> None:
     h = await make_harness(upstream_delay_s=0.5)
-    host, port = h.url.removeprefix("http://").split(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
-    writer.write(post())
-    await wait_until(lambda: h.v2_in_flight["now"] == 1)  # the send is held at v2
+    reader, writer = await send_held_at_v2(h)
     writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" + post())
     first = await asyncio.wait_for(reader.readuntil(b"\r\n"), 5)
     assert first.startswith(b"HTTP/1.1 201"), first
@@ -236,8 +248,7 @@ def connections(h: Harness) -> list[Any]:
 
 async def test_an_idle_kept_alive_connection_is_closed(harness: Harness) -> None:
     """aiohttp's keep-alive timeout applies after a fast answer too (else idle sockets pile up)."""
-    host, port = harness.url.removeprefix("http://").split(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
+    reader, writer = await connect(harness)
     await wait_until(lambda: len(connections(harness)) == 1)
     (conn,) = connections(harness)
     conn._keepalive_timeout = 0.2  # this connection's, as if configured so
@@ -251,10 +262,7 @@ async def test_an_idle_kept_alive_connection_is_closed(harness: Harness) -> None
 
 async def test_shutdown_waits_for_a_fast_request_in_flight(make_harness: Any) -> None:
     h = await make_harness(upstream_delay_s=0.5)
-    host, port = h.url.removeprefix("http://").split(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
-    writer.write(post())
-    await wait_until(lambda: h.v2_in_flight["now"] == 1)
+    reader, writer = await send_held_at_v2(h)
     # What a graceful stop does to the connections (``AppRunner.cleanup``), the store kept open.
     assert h.server is not None and h.server.runner is not None and h.server.runner.server is not None
     server = h.server.runner.server
@@ -265,22 +273,16 @@ async def test_shutdown_waits_for_a_fast_request_in_flight(make_harness: Any) ->
     assert await asyncio.wait_for(reader.read(), 5) == b""  # then closed
     await closing
     writer.close()
-    rows = await h.app[STORE].query("SELECT count(*) FROM messages WHERE bound = 1")
-    assert next(iter(rows))[0] == 1
+    assert await bound_messages(h) == 1
 
 
 async def test_a_client_gone_mid_send_leaves_the_send_recorded(make_harness: Any) -> None:
     h = await make_harness(upstream_delay_s=0.3)
-    host, port = h.url.removeprefix("http://").split(":")
-    _, writer = await asyncio.open_connection(host, int(port))
-    writer.write(post())
-    await wait_until(lambda: h.v2_in_flight["now"] == 1)
+    _, writer = await send_held_at_v2(h)
     writer.close()
-    await wait_until(lambda: h.v2_in_flight["now"] == 0)
 
     async def bound() -> bool:
-        rows = await h.app[STORE].query("SELECT count(*) FROM messages WHERE bound = 1")
-        return bool(next(iter(rows))[0] == 1)
+        return await bound_messages(h) == 1
 
     await wait_until(bound)
     (reply,), _ = await exchange(h, [post()], 1)  # and the server still serves
