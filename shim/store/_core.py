@@ -21,6 +21,8 @@ P = ParamSpec("P")
 class StoreCore(abc.ABC):
     # Appended to row-locking selects where the backend supports it.
     skip_locked = ""
+    # Statements returning the row they change run as two (``_ops.returning``) where that is cheaper.
+    split_returning = False
 
     def __init__(self, rules: EventRules, clock: Clock = now_us) -> None:
         self.rules = rules

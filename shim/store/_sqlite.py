@@ -84,6 +84,7 @@ def run(conn: sqlite3.Connection, op: Op) -> Any:
 
 class SqliteStore(Store):
     column_types: ClassVar[Mapping[str, str]] = {"serial": "INTEGER PRIMARY KEY AUTOINCREMENT", "bigint": "INTEGER"}
+    split_returning = True
 
     def __init__(self, url: str, rules: EventRules, clock: Clock = now_us, max_queued: int = MAX_QUEUED) -> None:
         super().__init__(rules, clock)
