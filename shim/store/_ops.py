@@ -14,14 +14,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, NamedTuple, TypeVar
 
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class Op:
-    """One SQL statement (``?`` placeholders) and what the transaction wants back."""
+class Op(NamedTuple):
+    """One SQL statement (``?`` placeholders) and what the transaction wants back. (A named tuple,
+    not a frozen dataclass: made for every statement, it costs half as much.)"""
 
     kind: Literal["exec", "one", "all", "lock"]
     sql: str

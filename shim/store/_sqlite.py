@@ -18,7 +18,7 @@ import asyncio
 import queue
 import sqlite3
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -26,7 +26,7 @@ from typing import Any, ClassVar, TypeVar
 from shim.clock import Clock, now_us
 
 from ._base import Store
-from ._ops import Exec, Op, Tx, TxFn, step
+from ._ops import Exec, Op, Tx, TxFn
 from ._types import EventRules
 
 T = TypeVar("T")
@@ -61,11 +61,15 @@ def sqlite_path(url: str) -> str:
 
 
 def drive(conn: sqlite3.Connection, tx: Tx[T]) -> T:
-    """Run a sans-io transaction generator to completion on a sqlite3 connection."""
-    out = step(tx)
-    while isinstance(out, Op):
-        out = step(tx, run(conn, out))
-    return out.value
+    """Run a sans-io transaction generator to completion on a sqlite3 connection (``_ops.step``'s
+    loop, written out: no ``Done`` made, one ``try`` per transaction)."""
+    send = tx.send
+    try:
+        op = send(None)
+        while True:
+            op = send(run(conn, op))
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
 
 
 def run(conn: sqlite3.Connection, op: Op) -> Any:
@@ -160,6 +164,13 @@ class SqliteStore(Store):
         if self._write_conn is not None:
             self._write_conn.close()
             self._write_conn = None
+
+    # One writer: nothing to serialize, so no ``Lock`` to make and step through.
+    def _lock_message(self, message_id: str) -> Iterable[Op]:
+        return ()
+
+    def _lock_messages(self, message_ids: Sequence[str]) -> Iterable[Op]:
+        return ()
 
     async def take_back_orphaned_leases(self) -> None:
         # Single-process: leases left by a crashed run are ours to take back.
