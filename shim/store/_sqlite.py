@@ -72,10 +72,33 @@ def drive(conn: sqlite3.Connection, tx: Tx[T]) -> T:
         return stop.value  # type: ignore[no-any-return]
 
 
+# Each statement's text as run here: INSERT and UPDATE ``OR FAIL``. A failing statement fails its
+# whole transaction, always rolled back (the batch, or the transaction's SAVEPOINT when run apart),
+# so undoing just that statement's changes first (``ABORT``, the default) is work for nothing: for
+# it SQLite journals, before a statement that may write several rows, every page it changes that
+# the batch changed already (an outbox insert of an event's callbacks: a dozen indexes' pages).
+_AS_RUN: dict[str, str] = {}
+
+
+def as_run(sql: str) -> str:
+    text = _AS_RUN.get(sql)
+    if text is None:
+        if sql.startswith("INSERT INTO "):
+            text = "INSERT OR FAIL INTO " + sql[12:]
+        elif sql.startswith("UPDATE ") and not sql.startswith("UPDATE OR "):
+            text = "UPDATE OR FAIL " + sql[7:]
+        else:
+            text = sql
+        if len(_AS_RUN) >= CACHED_STATEMENTS * 8:  # texts vary with ``IN (?, …)`` lengths only
+            _AS_RUN.clear()
+        _AS_RUN[sql] = text
+    return text
+
+
 def run(conn: sqlite3.Connection, op: Op) -> Any:
     if op.kind == "lock":  # one writer: nothing to serialize
         return None
-    cur = conn.execute(op.sql, op.args)
+    cur = conn.execute(as_run(op.sql), op.args)
     if op.kind == "exec":
         cur.fetchall()
         return None
