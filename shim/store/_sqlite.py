@@ -26,7 +26,7 @@ from typing import Any, ClassVar, TypeVar
 from shim.clock import Clock, now_us
 
 from ._base import Store
-from ._ops import Exec, Op, Tx, TxFn
+from ._ops import Op, Tx, TxFn
 from ._types import EventRules
 
 T = TypeVar("T")
@@ -76,7 +76,8 @@ def drive(conn: sqlite3.Connection, tx: Tx[T]) -> T:
 # whole transaction, always rolled back (the batch, or the transaction's SAVEPOINT when run apart),
 # so undoing just that statement's changes first (``ABORT``, the default) is work for nothing: for
 # it SQLite journals, before a statement that may write several rows, every page it changes that
-# the batch changed already (an outbox insert of an event's callbacks: a dozen indexes' pages).
+# the batch changed already (an outbox insert of an event's callbacks: a dozen indexes' pages), and
+# past 64 KiB spills that journal to a file in /var/tmp, written a page at a time, once per batch.
 _AS_RUN: dict[str, str] = {}
 
 
@@ -159,13 +160,6 @@ class SqliteStore(Store):
         # Migrations run on the writer like any write: BEGIN IMMEDIATE holds the database's write
         # lock, so another process opening the same file waits (busy_timeout) and finds them done.
         await self.migrate()
-        # Then the writer keeps its temporary files in memory. A statement that may fail halfway
-        # (a unique key, ON CONFLICT) journals each page it changes that the batch changed
-        # before; past 64 KiB (a bind changes a dozen pages of messages' indexes) SQLite spills
-        # that journal to a file in /var/tmp: created, unlinked, written a page at a time, closed,
-        # once per batch. Not for the migrations: an index built over a large table would be
-        # sorted in memory too.
-        await self._write(_tx_temp_in_memory)
 
     async def close(self) -> None:
         self._closing.set()
@@ -340,10 +334,6 @@ class SqliteStore(Store):
                 pass
             outcomes = [(False, e)] * len(batch)
         return outcomes
-
-
-def _tx_temp_in_memory() -> Tx[None]:
-    yield Exec("PRAGMA temp_store = MEMORY")
 
 
 def _settle(settled: list[tuple[asyncio.Future[Any], bool, Any]], slots: asyncio.Semaphore) -> None:
