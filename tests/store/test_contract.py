@@ -849,6 +849,31 @@ async def test_one_failing_transaction_in_a_batch_rolls_back_alone(store: Store)
     assert await store.query("SELECT body FROM rejected_events ORDER BY body") == [(f"b{i}",) for i in range(6)]
 
 
+async def test_a_statement_failing_partway_leaves_none_of_its_rows(store: Store) -> None:
+    # SQLite runs INSERT and UPDATE ``OR FAIL`` (no statement journal): a statement failing at its
+    # second row keeps its first until the transaction rolls back, which a failing one always does.
+    await store.insert_message(msg(1))
+    await store.insert_message(msg(2))
+
+    def failing_insert() -> Tx[None]:
+        yield Exec("INSERT INTO user_modes (user_id, mode, updated_us) VALUES ('u-a', 'live', 1), ('u-b', NULL, 1)")
+
+    def failing_update() -> Tx[None]:
+        yield Exec("UPDATE messages SET id = 'dup' WHERE id IN ('m0001', 'm0002')")
+
+    async with writes_held(store):
+        writes = [asyncio.ensure_future(store.keep_rejected([("r", f"b{i}", None)])) for i in range(4)]
+        writes.insert(1, asyncio.ensure_future(store._write(failing_insert)))
+        writes.insert(3, asyncio.ensure_future(store._write(failing_update)))
+        await asyncio.sleep(0.05)  # all submitted (SQLite: queued behind the held writer)
+    results = await asyncio.gather(*writes, return_exceptions=True)
+    assert isinstance(results[1], Exception) and isinstance(results[3], Exception)
+    assert [r for r in results if r is not None] == [results[1], results[3]]
+    assert await store.query("SELECT user_id FROM user_modes") == []
+    assert await store.query("SELECT id FROM messages ORDER BY id") == [("m0001",), ("m0002",)]
+    assert await store.query("SELECT body FROM rejected_events ORDER BY body") == [(f"b{i}",) for i in range(4)]
+
+
 async def test_concurrent_group_commits_of_two_replicas_never_deadlock(store_url: str) -> None:
     """Two stores on one database, each batching one-event ingests over the same messages in
     opposite orders, and sends: every batch completes (in one order of locks, or again apart)."""
