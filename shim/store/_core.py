@@ -6,12 +6,12 @@ from __future__ import annotations
 import abc
 import functools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import ParamSpec, TypeVar
 
 from shim.clock import Clock, now_us
 
-from ._ops import Lock, Tx, TxFn
+from ._ops import Lock, Op, Tx, TxFn
 from ._types import EventRules
 
 T = TypeVar("T")
@@ -21,6 +21,8 @@ P = ParamSpec("P")
 class StoreCore(abc.ABC):
     # Appended to row-locking selects where the backend supports it.
     skip_locked = ""
+    # Statements returning the row they change run as two (``_ops.returning``) where that is cheaper.
+    split_returning = False
 
     def __init__(self, rules: EventRules, clock: Clock = now_us) -> None:
         self.rules = rules
@@ -56,11 +58,11 @@ class StoreCore(abc.ABC):
         finally:
             self._observe("read", started)
 
-    def _lock_message(self, message_id: str) -> Tx[None]:
+    def _lock_message(self, message_id: str) -> Iterable[Op]:
         """Serialize work on one message id (nothing to do where the backend has one writer)."""
         yield Lock(message_id)
 
-    def _lock_messages(self, message_ids: Sequence[str]) -> Tx[None]:
+    def _lock_messages(self, message_ids: Sequence[str]) -> Iterable[Op]:
         """``_lock_message`` on each id, all at once (in one order: no deadlock between two)."""
         if message_ids:
             yield Lock(*message_ids)

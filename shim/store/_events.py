@@ -11,7 +11,7 @@ from shim.core import MessageRecord, V2Event
 
 from ._core import StoreCore
 from ._messages import bind_row, insert_row, record, update_row
-from ._ops import All, Exec, One, Tx, one_tx
+from ._ops import All, Exec, One, Tx, one_tx, returning
 from ._outbox import enqueue_rows
 from ._types import IncomingEvent
 
@@ -42,7 +42,7 @@ class EventTxs(StoreCore):
         assert rec.send_key is not None
         yield from self._lock_message(rec.id)
         # One statement in the common case: bind, and learn whether any event waits for it.
-        row = yield from bind_row(rec, returning=PENDING)
+        row = yield from bind_row(rec, returning=PENDING, split=self.split_returning)
         if row is None:
             if (yield One("SELECT 1 FROM messages WHERE send_key = ?", rec.send_key)) is not None:
                 return 0  # an event bound it already (and applied itself)
@@ -64,7 +64,7 @@ class EventTxs(StoreCore):
 
     def _tx_insert_message(self, rec: MessageRecord, request_id: str | None) -> Tx[int]:
         yield from self._lock_message(rec.id)
-        row = yield from insert_row(rec, self.clock, returning=PENDING)
+        row = yield from insert_row(rec, self.clock, returning=PENDING, split=self.split_returning)
         if row is not None and not row[1]:
             return 0  # recorded, and no event waits for it
         return (yield from self._apply_pending(rec.id, rec.send_key, request_id))
@@ -117,13 +117,15 @@ class EventTxs(StoreCore):
         for ev in events:
             # Recording the event is also the duplicate check: a known key inserts nothing. A
             # status event reads its message in the same statement.
-            fresh = yield One(
+            fresh = yield from returning(
                 "INSERT INTO events (dedupe_key, message_id, payload, status, received_us, send_key)"
-                " VALUES (?, ?, ?, 'applied', ?, ?) ON CONFLICT (dedupe_key) DO NOTHING RETURNING dedupe_key"
-                + ("" if ev.inbound is not None else
-                   ", (SELECT seq FROM messages WHERE id = ?), (SELECT doc FROM messages WHERE id = ?)"),
-                ev.dedupe_key, ev.message_id, ev.payload_json, self.clock(), ev.send_key,
-                *(() if ev.inbound is not None else (ev.message_id, ev.message_id)), key=ev.dedupe_key,
+                " VALUES (?, ?, ?, 'applied', ?, ?) ON CONFLICT (dedupe_key) DO NOTHING",
+                (ev.dedupe_key, ev.message_id, ev.payload_json, self.clock(), ev.send_key),
+                "dedupe_key", ev.dedupe_key,
+                *(("", ()) if ev.inbound is not None else (
+                    "(SELECT seq FROM messages WHERE id = ?), (SELECT doc FROM messages WHERE id = ?)",
+                    (ev.message_id, ev.message_id))),
+                split=self.split_returning,
             )
             if not fresh:
                 continue

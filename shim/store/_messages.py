@@ -11,7 +11,8 @@ from shim.clock import Clock
 from shim.core import ListQuery, MessageRecord
 
 from ._core import StoreCore
-from ._ops import Exec, One, Tx, all_tx, one_tx
+from ._ops import Exec, Tx, all_tx, one_tx
+from ._ops import returning as _returning
 
 
 def doc(rec: MessageRecord) -> str:
@@ -59,9 +60,11 @@ def record(row: Sequence[Any]) -> MessageRecord:
     return rec
 
 
-def insert_row(rec: MessageRecord, clock: Clock, bound: bool = True, returning: str = "") -> Tx[Any]:
+def insert_row(rec: MessageRecord, clock: Clock, bound: bool = True, returning: str = "",
+               split: bool = False) -> Tx[Any]:
     """``bound=False``: a send's intent, under its pending id until its v2 id is known.
-    ``returning``: the ``PENDING`` test (``_events``), (id, its value) returned (None: not inserted)."""
+    ``returning``: the ``PENDING`` test (``_events``), (id, its value) returned (None: not inserted);
+    ``split``: see ``_ops.returning``."""
     sql = ("INSERT INTO messages (id, user_id, direction, from_number, to_number, state,"
            " delivery_state, time_us, created_us, text_cleared, doc, send_key, bound)"
            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?) ON CONFLICT (id) DO NOTHING")
@@ -70,12 +73,12 @@ def insert_row(rec: MessageRecord, clock: Clock, bound: bool = True, returning: 
     if not returning:
         yield Exec(sql, *args)
         return None
-    return (yield One(f"{sql} RETURNING id, {returning}", *args, rec.id, rec.send_key, key=rec.id))
+    return (yield from _returning(sql, args, "id", rec.id, returning, (rec.id, rec.send_key), split=split))
 
 
-def bind_row(rec: MessageRecord, returning: str = "") -> Tx[Any]:
-    """An intent becomes the message ``rec.id`` (its v2 id). ``returning``: as ``insert_row``'s
-    (None: there was no unbound intent)."""
+def bind_row(rec: MessageRecord, returning: str = "", split: bool = False) -> Tx[Any]:
+    """An intent becomes the message ``rec.id`` (its v2 id). ``returning``, ``split``: as
+    ``insert_row``'s (None: there was no unbound intent)."""
     assert rec.send_key is not None
     sql = ("UPDATE messages SET id = ?, bound = 1, state = ?, delivery_state = ?, time_us = ?, doc = ?"
            " WHERE send_key = ? AND bound = 0")
@@ -83,7 +86,7 @@ def bind_row(rec: MessageRecord, returning: str = "") -> Tx[Any]:
     if not returning:
         yield Exec(sql, *args)
         return None
-    return (yield One(f"{sql} RETURNING id, {returning}", *args, rec.id, rec.send_key, key=rec.id))
+    return (yield from _returning(sql, args, "id", rec.id, returning, (rec.id, rec.send_key), split=split))
 
 
 def update_row(rec: MessageRecord, text_cleared: bool = False) -> Tx[None]:
