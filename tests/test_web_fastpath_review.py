@@ -1,0 +1,112 @@
+"""Review of the connection fast path (``shim.web_fastpath``): requests an attacker controls byte for
+byte, answered by a fast-path server and by a ``server.fast_path: false`` server; both must answer
+the same (bar dates and fresh ids)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from typing import Any
+
+import pytest
+
+from .conftest import Harness, wait_until
+from .test_web_fastpath import AUTH, SEND, connections, sends_served
+
+ID = re.compile(rb"(?<=/messages/)[^\"/\r\n]+")
+RID = re.compile(rb"(?im)^(x-request-id: )(?!caller-id-1\r)[^\r\n]*")
+DATE = re.compile(rb"(?im)^date: [^\r\n]*")
+RID_BODY = re.compile(rb'"requestId": ?"[^"]*"')
+
+
+async def raw_answer(h: Harness, chunks: list[bytes], pause: float = 0.05, idle: float = 0.6) -> bytes:
+    """Every byte the server writes back on one connection given ``chunks``, until it closes or
+    stays quiet for ``idle`` seconds; ``<closed>`` marks a close."""
+    host, port = h.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        for chunk in chunks:
+            writer.write(chunk)
+            await writer.drain()
+            await asyncio.sleep(pause)
+        out = b""
+        while True:
+            try:
+                got = await asyncio.wait_for(reader.read(65536), idle)
+            except TimeoutError:
+                return out
+            except ConnectionError:
+                return out + b"<reset>"
+            if not got:
+                return out + b"<closed>"
+            out += got
+    finally:
+        writer.close()
+
+
+def normalized(h: Harness, raw: bytes) -> bytes:
+    raw = raw.replace(h.url.encode(), b"BASE")
+    raw = ID.sub(b"ID", raw)
+    raw = DATE.sub(b"Date: DATE", raw)
+    raw = RID.sub(rb"\1RID", raw)
+    return RID_BODY.sub(b'"requestId":"RID"', raw)
+
+
+async def both(make_harness: Any, chunks: list[bytes], **kw: Any) -> tuple[bytes, bytes, Harness]:
+    on, off = await make_harness(), await make_harness(server__fast_path=False)
+    got = normalized(on, await raw_answer(on, chunks, **kw))
+    want = normalized(off, await raw_answer(off, chunks, **kw))
+    return got, want, on
+
+
+def req(head: bytes, body: bytes = SEND) -> bytes:
+    return head + b"\r\n\r\n" + body
+
+
+A = b"Authorization: " + AUTH
+CL = b"Content-Length: %d" % len(SEND)
+P = b"POST /v1/users/u-test/messages HTTP/1.1"
+
+
+H = b"Host: x"
+# Requests aiohttp's parser refuses (400) on top of llhttp's own checks: a HTTP/1.1 request with no
+# Host, a repeated singleton header (RFC 9110), the old websocket key. The fast path served them:
+# a 201 and a real send where aiohttp answers 400 and sends nothing.
+REFUSED_BY_AIOHTTP = [
+    pytest.param(req(b"\r\n".join([P, A, CL])), id="no-host"),
+    pytest.param(req(b"\r\n".join([P, H, H, A, CL])), id="two-hosts"),
+    pytest.param(req(b"\r\n".join([P, H, A, b"Content-Type: application/json", b"Content-Type: text/plain", CL])),
+                 id="two-content-types"),
+    pytest.param(req(b"\r\n".join([P, H, A, b"User-Agent: a", b"User-Agent: b", CL])), id="two-user-agents"),
+    pytest.param(req(b"\r\n".join([P, H, A, b"Sec-WebSocket-Key1: x", CL])), id="sec-websocket-key1"),
+]
+
+
+@pytest.mark.parametrize("raw", REFUSED_BY_AIOHTTP)
+async def test_requests_aiohttp_refuses_are_refused_on_the_fast_path(make_harness: Any, raw: bytes) -> None:
+    got, want, on = await both(make_harness, [raw])
+    assert want.split(b"\r\n", 1)[0].endswith(b" 400 Bad Request")
+    assert got == want
+    assert sends_served(on) == 0 and on.v2_requests == []
+
+
+async def test_a_head_trickled_byte_by_byte_costs_linear_time(harness: Harness) -> None:
+    """A request head held for the fast path, arriving one byte per read (a slow client, or one that
+    means harm): each byte must not cost time in proportion to the bytes held before it. It did
+    (``_head_too_long`` summed every held chunk on every read): 20,000 one-byte reads took seconds
+    of the event loop, 60,000 (under ``MAX_HEAD_BYTES``) some 9 s from one connection."""
+    host, port = harness.url.removeprefix("http://").split(":")
+    _, writer = await asyncio.open_connection(host, int(port))
+    try:
+        await wait_until(lambda: len(connections(harness)) == 1)
+        (conn,) = connections(harness)
+        head = P + b"\r\nHost: x\r\nX-Pad: " + b"a" * 20000
+        started = time.process_time()
+        for i in range(len(head)):
+            conn.data_received(head[i:i + 1])
+        spent = time.process_time() - started
+        assert conn._held_msg is not None  # still held for the fast path
+        assert spent < 1.0, f"{spent:.2f}s of CPU for a {len(head)}-byte head"
+    finally:
+        writer.close()
