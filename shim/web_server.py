@@ -104,6 +104,7 @@ class V1RequestHandler(RequestHandler):
         self._fast = fast
         self._shadow = ShadowParser(fast) if fast is not None else None
         self._held: list[bytes] = []
+        self._held_bytes = 0
         self._held_msg: Message | None = None
         self._queued: list[bytes] = []
         self._queued_bytes = 0
@@ -207,15 +208,16 @@ class V1RequestHandler(RequestHandler):
         chunks = [*self._held, data]
         held = self._held_msg
         self._aio_messages += len(self._shadow.started if self._shadow is not None else ()) + (held is not None)
-        self._held, self._held_msg = [], None
+        self._held, self._held_bytes, self._held_msg = [], 0, None
         for chunk in chunks:
             self._to_aiohttp(chunk)
 
     def _head_too_long(self, msg: Message, data: bytes) -> bool:
-        return not msg.head_done and sum(map(len, self._held)) + len(data) > MAX_HEAD_BYTES
+        return not msg.head_done and self._held_bytes + len(data) > MAX_HEAD_BYTES
 
     def _hold(self, msg: Message, data: bytes) -> None:
         self._held.append(data)
+        self._held_bytes += len(data)
         self._held_msg = msg
         if msg.head_done:
             self._cancel_head_timer()
@@ -225,7 +227,7 @@ class V1RequestHandler(RequestHandler):
 
     def _serve_fast(self, msg: Message) -> None:
         assert self._fast is not None and msg.route is not None
-        self._held, self._held_msg = [], None
+        self._held, self._held_bytes, self._held_msg = [], 0, None
         self._cancel_head_timer()
         self._head_bytes = 0
         self._fast_busy = True
