@@ -42,7 +42,7 @@ _REFUSED = frozenset({b"transfer-encoding", b"expect", b"upgrade", b"sec-websock
 _SINGLETONS = frozenset({b"content-length", b"content-location", b"content-range", b"content-type", b"etag",
                          b"host", b"max-forwards", b"server", b"transfer-encoding", b"user-agent"})
 # Heads past aiohttp's limits (its defaults: 8190-byte lines and fields, 128 headers) go its way,
-# so it answers them as it always has (414/431); a head still unfinished past MAX_HEAD_BYTES too.
+# so it answers them as it always has (414/431); a request still unfinished past MAX_HEAD_BYTES too.
 MAX_LINE, MAX_HEADERS = 8190, 128
 MAX_HEAD_BYTES = 64 * 1024
 

@@ -180,7 +180,7 @@ class V1RequestHandler(RequestHandler):
             return
         held = self._held_msg
         if held is not None:  # the rest of a request being read for the fast path
-            if shadow.started or (held.head_done and held.route is None) or self._head_too_long(held, data):
+            if shadow.started or (held.head_done and held.route is None) or self._too_much_held(data):
                 self._give(data)  # another request follows it, or it is not one to serve here
             elif held.complete:
                 self._serve_fast(held)
@@ -189,7 +189,9 @@ class V1RequestHandler(RequestHandler):
             return
         started = shadow.started
         msg = started[0] if len(started) == 1 else None
-        if not free or msg is None or (msg.head_done and msg.route is None) or self._head_too_long(msg, data):
+        if not free or msg is None or (msg.head_done and msg.route is None) or (
+            not msg.complete and self._too_much_held(data)
+        ):
             self._give(data)
         elif msg.complete:
             self._serve_fast(msg)
@@ -212,8 +214,12 @@ class V1RequestHandler(RequestHandler):
         for chunk in chunks:
             self._to_aiohttp(chunk)
 
-    def _head_too_long(self, msg: Message, data: bytes) -> bool:
-        return not msg.head_done and self._held_bytes + len(data) > MAX_HEAD_BYTES
+    def _too_much_held(self, data: bytes) -> bool:
+        """A request that does not come whole within ``MAX_HEAD_BYTES`` goes aiohttp's way: a head
+        that long, or a body that slow (its reads would be held, and its body copied, for as long
+        as the client likes; aiohttp reads a body only as its handler asks, and answers a request
+        refused from its head (401, 404) without waiting for the body)."""
+        return self._held_bytes + len(data) > MAX_HEAD_BYTES
 
     def _hold(self, msg: Message, data: bytes) -> None:
         self._held.append(data)
