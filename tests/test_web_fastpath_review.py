@@ -129,3 +129,16 @@ async def test_a_big_unfinished_body_is_not_held_for_the_fast_path(make_harness:
     assert got == want
     (conn,) = connections(on)[:1] or [None]
     assert conn is None or conn._held_bytes <= 64 * 1024
+
+
+async def test_an_unfinished_body_is_not_held_for_ever(make_harness: Any) -> None:
+    """A head whose (small) body never comes whole: aiohttp's path answers it from its head (401
+    here, no credentials needed) and closes within its lingering time; the fast path held it, with
+    no timer at all (the head timer stopped at the head, the keep-alive timer skips held requests),
+    so one client could keep any number of connections for ever. Past ``server.header_timeout_s``
+    the request must go aiohttp's way."""
+    on = await make_harness(server__header_timeout_s=0.3)
+    raw = req(b"\r\n".join([P, H, b"Authorization: Basic eDp5", b"Content-Length: 100"]), b"{")
+    answer = await raw_answer(on, [raw], idle=2)
+    assert answer.startswith(b"HTTP/1.1 401 Unauthorized\r\n"), answer
+    assert sends_served(on) == 0
