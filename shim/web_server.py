@@ -226,8 +226,10 @@ class V1RequestHandler(RequestHandler):
         self._held_bytes += len(data)
         self._held_msg = msg
         if msg.head_done:
-            self._cancel_head_timer()
+            # The head timer runs on while the body is held: past it the request goes aiohttp's way.
             self._head_bytes = 0
+            if self._head_timer is None:
+                self._arm_head_timer()
         else:
             self._head_started(data)
 
@@ -291,6 +293,14 @@ class V1RequestHandler(RequestHandler):
 
     def _head_timed_out(self) -> None:
         self._head_timer = None
+        held = self._held_msg
+        if held is not None and held.head_done and not self._fast_busy:
+            # A whole head, its body still unfinished: aiohttp takes the request from here (it
+            # answers a request refused from its head at once, and reads a body as its handler asks).
+            if self._shadow is not None:
+                self._shadow.started = []  # the held request is counted once, as held
+            self._give(b"")
+            return
         waiting = self._waiter is not None and not self._waiter.done() and not self._messages
         if not waiting or self.transport is None:
             return
