@@ -36,9 +36,13 @@ Serve = Callable[[Any, Handler, str | None], Awaitable[web.StreamResponse]]
 _SEGMENT = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=:@-]+")
 _USER_MESSAGES = re.compile(r"/v1/users/([^/]+)/messages")
 # Request headers that send a request aiohttp's way (its parser and handlers own these cases).
-_REFUSED = frozenset({b"transfer-encoding", b"expect", b"upgrade"})
+_REFUSED = frozenset({b"transfer-encoding", b"expect", b"upgrade", b"sec-websocket-key1"})
+# Headers aiohttp's request parser refuses to see twice (its ``SINGLETON_HEADERS``, RFC 9110): such
+# a request goes its way, to be answered 400 as it always was.
+_SINGLETONS = frozenset({b"content-length", b"content-location", b"content-range", b"content-type", b"etag",
+                         b"host", b"max-forwards", b"server", b"transfer-encoding", b"user-agent"})
 # Heads past aiohttp's limits (its defaults: 8190-byte lines and fields, 128 headers) go its way,
-# so it answers them as it always has (414/431); a head still unfinished past MAX_HEAD_BYTES too.
+# so it answers them as it always has (414/431); a request still unfinished past MAX_HEAD_BYTES too.
 MAX_LINE, MAX_HEADERS = 8190, 128
 MAX_HEAD_BYTES = 64 * 1024
 
@@ -153,17 +157,24 @@ class ShadowParser:
         if route is None:
             return
         length = None
+        seen: set[bytes] = set()
         for name, value in msg.headers:
             if len(name) + len(value) > MAX_LINE:
                 return
             lname = name.lower()
             if lname in _REFUSED:
                 return
+            if lname in _SINGLETONS:
+                if lname in seen:
+                    return
+                seen.add(lname)
             if lname == b"content-encoding" and value.strip().lower() not in (b"", b"identity"):
                 return
             if lname == b"content-length":
                 length = int(value) if value.isdigit() else None
         if length is None or length > self.routes.max_body_bytes:
+            return
+        if msg.version == "1.1" and b"host" not in seen:  # aiohttp answers 400
             return
         msg.route = route
 

@@ -104,6 +104,7 @@ class V1RequestHandler(RequestHandler):
         self._fast = fast
         self._shadow = ShadowParser(fast) if fast is not None else None
         self._held: list[bytes] = []
+        self._held_bytes = 0
         self._held_msg: Message | None = None
         self._queued: list[bytes] = []
         self._queued_bytes = 0
@@ -179,7 +180,7 @@ class V1RequestHandler(RequestHandler):
             return
         held = self._held_msg
         if held is not None:  # the rest of a request being read for the fast path
-            if shadow.started or (held.head_done and held.route is None) or self._head_too_long(held, data):
+            if shadow.started or (held.head_done and held.route is None) or self._too_much_held(data):
                 self._give(data)  # another request follows it, or it is not one to serve here
             elif held.complete:
                 self._serve_fast(held)
@@ -188,7 +189,9 @@ class V1RequestHandler(RequestHandler):
             return
         started = shadow.started
         msg = started[0] if len(started) == 1 else None
-        if not free or msg is None or (msg.head_done and msg.route is None) or self._head_too_long(msg, data):
+        if not free or msg is None or (msg.head_done and msg.route is None) or (
+            not msg.complete and self._too_much_held(data)
+        ):
             self._give(data)
         elif msg.complete:
             self._serve_fast(msg)
@@ -208,25 +211,32 @@ class V1RequestHandler(RequestHandler):
         chunks = [*self._held, data]
         held = self._held_msg
         self._aio_messages += len(self._shadow.started if self._shadow is not None else ()) + (held is not None)
-        self._held, self._held_msg = [], None
+        self._held, self._held_bytes, self._held_msg = [], 0, None
         for chunk in chunks:
             self._to_aiohttp(chunk)
 
-    def _head_too_long(self, msg: Message, data: bytes) -> bool:
-        return not msg.head_done and sum(map(len, self._held)) + len(data) > MAX_HEAD_BYTES
+    def _too_much_held(self, data: bytes) -> bool:
+        """A request that does not come whole within ``MAX_HEAD_BYTES`` goes aiohttp's way: a head
+        that long, or a body that slow (its reads would be held, and its body copied, for as long
+        as the client likes; aiohttp reads a body only as its handler asks, and answers a request
+        refused from its head (401, 404) without waiting for the body)."""
+        return self._held_bytes + len(data) > MAX_HEAD_BYTES
 
     def _hold(self, msg: Message, data: bytes) -> None:
         self._held.append(data)
+        self._held_bytes += len(data)
         self._held_msg = msg
         if msg.head_done:
-            self._cancel_head_timer()
+            # The head timer runs on while the body is held: past it the request goes aiohttp's way.
             self._head_bytes = 0
+            if self._head_timer is None:
+                self._arm_head_timer()
         else:
             self._head_started(data)
 
     def _serve_fast(self, msg: Message) -> None:
         assert self._fast is not None and msg.route is not None
-        self._held, self._held_msg = [], None
+        self._held, self._held_bytes, self._held_msg = [], 0, None
         self._cancel_head_timer()
         self._head_bytes = 0
         self._fast_busy = True
@@ -288,6 +298,14 @@ class V1RequestHandler(RequestHandler):
 
     def _head_timed_out(self) -> None:
         self._head_timer = None
+        held = self._held_msg
+        if held is not None and held.head_done and not self._fast_busy:
+            # A whole head, its body still unfinished: aiohttp takes the request from here (it
+            # answers a request refused from its head at once, and reads a body as its handler asks).
+            if self._shadow is not None:
+                self._shadow.started = []  # the held request is counted once, as held
+            self._give(b"")
+            return
         waiting = self._waiter is not None and not self._waiter.done() and not self._messages
         if not waiting or self.transport is None:
             return
