@@ -26,6 +26,7 @@ from typing import Any
 import httptools
 from aiohttp import web
 from aiohttp.http import SERVER_SOFTWARE
+from aiohttp.http_parser import SINGLETON_HEADERS
 from multidict import CIMultiDict, CIMultiDictProxy
 
 Handler = Callable[[Any], Awaitable[web.StreamResponse]]
@@ -37,10 +38,9 @@ _SEGMENT = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=:@-]+")
 _USER_MESSAGES = re.compile(r"/v1/users/([^/]+)/messages")
 # Request headers that send a request aiohttp's way (its parser and handlers own these cases).
 _REFUSED = frozenset({b"transfer-encoding", b"expect", b"upgrade", b"sec-websocket-key1"})
-# Headers aiohttp's request parser refuses to see twice (its ``SINGLETON_HEADERS``, RFC 9110): such
-# a request goes its way, to be answered 400 as it always was.
-_SINGLETONS = frozenset({b"content-length", b"content-location", b"content-range", b"content-type", b"etag",
-                         b"host", b"max-forwards", b"server", b"transfer-encoding", b"user-agent"})
+# Headers aiohttp's request parser refuses to see twice (RFC 9110): such a request goes its way, to
+# be answered 400 as it always was. Its own list, so an aiohttp upgrade that changes it changes this.
+_SINGLETONS = frozenset(name.encode() for name in SINGLETON_HEADERS)
 # Heads past aiohttp's limits (its defaults: 8190-byte lines and fields, 128 headers) go its way,
 # so it answers them as it always has (414/431); a request still unfinished past MAX_HEAD_BYTES too.
 MAX_LINE, MAX_HEADERS = 8190, 128
