@@ -349,22 +349,29 @@ async def load(session: aiohttp.ClientSession, url: str, seconds: float, *, mode
     return await closed_loop(session, url, send_body, int(seconds * 1500), connections, AUTH)
 
 
-async def open_loop(session: aiohttp.ClientSession, url: str, rate: float, seconds: float) -> tuple[list[float], int]:
-    """Requests at a fixed rate, not waiting for answers (Python, pinned to the load core);
-    latencies in ms, and how many were not 201."""
-    lat: list[float] = []
+async def timed_sends(session: aiohttp.ClientSession, url: str, rate: float, seconds: float
+                      ) -> tuple[list[tuple[float, float]], int]:
+    """Sends at a fixed rate, not waiting for answers (Python, pinned to the load core): each one's
+    start (``time.monotonic``) and latency in ms, and how many were not 201."""
+    out: list[tuple[float, float]] = []
     bad = 0
 
     async def one(i: int) -> None:
         nonlocal bad
-        t0 = time.perf_counter()
+        t0 = time.monotonic()
         async with session.post(url, data=send_body(i), headers=AUTH) as r:
             await r.read()
             bad += r.status != 201
-        lat.append((time.perf_counter() - t0) * 1000)
+        out.append((t0, (time.monotonic() - t0) * 1000))
 
     await at_rate(rate, seconds, one)
-    return lat, bad
+    return out, bad
+
+
+async def open_loop(session: aiohttp.ClientSession, url: str, rate: float, seconds: float) -> tuple[list[float], int]:
+    """``timed_sends``' latencies in ms, and how many were not 201."""
+    sends, bad = await timed_sends(session, url, rate, seconds)
+    return [ms for _, ms in sends], bad
 
 
 async def at_rate(rate: float, seconds: float, one: Callable[[int], Coroutine[Any, Any, None]]) -> None:

@@ -37,7 +37,7 @@ import yaml
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import run  # noqa: E402  (bench/run.py, beside this script)
-from run import AUTH, PROCS, SEND_PATH, TOOLS, USER, Src, pct, scope, send_body  # noqa: E402
+from run import PROCS, SEND_PATH, TOOLS, USER, Src, pct, scope  # noqa: E402
 
 
 async def start_shim(src: Src, upstream: str, tmp: Path, name: str, trace: Path | None,
@@ -69,20 +69,10 @@ async def start_shim(src: Src, upstream: str, tmp: Path, name: str, trace: Path 
 
 async def open_loop(session: aiohttp.ClientSession, url: str, rate: float, seconds: float
                     ) -> tuple[list[tuple[float, float]], int, list[tuple[float, float]]]:
-    """``run.open_loop`` keeping each request's start (time.monotonic) with its latency (ms); also
-    this process's own loop lag (start, ms late) while it runs."""
-    out: list[tuple[float, float]] = []
+    """``run.timed_sends`` (each request's start with its latency, ms), in start order; also this
+    process's own loop lag (start, ms late) while it runs."""
     lags: list[tuple[float, float]] = []
-    bad = 0
     done = False
-
-    async def one(i: int) -> None:
-        nonlocal bad
-        t0 = time.monotonic()
-        async with session.post(url, data=send_body(i), headers=AUTH) as r:
-            await r.read()
-            bad += r.status != 201
-        out.append((t0, (time.monotonic() - t0) * 1000))
 
     async def probe() -> None:
         while not done:
@@ -93,7 +83,7 @@ async def open_loop(session: aiohttp.ClientSession, url: str, rate: float, secon
                 lags.append((t0, late))
 
     lag_task = asyncio.create_task(probe())
-    await run.at_rate(rate, seconds, one)
+    out, bad = await run.timed_sends(session, url, rate, seconds)
     done = True
     await lag_task
     return sorted(out), bad, lags

@@ -108,9 +108,8 @@ class V1RequestHandler(RequestHandler):
         self._held_msg: Message | None = None
         self._queued: list[bytes] = []
         self._queued_bytes = 0
-        self._fast_busy = False
         self._fast_paused = False
-        self._fast_task: asyncio.Task[None] | None = None
+        self._fast_task: asyncio.Task[None] | None = None  # the request being served on the fast path
         self._aio_messages = 0  # requests the shadow parser saw in the bytes given to aiohttp
         self._remote: str | None = None
 
@@ -163,7 +162,7 @@ class V1RequestHandler(RequestHandler):
         if shadow is None or self._force_close or self._close:
             self._to_aiohttp(data)
             return
-        if self._fast_busy:  # answers go out in order: this waits for the one being served
+        if self._fast_task is not None:  # answers go out in order: this waits for the one being served
             self._queued.append(data)
             self._queued_bytes += len(data)
             if self._queued_bytes > MAX_QUEUED_BYTES and not self._fast_paused and self.transport is not None:
@@ -239,7 +238,6 @@ class V1RequestHandler(RequestHandler):
         self._held, self._held_bytes, self._held_msg = [], 0, None
         self._cancel_head_timer()
         self._head_bytes = 0
-        self._fast_busy = True
         self._request_in_progress = True  # a graceful shutdown waits for it, as for aiohttp's
         self._fast_task = self._loop.create_task(self._run_fast(self._fast, msg))
 
@@ -262,7 +260,7 @@ class V1RequestHandler(RequestHandler):
             self._request_in_progress = False
             if self._handler_waiter is not None and not self._handler_waiter.done():
                 self._handler_waiter.set_result(None)
-            self._fast_busy, self._fast_task = False, None
+            self._fast_task = None
         if not keep_alive or self._force_close or self._close:
             self.force_close()  # the transport sends what it was given before it closes
             return
@@ -282,7 +280,7 @@ class V1RequestHandler(RequestHandler):
             self.data_received(chunk)
 
     def _process_keepalive(self) -> None:
-        if self._fast_busy or self._held_msg is not None:  # a request is being read or served
+        if self._fast_task is not None or self._held_msg is not None:  # a request is being read or served
             self._keepalive_handle = None
             return
         super()._process_keepalive()
@@ -299,7 +297,7 @@ class V1RequestHandler(RequestHandler):
     def _head_timed_out(self) -> None:
         self._head_timer = None
         held = self._held_msg
-        if held is not None and held.head_done and not self._fast_busy:
+        if held is not None and held.head_done and self._fast_task is None:
             # A whole head, its body still unfinished: aiohttp takes the request from here (it
             # answers a request refused from its head at once, and reads a body as its handler asks).
             if self._shadow is not None:
