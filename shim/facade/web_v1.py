@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -36,7 +35,10 @@ class V1Request(Protocol):
     def get(self, key: str | web.RequestKey[Any], /) -> Any: ...
     def __setitem__(self, key: str | web.RequestKey[Any], value: Any, /) -> None: ...
     async def read(self) -> bytes: ...
-_LONG_NUMBER = re.compile(rb"[0-9]{19}")
+# A run of 19 digits, found as "0" * 19 in the body with every digit mapped to "0" and every other
+# byte to " ": one C pass each (~0.6 µs for an event), where ``re`` tried each position (~5 µs).
+_DIGITS_AS_ZERO = bytes(0x30 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
+_LONG_RUN = b"0" * 19
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -79,7 +81,7 @@ async def read_json(request: V1Request) -> Any:
         )
     # aiohttp decodes gzip/deflate; the body-size limit applies to the decoded bytes.
     raw = await request.read()
-    if _LONG_NUMBER.search(raw) is None:
+    if _LONG_RUN not in raw.translate(_DIGITS_AS_ZERO):
         try:
             # The fast path. Whatever orjson refuses (a lone surrogate escape, deep nesting, bad
             # JSON) is decided by the stdlib below, with its exact messages; so is a body with a

@@ -19,7 +19,8 @@ _STD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", 
 
 
 def scrub(text: str) -> str:
-    return _USERINFO.sub(r"\1***@", text)
+    # Userinfo needs an "@": the substring test costs ~1/30 of the regex, and most values have none.
+    return _USERINFO.sub(r"\1***@", text) if "@" in text else text
 
 
 class JsonFormatter(logging.Formatter):
