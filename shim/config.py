@@ -124,6 +124,10 @@ class StoreConfig(_Model):
     url: str = "sqlite:///./shim.db"
     # PostgreSQL connections per replica (SQLite uses one writer and two readers).
     pool_size: int = Field(40, ge=2)
+    # SQLite: where the hot paths' short writes run. "loop": on the event loop's thread, a batch
+    # per loop turn (least CPU and latency on one core); "thread": on the writer thread, beside
+    # the loop (SQLite's work on another core where there is one). See shim/store/_sqlite.py.
+    sqlite_writer: Literal["loop", "thread"] = "loop"
 
     @field_validator("url")
     @classmethod

@@ -195,7 +195,8 @@ def build_app(
     gateway.on_unroutable = app[METRICS].events_unroutable.inc
     app[USAGE] = UsageTracker(clock)
     app[METRICS].registry.register(app[USAGE].collector())
-    app[STORE] = store or open_store(cfg.store.url, gateway, pool_size=cfg.store.pool_size, clock=clock)
+    app[STORE] = store or open_store(cfg.store.url, gateway, pool_size=cfg.store.pool_size, clock=clock,
+                                         sqlite_writer=cfg.store.sqlite_writer)
     app[STORE].observer = app[METRICS].observe_store
     app[ACCESS_LOG] = AccessLog()
     app[UPSTREAM] = UpstreamClient(cfg.upstream, cfg.upstream.base_url, transport=transport,

@@ -40,11 +40,12 @@ __all__ = [
 ]
 
 
-def open_store(url: str, rules: EventRules, *, pool_size: int = 40, clock: Clock = now_us) -> Store:
+def open_store(url: str, rules: EventRules, *, pool_size: int = 40, clock: Clock = now_us,
+               sqlite_writer: str = "loop") -> Store:
     """Pick the backend from ``store.url``. ``rules`` is the event core applied inside the
     store's transactions (``shim.gateway.Gateway``); ``clock`` gives epoch microseconds."""
     if url.startswith("sqlite:"):
-        return SqliteStore(url, rules, clock=clock)
+        return SqliteStore(url, rules, clock=clock, writer=sqlite_writer)
     if url.startswith(("postgresql:", "postgres:")):
         return PostgresStore(url, rules, max_size=pool_size, clock=clock)
     raise ValueError(f"store.url: unsupported scheme in {url.split(':', 1)[0]!r}")

@@ -16,6 +16,9 @@ from ._types import EventRules
 
 T = TypeVar("T")
 P = ParamSpec("P")
+# A hot path's transaction touching at most about this many rows is short (``_write``): a few ms
+# of the loop at most. Bigger ones (a callback array of hundreds of events) are not.
+SHORT_ROWS = 200
 
 
 class StoreCore(abc.ABC):
@@ -31,9 +34,10 @@ class StoreCore(abc.ABC):
         self.observer: Callable[[str, float], None] | None = None
 
     @abc.abstractmethod
-    async def _write(self, make: TxFn[T]) -> T:
+    async def _write(self, make: TxFn[T], short: bool = False) -> T:
         """Run a transaction that writes (``make()`` makes it, maybe more than once: see
-        ``_ops``); committed before this returns."""
+        ``_ops``); committed before this returns. ``short``: a hot path's transaction whose work
+        its caller bounds (a few rows), which a backend may run on the event loop's thread."""
 
     @abc.abstractmethod
     async def _read(self, make: TxFn[T]) -> T:
@@ -48,6 +52,14 @@ class StoreCore(abc.ABC):
         started = time.perf_counter()
         try:
             return await self._write(functools.partial(make, *args, **kwargs))
+        finally:
+            self._observe("write", started)
+
+    async def _timed_short_write(self, make: Callable[P, Tx[T]], *args: P.args, **kwargs: P.kwargs) -> T:
+        """``_timed_write`` of a short transaction (see ``_write``)."""
+        started = time.perf_counter()
+        try:
+            return await self._write(functools.partial(make, *args, **kwargs), short=True)
         finally:
             self._observe("write", started)
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from shim.core import MessageRecord, V2Event
 
-from ._core import StoreCore
+from ._core import SHORT_ROWS, StoreCore
 from ._messages import bind_row, insert_row, record, update_row
 from ._ops import All, Exec, One, Tx, one_tx, returning
 from ._outbox import enqueue_rows
@@ -25,7 +25,7 @@ class EventTxs(StoreCore):
     # -- sends: intent, bind, drop ----------------------------------------------------------
     async def record_intent(self, rec: MessageRecord) -> None:
         """Durably record a send before v2 is called, under its pending id and correlation key."""
-        await self._timed_write(self._tx_record_intent, rec)
+        await self._timed_short_write(self._tx_record_intent, rec)
 
     def _tx_record_intent(self, rec: MessageRecord) -> Tx[None]:
         assert rec.send_key is not None
@@ -36,7 +36,7 @@ class EventTxs(StoreCore):
     async def bind_send(self, rec: MessageRecord, request_id: str | None = None) -> int:
         """v2 accepted the send ``rec.send_key`` as ``rec.id``: bind the intent to that id (unless an
         event did first) and apply the events that arrived before. Returns deliveries enqueued."""
-        return await self._timed_write(self._tx_bind_send, rec, request_id)
+        return await self._timed_short_write(self._tx_bind_send, rec, request_id)
 
     def _tx_bind_send(self, rec: MessageRecord, request_id: str | None) -> Tx[int]:
         assert rec.send_key is not None
@@ -54,13 +54,13 @@ class EventTxs(StoreCore):
 
     async def drop_intent(self, send_key: str) -> bool:
         """v2 refused the send (or was never reached): forget its intent."""
-        return bool(await self._timed_write(
+        return bool(await self._timed_short_write(
             one_tx, "DELETE FROM messages WHERE send_key = ? AND bound = 0 RETURNING 1", send_key))
 
     async def insert_message(self, rec: MessageRecord, request_id: str | None = None) -> int:
         """Store a message known by its id and apply any callback that arrived before it.
         Returns the number of deliveries enqueued."""
-        return await self._timed_write(self._tx_insert_message, rec, request_id)
+        return await self._timed_short_write(self._tx_insert_message, rec, request_id)
 
     def _tx_insert_message(self, rec: MessageRecord, request_id: str | None) -> Tx[int]:
         yield from self._lock_message(rec.id)
@@ -72,7 +72,7 @@ class EventTxs(StoreCore):
     async def record_native(self, rec: MessageRecord) -> None:
         """Record a message sent natively on v2 through the passthrough (``rec.native``). Its events
         that arrived first were routed natively at ingest already: they only bring its state up to date."""
-        await self._timed_write(self._tx_record_native, rec)
+        await self._timed_short_write(self._tx_record_native, rec)
 
     def _tx_record_native(self, rec: MessageRecord) -> Tx[None]:
         yield from self._lock_message(rec.id)
@@ -90,7 +90,7 @@ class EventTxs(StoreCore):
     async def record_simulated(self, rec: MessageRecord, events: Sequence[dict[str, Any]]) -> int:
         """A dry-run send: the message and the v2 events it is simulated to have, applied as
         received ones would be (its v1 callbacks enqueued), in one write. Returns deliveries enqueued."""
-        return await self._timed_write(self._tx_record_simulated, rec, events)
+        return await self._timed_short_write(self._tx_record_simulated, rec, events)
 
     def _tx_record_simulated(self, rec: MessageRecord, events: Sequence[dict[str, Any]]) -> Tx[int]:
         yield from self._lock_message(rec.id)
@@ -107,6 +107,8 @@ class EventTxs(StoreCore):
         enqueued. An event of shim's send finds its message by id, or by the send's correlation
         key (binding it); an event without a key belongs to a message sent natively on v2 and is
         routed at once."""
+        if len(events) <= SHORT_ROWS:
+            return await self._timed_short_write(self._tx_ingest, events)
         return await self._timed_write(self._tx_ingest, events)
 
     def _tx_ingest(self, events: Sequence[IncomingEvent]) -> Tx[int]:

@@ -11,7 +11,7 @@ import orjson
 from shim.clock import Clock
 from shim.core import Delivery, DeliverySpec
 
-from ._core import StoreCore
+from ._core import SHORT_ROWS, StoreCore
 from ._deliveries import log_attempts
 from ._ops import All, Exec, One, Tx, all_tx, exec_tx
 from ._types import Attempt, DeadLetter, PendingCallback, host_key
@@ -58,7 +58,8 @@ class OutboxTxs(StoreCore):
                     skip_hosts: Sequence[str] = ()) -> list[Delivery]:
         """Lease up to ``limit`` due deliveries (at most ``per_host`` per host, none for
         ``skip_hosts``) whose earlier siblings of the same message are all done."""
-        rows = await self._timed_write(self._tx_claim, owner, limit, lease_us, per_host, skip_hosts)
+        write = self._timed_short_write if limit <= SHORT_ROWS else self._timed_write
+        rows = await write(self._tx_claim, owner, limit, lease_us, per_host, skip_hosts)
         out = [Delivery(id=r[0], spec=DeliverySpec.model_validate_json(r[1]), attempts=r[2], created_us=r[3])
                for r in rows]
         out.sort(key=lambda d: d.id)
@@ -138,7 +139,7 @@ class OutboxTxs(StoreCore):
         single-process, so all of them; where replicas share the store, leases expire instead)."""
 
     async def release(self, delivery_id: int, owner: str) -> None:
-        await self._timed_write(exec_tx,
+        await self._timed_short_write(exec_tx,
             "UPDATE outbox SET lease_owner = NULL, lease_until_us = NULL WHERE id = ? AND lease_owner = ?",
             delivery_id, owner,
         )
@@ -163,7 +164,8 @@ class OutboxTxs(StoreCore):
         the attempts that led to them (the delivery log)."""
         if not delivery_ids and not attempts:
             return 0
-        return await self._timed_write(self._tx_delivered, delivery_ids, owner, attempts)
+        write = self._timed_short_write if len(delivery_ids) + len(attempts) <= SHORT_ROWS else self._timed_write
+        return await write(self._tx_delivered, delivery_ids, owner, attempts)
 
     def _tx_delivered(self, delivery_ids: Sequence[int], owner: str, attempts: Sequence[Attempt]) -> Tx[int]:
         count = 0
@@ -182,7 +184,7 @@ class OutboxTxs(StoreCore):
                           attempts: Sequence[Attempt] = ()) -> bool:
         """Schedule a retry, or dead-letter when ``next_attempt_us`` is None; the attempts that
         failed go to the delivery log in the same transaction."""
-        return await self._timed_write(self._tx_failed, delivery_id, owner, error, next_attempt_us, attempts)
+        return await self._timed_short_write(self._tx_failed, delivery_id, owner, error, next_attempt_us, attempts)
 
     def _tx_failed(self, delivery_id: int, owner: str, error: str, next_attempt_us: int | None,
                    attempts: Sequence[Attempt]) -> Tx[bool]:

@@ -191,7 +191,7 @@ class PostgresStore(Store):
             await self._pool.close()
             self._pool = None
 
-    async def _write(self, make: TxFn[T]) -> T:
+    async def _write(self, make: TxFn[T], short: bool = False) -> T:
         if self._pool is None:
             raise RuntimeError("store is not open")
         loop = asyncio.get_running_loop()

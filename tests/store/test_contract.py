@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import json
 import re
@@ -48,9 +49,11 @@ CFG = parse_config({"users": [USER | {"incoming": {"url": "http://127.0.0.1:9/in
 GW = Gateway(CFG)
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    if request.param == "sqlite":
+@pytest.fixture(params=["sqlite", "sqlite-thread", "postgres"])
+async def store_url(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[str]:
+    if request.param.startswith("sqlite"):
+        if request.param == "sqlite-thread":  # store.sqlite_writer: thread (the default is loop)
+            monkeypatch.setattr(sys.modules[__name__], "open_store", functools.partial(open_store, sqlite_writer="thread"))
         yield f"sqlite:///{tmp_path}/contract.db"
         return
     request.getfixturevalue("postgres_server")
@@ -797,6 +800,93 @@ async def test_sqlite_writes_wait_for_a_slot_when_the_queue_is_full(tmp_path: Pa
     finally:
         gate.set()
         await store.close()
+
+
+# -- SQLite's writers: short writes on the event loop's thread, the rest on the writer thread -------
+def recording(threads: list[int], i: int, fail: bool = False) -> Callable[[], Tx[None]]:
+    def tx() -> Tx[None]:
+        threads.append(threading.get_ident())
+        yield Exec("INSERT INTO rejected_events (received_us, reason, request_id, body) VALUES (1, 'r', NULL, ?)", f"b{i}")
+        if fail:
+            raise RuntimeError("boom")
+    return tx
+
+
+@pytest.mark.parametrize("writer", ["loop", "thread"])
+async def test_sqlite_short_writes_of_one_loop_turn_run_together_where_the_writer_says(tmp_path: Path,
+                                                                                    writer: str) -> None:
+    async with opened(f"sqlite:///{tmp_path}/w.db", sqlite_writer=writer) as store:
+        threads: list[int] = []
+        commits = sqlite3.connect(f"{tmp_path}/w.db")
+        before = commits.execute("PRAGMA data_version").fetchone()
+        await asyncio.gather(*(store._write(recording(threads, i), short=True) for i in range(5)))
+        loop_thread = threading.get_ident()
+        if writer == "loop":  # run on the loop's own thread, no hand-over
+            assert threads == [loop_thread] * 5
+        else:
+            assert len(set(threads)) == 1 and threads[0] != loop_thread
+        # One transaction for the five (another connection sees the database change once).
+        assert commits.execute("PRAGMA data_version").fetchone()[0] == before[0] + 1
+        commits.close()
+        assert await store.query("SELECT COUNT(*) FROM rejected_events") == [(5,)]
+
+
+async def test_sqlite_a_short_write_waits_off_the_loop_while_another_process_writes(tmp_path: Path) -> None:
+    # The loop's connection never waits for SQLite's write lock (that would stall every request):
+    # held elsewhere, the batch goes to the writer thread, which waits for it.
+    async with opened(f"sqlite:///{tmp_path}/busy.db") as store:
+        other = sqlite3.connect(f"{tmp_path}/busy.db", isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        threads: list[int] = []
+        write = asyncio.ensure_future(store._write(recording(threads, 1), short=True))
+        started = time.monotonic()
+        for _ in range(20):  # the loop keeps turning meanwhile ...
+            await asyncio.sleep(0.01)
+        # ... not stalled for the writer's busy_timeout (10 s) inside SQLite
+        assert time.monotonic() - started < 5
+        assert not write.done() and threads == []
+        other.execute("COMMIT")
+        other.close()
+        await asyncio.wait_for(write, 10)
+        assert threads and threads[-1] != threading.get_ident()  # the writer thread ran it
+        assert await store.query("SELECT body FROM rejected_events") == [("b1",)]
+        # The lock free again, the next short write runs on the loop.
+        await store._write(recording(threads, 2), short=True)
+        assert threads[-1] == threading.get_ident()
+
+
+async def test_sqlite_a_failing_short_write_rolls_back_alone(tmp_path: Path) -> None:
+    async with opened(f"sqlite:///{tmp_path}/fail.db") as store:
+        threads: list[int] = []
+        writes = [store._write(recording(threads, i, fail=i == 2), short=True) for i in range(5)]
+        results = await asyncio.gather(*writes, return_exceptions=True)
+        assert isinstance(results[2], RuntimeError) and [r for r in results if r is not None] == [results[2]]
+        # The loop's batch up to the failing one, then the writer thread's: together again up to
+        # it, then each apart.
+        assert threads.count(threading.get_ident()) == 3 and len(threads) == 3 + 3 + 5
+        assert await store.query("SELECT body FROM rejected_events ORDER BY body") == [
+            (f"b{i}",) for i in range(5) if i != 2]
+
+
+@pytest.mark.parametrize("short", [True, False])
+async def test_sqlite_a_write_caught_by_close_fails_instead_of_waiting_forever(tmp_path: Path, short: bool) -> None:
+    # A turn's writes scheduled before close() and run after it: nobody would ever run them.
+    store = SqliteStore(f"sqlite:///{tmp_path}/closed.db", GW)
+    await store.open()
+    await store.close()
+    loop = asyncio.get_running_loop()
+    threads: list[int] = []
+    fut: asyncio.Future[None] = loop.create_future()
+    await store._slots.acquire()
+    if short:
+        store._short = [(recording(threads, 1), fut, loop)]
+        store._run_short()
+    else:
+        store._gathered = [(recording(threads, 1), fut, loop)]
+        store._hand_over()
+    with pytest.raises(RuntimeError, match="not open"):
+        await asyncio.wait_for(fut, 5)
+    assert threads == [] and not store._slots.locked()
 
 
 async def test_rejected_events_kept_then_gone_with_the_text(store: Store) -> None:
