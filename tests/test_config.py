@@ -45,6 +45,7 @@ def test_env_expansion_and_masking() -> None:
         ({"server": {"port": "eighty"}}, "server.port"),
         ({"servr": {}}, "servr"),
         ({"upstream": {"mode": "prod"}}, "upstream.mode"),
+        ({"store": {"sqlite_writer": "both"}}, "store.sqlite_writer"),
         ({"users": [{"user_id": "u"}]}, "users.0.api_token"),
         ({"users": [USER, USER]}, "duplicate user_id"),
         ({"callbacks": {"retry_schedule_s": []}}, "retry_schedule_s"),
@@ -62,6 +63,7 @@ def test_example_config_is_valid() -> None:
     cfg = load_config(ROOT / "config.example.yaml", env=EXAMPLE_ENV)
     assert cfg.users and cfg.callbacks.path == "/callbacks/v2"
     assert cfg.upstream.mode == "bandwidth" and cfg.admin.enabled
+    assert cfg.store.sqlite_writer == "loop"
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
