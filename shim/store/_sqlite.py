@@ -32,10 +32,12 @@ to sync (see ``_checkpoint_loop``).
 from __future__ import annotations
 
 import asyncio
+import os
 import queue
 import sqlite3
+import sys
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -163,6 +165,7 @@ class SqliteStore(Store):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._short: list[Item] = []
         self._restarting = False
+        self._shm: int | None = None  # the wal-index (-shm file), read by _wal_starts_over
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10,
@@ -186,6 +189,10 @@ class SqliteStore(Store):
             conn = self._loop_conn = self._connect()
             conn.execute("PRAGMA busy_timeout=0")  # the write lock is taken at once or not here
             conn.execute("PRAGMA wal_autocheckpoint=0")  # never a checkpoint (a sync) on the loop
+            try:
+                self._shm = os.open(f"{self.path}-shm", os.O_RDONLY)
+            except OSError:  # (no wal-index file: WAL without shared memory)
+                self._shm = None
             self._loop = asyncio.get_running_loop()
         self._writer = threading.Thread(target=self._write_loop, name="shim-sqlite-writer", daemon=True)
         self._writer.start()
@@ -220,6 +227,9 @@ class SqliteStore(Store):
             self._loop_conn.close()
             self._loop_conn = None
             self._loop = None
+        if self._shm is not None:
+            os.close(self._shm)
+            self._shm = None
         with self._lock:
             for conn in self._reader_conns:
                 conn.close()
@@ -274,7 +284,7 @@ class SqliteStore(Store):
         over, the store closed), on the writer thread."""
         batch, self._short = self._short, []
         conn = self._loop_conn
-        outcomes = None if conn is None or self._restarting else self._run_on_loop(conn, batch)
+        outcomes = None if conn is None or self._restarting else self._run_on_loop(conn, batch, self._wal_starts_over)
         if outcomes is None:
             self._to_writer(batch)
             return
@@ -287,13 +297,31 @@ class SqliteStore(Store):
             self._restarting = True
             self._queue.put([])
 
+    def _wal_starts_over(self) -> bool:
+        """Whether a write now starts the WAL over (every frame of it checkpointed, or none yet):
+        that write syncs the WAL's new header (fdatasync) before its frames. Read from the
+        wal-index header (mxFrame) and checkpoint info (nBackfill): sqlite.org/walformat.html."""
+        if self._shm is None:
+            return False
+        head = os.pread(self._shm, 100, 0)
+        if len(head) < 100:
+            return True
+        return int.from_bytes(head[96:100], sys.byteorder) >= int.from_bytes(head[16:20], sys.byteorder)
+
     @staticmethod
-    def _run_on_loop(conn: sqlite3.Connection, batch: list[Item]) -> list[tuple[bool, Any]] | None:
+    def _run_on_loop(conn: sqlite3.Connection, batch: list[Item],
+                     wal_starts_over: Callable[[], bool] = lambda: False) -> list[tuple[bool, Any]] | None:
         try:
             conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError:  # busy: the writer thread waits for the lock instead
+        except Exception:  # busy (or worse): the writer thread waits for the lock (or fails them) instead
             return None
+        # Holding the write lock, the WAL's frames stay as they are and its checkpointed ones only
+        # grow: not all checkpointed now, they were not at BEGIN either, so this transaction
+        # appends to the WAL. Else its first write would start the WAL over and sync, on the loop.
         try:
+            if wal_starts_over():
+                conn.execute("ROLLBACK")
+                return None
             outcomes: list[tuple[bool, Any]] = [(True, drive(conn, make())) for make, _, _ in batch]
             conn.execute("COMMIT")
         except Exception:  # the writer thread runs it again, the failing transaction apart
