@@ -58,7 +58,8 @@ class OutboxTxs(StoreCore):
                     skip_hosts: Sequence[str] = ()) -> list[Delivery]:
         """Lease up to ``limit`` due deliveries (at most ``per_host`` per host, none for
         ``skip_hosts``) whose earlier siblings of the same message are all done."""
-        write = self._timed_short_write if limit <= SHORT_ROWS else self._timed_write
+        # With hosts skipped, the candidate scan may pass many of their due rows: not for the loop.
+        write = self._timed_short_write if limit <= SHORT_ROWS and not skip_hosts else self._timed_write
         rows = await write(self._tx_claim, owner, limit, lease_us, per_host, skip_hosts)
         out = [Delivery(id=r[0], spec=DeliverySpec.model_validate_json(r[1]), attempts=r[2], created_us=r[3])
                for r in rows]

@@ -282,7 +282,12 @@ class SqliteStore(Store):
         """This turn's short transactions, in one transaction on the loop's connection; or, when
         that cannot be (the write lock is held elsewhere, one of them failed, the WAL is to start
         over, the store closed), on the writer thread."""
-        batch, self._short = self._short, []
+        # At most MAX_BATCH at a time: the rest in a later turn, other work served in between.
+        batch, self._short = self._short[:MAX_BATCH], self._short[MAX_BATCH:]
+        if self._short:
+            asyncio.get_running_loop().call_soon(self._run_short)
+        if not batch:
+            return
         conn = self._loop_conn
         outcomes = None if conn is None or self._restarting else self._run_on_loop(conn, batch, self._wal_starts_over)
         if outcomes is None:

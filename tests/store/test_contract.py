@@ -812,26 +812,81 @@ def recording(threads: list[int], i: int, fail: bool = False) -> Callable[[], Tx
     return tx
 
 
+def wal_commits(db: Path) -> int:
+    """Commits in the WAL's current generation: frames whose salts match the WAL header's and
+    whose "database size after commit" field is set (sqlite.org/fileformat.html, the WAL format)."""
+    data = Path(f"{db}-wal").read_bytes()
+    if len(data) < 32:
+        return 0
+    page, salt = int.from_bytes(data[8:12], "big"), data[16:24]
+    count, off = 0, 32
+    while off + 24 + page <= len(data) and data[off + 8:off + 16] == salt:
+        count += int.from_bytes(data[off + 4:off + 8], "big") != 0
+        off += 24 + page
+    return count
+
+
+@pytest.fixture
+def no_checkpoints(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The checkpointer never catches up meanwhile: a write into a fully checkpointed WAL would
+    start it over, which the loop leaves to the writer thread (test_sqlite_loop_review.py)."""
+    monkeypatch.setattr(sqlite_backend, "CHECKPOINT_AFTER_S", 3600)
+
+
 @pytest.mark.parametrize("writer", ["loop", "thread"])
-async def test_sqlite_short_writes_of_one_loop_turn_run_together_where_the_writer_says(tmp_path: Path,
-                                                                                    writer: str) -> None:
-    async with opened(f"sqlite:///{tmp_path}/w.db", sqlite_writer=writer) as store:
+async def test_sqlite_short_writes_of_one_loop_turn_run_together_where_the_writer_says(
+        tmp_path: Path, writer: str, no_checkpoints: None) -> None:
+    db = tmp_path / "w.db"
+    async with opened(f"sqlite:///{db}", sqlite_writer=writer) as store:
         threads: list[int] = []
-        commits = sqlite3.connect(f"{tmp_path}/w.db")
-        before = commits.execute("PRAGMA data_version").fetchone()
+        before = wal_commits(db)
         await asyncio.gather(*(store._write(recording(threads, i), short=True) for i in range(5)))
         loop_thread = threading.get_ident()
         if writer == "loop":  # run on the loop's own thread, no hand-over
             assert threads == [loop_thread] * 5
         else:
             assert len(set(threads)) == 1 and threads[0] != loop_thread
-        # One transaction for the five (another connection sees the database change once).
-        assert commits.execute("PRAGMA data_version").fetchone()[0] == before[0] + 1
-        commits.close()
+        assert wal_commits(db) == before + 1  # one transaction for the five
         assert await store.query("SELECT COUNT(*) FROM rejected_events") == [(5,)]
 
 
-async def test_sqlite_a_short_write_waits_off_the_loop_while_another_process_writes(tmp_path: Path) -> None:
+async def test_sqlite_a_loop_batch_is_at_most_max_batch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        no_checkpoints: None) -> None:
+    # However many short writes one loop turn gathers, the loop runs MAX_BATCH of them at a time:
+    # the rest in later turns, so other work is served in between.
+    monkeypatch.setattr(sqlite_backend, "MAX_BATCH", 4)
+    db = tmp_path / "cap.db"
+    async with opened(f"sqlite:///{db}") as store:
+        threads: list[int] = []
+        before = wal_commits(db)
+        await asyncio.gather(*(store._write(recording(threads, i), short=True) for i in range(10)))
+        assert threads == [threading.get_ident()] * 10
+        assert wal_commits(db) == before + 3  # 4 + 4 + 2
+        assert await store.query("SELECT COUNT(*) FROM rejected_events") == [(10,)]
+
+
+async def test_sqlite_a_claim_that_skips_hosts_runs_off_the_loop(tmp_path: Path, no_checkpoints: None) -> None:
+    # Skipped hosts' due rows are passed over by the claim's scan, as many as there are: that
+    # claim is not short. Without skipped hosts the scan stops at the claim's limit.
+    async with opened(f"sqlite:///{tmp_path}/claim.db") as store:
+        await store.enqueue([spec(i, f"k{i}") for i in range(3)])
+        on_loop: list[int] = []
+        run_on_loop = store._run_on_loop  # type: ignore[attr-defined]
+
+        def watched(conn: sqlite3.Connection, batch: list[Any], *args: Any) -> Any:
+            on_loop.append(len(batch))
+            return run_on_loop(conn, batch, *args)
+
+        store._run_on_loop = watched  # type: ignore[attr-defined]
+        assert await store.claim("me", 10, 60_000_000, skip_hosts=["elsewhere:80"]) != []
+        assert on_loop == []
+        await store.release_all("me")
+        assert len(await store.claim("me", 10, 60_000_000)) == 3
+        assert on_loop[-1] == 1
+
+
+async def test_sqlite_a_short_write_waits_off_the_loop_while_another_process_writes(tmp_path: Path,
+                                                                                  no_checkpoints: None) -> None:
     # The loop's connection never waits for SQLite's write lock (that would stall every request):
     # held elsewhere, the batch goes to the writer thread, which waits for it.
     async with opened(f"sqlite:///{tmp_path}/busy.db") as store:
@@ -855,7 +910,7 @@ async def test_sqlite_a_short_write_waits_off_the_loop_while_another_process_wri
         assert threads[-1] == threading.get_ident()
 
 
-async def test_sqlite_a_failing_short_write_rolls_back_alone(tmp_path: Path) -> None:
+async def test_sqlite_a_failing_short_write_rolls_back_alone(tmp_path: Path, no_checkpoints: None) -> None:
     async with opened(f"sqlite:///{tmp_path}/fail.db") as store:
         threads: list[int] = []
         writes = [store._write(recording(threads, i, fail=i == 2), short=True) for i in range(5)]
