@@ -9,15 +9,19 @@ Where a batch runs (``store.sqlite_writer``):
 
 * ``loop`` (the default): the short transactions of the hot paths (a send's intent and bind, an
   ingested callback's events, a delivery's claim and outcome: ``_write(short=True)``) gathered in
-  one turn of the event loop run at the end of that turn, on the loop's own thread and write
-  connection. No hand-over to a thread and back: on one core that hand-over (a wake of the writer
-  thread, the GIL passed back and forth, a wake of the loop) cost more CPU than the batch, and
-  delayed every send twice by a scheduling round (issue 9: the p99 added at half load went from
-  25-47 ms to 5-11 ms). The loop's connection never waits for SQLite's write lock
-  (``busy_timeout`` 0): when the writer thread or another process holds it, or a batch fails,
-  the batch goes to the writer thread instead, which waits and runs it as below. Everything
-  else (retention, migrations, bulk operator actions: writes whose length the caller does not
-  bound) and anything run on a second event loop goes to the writer thread too.
+  one turn of the event loop run at the end of that turn (at most ``MAX_BATCH`` at a time), on the
+  loop's own thread and write connection. On one core the hand-over to a thread and back (a wake
+  of the writer thread, the GIL passed back and forth, a wake of the loop) buys no parallelism and
+  delays every send twice by a scheduling round (docs/performance.md has what it measured to).
+  The loop never waits for a lock, never syncs and never checkpoints (its connection has
+  ``busy_timeout`` 0 and no autocheckpoint); its WAL appends can still wait behind a
+  checkpoint's sync of the WAL, as the writer thread's do. A batch goes to the writer thread
+  instead, which waits and runs it as below, when the write lock is held elsewhere, when one of
+  its transactions fails, when its first write would start the WAL over (that write syncs the
+  WAL's new header), or while the writer restarts the WAL.
+  Everything else (retention, migrations, bulk operator actions, a claim that skips hosts: writes
+  whose length the caller does not bound) and writes from another event loop go to the writer
+  thread too.
 * ``thread``: every write on the writer thread. SQLite releases the GIL while it works, so where
   shim has a second core, that work runs beside the loop.
 
