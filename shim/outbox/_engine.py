@@ -19,6 +19,7 @@ already claimed and waiting locally are released (lease dropped, attempts unchan
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import os
 import socket
@@ -38,6 +39,8 @@ from .client_callbacks import AttemptResult, CallbackClient
 
 log = logging.getLogger("shim.delivery")
 FLUSH_GATHER_S = 0.01
+# Retry times the delivery loop keeps to wake at (beyond these, its poll finds them).
+MAX_DUE_TRACKED = 10_000
 
 
 def attempt_outcome(result: AttemptResult) -> str:
@@ -90,6 +93,10 @@ class DeliveryEngine:
         self._flush = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
         self.poll_s = 0.5
+        # When the retries this engine scheduled come due (epoch µs, a heap): the loop wakes then,
+        # not at its next poll. Retries scheduled elsewhere (another replica, before a restart)
+        # are found by the poll. Bounded: past the bound, the poll finds the rest.
+        self._due: list[int] = []
         # One buffered JSON line per attempt (``build_app`` shares the access log's writer).
         self.attempt_log: AccessLog | None = None
 
@@ -154,6 +161,7 @@ class DeliveryEngine:
                 free = limit - len(self._tasks) - waiting
                 claimed: list[Delivery] = []
                 self._wake.clear()  # work enqueued while we claim wakes the next round
+                claimed_at = self.clock()
                 if free > 0:
                     busy = [h for h, n in self._in_flight.items() if n >= cap]
                     busy += self.health.skip_hosts(self.clock())  # open breakers
@@ -164,9 +172,9 @@ class DeliveryEngine:
                         self._dispatch(d)
                 if len(claimed) < free or free <= 0:
                     # Drained what is due (or full): sleep until new work, a host's pipeline
-                    # running low, or the poll interval (retries coming due).
+                    # running low, a retry of ours coming due, or the poll interval.
                     try:
-                        await asyncio.wait_for(self._wake.wait(), self.poll_s)
+                        await asyncio.wait_for(self._wake.wait(), self._sleep_s(claimed_at))
                     except TimeoutError:
                         pass
             except asyncio.CancelledError:
@@ -174,6 +182,19 @@ class DeliveryEngine:
             except Exception:
                 log.exception("delivery loop error")
                 await asyncio.sleep(1)
+
+    def _sleep_s(self, claimed_at: int) -> float:
+        """Until the next retry of ours comes due (due by ``claimed_at``: that round's claim saw
+        it), at most the poll interval."""
+        while self._due and self._due[0] <= claimed_at:
+            heapq.heappop(self._due)
+        if not self._due:
+            return self.poll_s
+        return max(0.0, min(self.poll_s, (self._due[0] - self.clock()) / 1_000_000))
+
+    def _retry_at(self, due_us: int) -> None:
+        if len(self._due) < MAX_DUE_TRACKED:
+            heapq.heappush(self._due, due_us)
 
     async def _retention_loop(self) -> None:
         """Retention on its own schedule: a long pass (a backlog) never delays lease expiry."""
@@ -310,6 +331,7 @@ class DeliveryEngine:
                        "outcome": outcome, "error": scrub(result.error)},
             )
             if next_us is not None:
+                self._retry_at(next_us)
                 self.wake()
         except asyncio.CancelledError:
             raise

@@ -550,3 +550,20 @@ async def test_slow_receiver_is_never_attempted_twice_at_once(make_harness: Any,
         assert max(Counter(seen).values()) == 1, Counter(seen)  # and no duplicate delivery
     finally:
         await server.close()
+
+
+async def test_a_retry_runs_when_it_comes_due_not_at_the_next_poll(make_harness: Any) -> None:
+    # The delivery loop wakes for the retries it scheduled: a 0.05 s retry does not wait for the
+    # poll (30 s here; 0.5 s by default, which made every short retry schedule a 0.5 s one).
+    h = await make_harness(callbacks__retry_schedule_s=[0.05, 0.05, 0.05])
+    h.app[DELIVERY].poll_s = 30
+    h.receiver.script["/retry"] = [503, 200]
+    from shim.core import MessageRecord
+
+    mid = "m-retry-due-000000000000000000"
+    await h.app[STORE].insert_message(MessageRecord(
+        id=mid, user_id="u-test", direction="out", from_="+15551230001", to="+15551230002", text="x",
+        time="2026-01-01T00:00:00.000Z", time_us=now_us(), callback_url=f"{h.receiver.url}/retry"))
+    assert (await post_events(h, [v2_event(mid, "message-sent")])).status == 200
+    await wait_until(lambda: len(h.receiver.at("/retry")) == 2, timeout=10)
+    await wait_until(outbox_is(h.app[STORE], pending=0, dead=0))
