@@ -100,15 +100,15 @@ def install(path: str) -> None:
     if hasattr(cls, "_run_on_loop"):  # store.sqlite_writer: loop — batches on the loop's thread, timed whole
         orig_on_loop = cls._run_on_loop
 
-        def run_on_loop(conn: sqlite3.Connection, batch: list[Any], *args: Any) -> Any:
+        def run_on_loop(self: Any, conn: sqlite3.Connection, batch: list[Any]) -> Any:
             t0 = clock()
-            outcomes = orig_on_loop(conn, batch, *args)
+            outcomes = orig_on_loop(self, conn, batch)
             t1 = clock()
             TRACE.append(("batch", t0, t0, len(batch), t1))
             TRACE.append(("commit", t0, 0.0, t1 - t0, 0.0))
             return outcomes
 
-        cls._run_on_loop = staticmethod(run_on_loop)  # type: ignore[method-assign, assignment]
+        cls._run_on_loop = run_on_loop  # type: ignore[method-assign]
 
     cls.open, cls.close, cls._hand_over = open_, close, hand_over  # type: ignore[method-assign]
     cls._run_batch = run_batch  # type: ignore[method-assign]

@@ -41,7 +41,7 @@ import queue
 import sqlite3
 import sys
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -293,7 +293,7 @@ class SqliteStore(Store):
         if not batch:
             return
         conn = self._loop_conn
-        outcomes = None if conn is None or self._restarting else self._run_on_loop(conn, batch, self._wal_starts_over)
+        outcomes = None if conn is None or self._restarting else self._run_on_loop(conn, batch)
         if outcomes is None:
             self._to_writer(batch)
             return
@@ -317,9 +317,7 @@ class SqliteStore(Store):
             return True
         return int.from_bytes(head[96:100], sys.byteorder) >= int.from_bytes(head[16:20], sys.byteorder)
 
-    @staticmethod
-    def _run_on_loop(conn: sqlite3.Connection, batch: list[Item],
-                     wal_starts_over: Callable[[], bool] = lambda: False) -> list[tuple[bool, Any]] | None:
+    def _run_on_loop(self, conn: sqlite3.Connection, batch: list[Item]) -> list[tuple[bool, Any]] | None:
         try:
             conn.execute("BEGIN IMMEDIATE")
         except Exception:  # busy (or worse): the writer thread waits for the lock (or fails them) instead
@@ -328,7 +326,7 @@ class SqliteStore(Store):
         # grow: not all checkpointed now, they were not at BEGIN either, so this transaction
         # appends to the WAL. Else its first write would start the WAL over and sync, on the loop.
         try:
-            if wal_starts_over():
+            if self._wal_starts_over():
                 conn.execute("ROLLBACK")
                 return None
             outcomes: list[tuple[bool, Any]] = [(True, drive(conn, make())) for make, _, _ in batch]
