@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
+from aiohttp.test_utils import TestServer, get_port_socket
 from multidict import CIMultiDict
 
 from shim.basic_auth import basic_header
@@ -223,17 +223,22 @@ async def make_harness(tmp_path: Path) -> AsyncIterator[HarnessFactory]:
     servers: list[TestServer] = []
     sessions: list[aiohttp.ClientSession] = []
     checks: list[list[Any]] = []
+    reserved: list[socket.socket] = []  # shim's sockets, bound before its server (closed with it)
 
     async def factory(store_url: str | None = None, upstream_delay_s: float = 0, **overrides: Any) -> Harness:
         receiver = Receiver()
         rapp = web.Application()
         rapp.router.add_route("*", "/{tail:.*}", receiver.handle)
-        rserver = TestServer(rapp, host="127.0.0.1", port=free_port())
+        rserver = TestServer(rapp, host="127.0.0.1")  # port 0: bound at once, no race for it
         await rserver.start_server()
         servers.append(rserver)
         receiver.url = str(rserver.make_url("")).rstrip("/")
 
-        port = free_port()
+        # shim's port is in its config, so it is known before its server starts: bound now and
+        # kept (a port only looked up here could be taken meanwhile: seen once as EADDRINUSE).
+        shim_sock = get_port_socket("127.0.0.1", 0, socket.AF_INET)
+        reserved.append(shim_sock)
+        port = int(shim_sock.getsockname()[1])
         user = dict(USER) | {"incoming": {"url": f"{receiver.url}/incoming", "timeout_ms": 2000}}
         raw: dict[str, Any] = {
             "server": {"host": "127.0.0.1", "port": port},
@@ -281,13 +286,13 @@ async def make_harness(tmp_path: Path) -> AsyncIterator[HarnessFactory]:
             return await handler(request)
 
         sapp.middlewares.append(capture)
-        sserver = TestServer(sapp, host="127.0.0.1", port=free_port())
+        sserver = TestServer(sapp, host="127.0.0.1")
         await sserver.start_server()
         servers.append(sserver)
         cfg.upstream.base_url = str(sserver.make_url("")).rstrip("/")
 
         app = build_app(cfg)
-        server = ShimTestServer(app, cfg, host="127.0.0.1", port=port)
+        server = ShimTestServer(app, cfg, host="127.0.0.1", port=port, socket_factory=lambda *_: shim_sock)
         await server.start_server()
         servers.append(server)
         session = aiohttp.ClientSession()
@@ -301,6 +306,8 @@ async def make_harness(tmp_path: Path) -> AsyncIterator[HarnessFactory]:
     # The simulator first (it stops posting callbacks), then shim, then the receivers.
     for srv in sorted(reversed(servers), key=lambda s: s.app is None or SANDBOX not in s.app):
         await srv.close()
+    for sock in reserved:  # (a factory that failed before its server started)
+        sock.close()
     for requests in checks:
         for body in requests:
             errors = message_request_errors(body)
