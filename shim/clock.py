@@ -44,6 +44,11 @@ class RandomBytes:
 _RANDOM = RandomBytes()
 
 
+def random_bytes(n: int) -> bytes:
+    """``n`` cryptographic random bytes (from the block)."""
+    return _RANDOM.take(n)
+
+
 def new_request_id() -> str:
     """24 hex characters (96 random bits)."""
     return _RANDOM.take(12).hex()

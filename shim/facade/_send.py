@@ -10,13 +10,14 @@ leaves — a crash, a store failure, a timeout — the first event binds the mes
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import secrets
 import string
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from shim.clock import Clock, new_token
+from shim.clock import Clock, random_bytes
 from shim.config import Config, UserConfig
 from shim.core import (
     SendRequest,
@@ -40,9 +41,19 @@ BATCH_LIMIT = 50
 _ID_CHARS = string.ascii_lowercase + string.digits
 
 
-def new_send_key() -> str:
-    """22 URL-safe random characters (132 bits): the correlation key of one send."""
-    return new_token(16)[:22]
+# Base64url's digits, and the same digits in byte order (how SQLite compares text): a key's
+# time, encoded in the second, sorts as the time does.
+_TO_SORTED = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_",
+                             b"-0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ_abcdefghijklmnopqrstuvwxyz")
+
+
+def new_send_key(now_us: int) -> str:
+    """The correlation key of one send: 24 URL-safe characters, the time in milliseconds (8
+    characters) and 96 random bits. Time first, so the indexes a send writes under it (its key,
+    its pending id) take appends at their end instead of a random page each: fewer pages a commit
+    writes to the WAL."""
+    raw = (max(now_us, 0) // 1000).to_bytes(6, "big") + random_bytes(12)
+    return base64.urlsafe_b64encode(raw).translate(_TO_SORTED).decode()
 
 
 def dry_run_id(now_us: int) -> str:
@@ -71,7 +82,7 @@ def batch_item_error(err: ShimError | None) -> ShimError:
 class Sender:
     def __init__(
         self, cfg: Config, upstream: UpstreamClient, store: Store, clock: Clock,
-        on_enqueued: Callable[[], None] = lambda: None, new_key: Callable[[], str] = new_send_key,
+        on_enqueued: Callable[[], None] = lambda: None, new_key: Callable[[int], str] = new_send_key,
         url_refused: Callable[[str], bool] = lambda url: False, usage: UsageTracker | None = None,
     ) -> None:
         self.cfg = cfg
@@ -92,14 +103,15 @@ class Sender:
         for prop, url in (("callbackUrl", req.callback_url), ("fallbackUrl", req.fallback_url)):
             if url is not None and self.url_refused(url):
                 raise CallbackInvalidUrl(prop, url)
-        key = self.new_key()
+        received_us = self.clock()
+        key = self.new_key(received_us)
         body = to_v2_request(req, user, self.cfg.server.public_url, self.upstream.base_url, key)
         if self.usage is not None:
             self.usage.send_fields(user.user_id, req.receipt_requested, req.callback_method, req.callback_timeout,
                                    req.fallback_url, bool(req.media) and body.get("media") != req.media)
         if user.mode == "dry-run":
             return await self._dry_run(user, req, body, key)
-        intent = record_from_send(req, user, key, self.clock())
+        intent = record_from_send(req, user, key, received_us)
         try:
             await self.store.record_intent(intent)
         except Exception:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from shim.config import Config, parse_config
-from shim.core import ListQuery, message_request_errors
+from shim.core import ListQuery, message_request_errors, send_key_of, v2_tag
 from shim.errors import (
     InvalidProperty,
     MessageRateLimit,
@@ -22,6 +22,7 @@ from shim.errors import (
     Unavailable,
 )
 from shim.facade import Sender
+from shim.facade._send import new_send_key
 from shim.gateway import Gateway
 from shim.store import Store, open_store
 from shim.upstream import ConnectFailed, MockResponse, MockTransport, Request, RequestFailed, UpstreamClient
@@ -57,7 +58,7 @@ async def store() -> AsyncIterator[Store]:
 
 def keys(start: int = 0) -> Any:
     n = itertools.count(start)
-    return lambda: f"key{next(n):019d}"
+    return lambda now_us: f"key{next(n):019d}"
 
 
 async def make_sender(store: Store, handler: Any, first_key: int = 0) -> tuple[Sender, MockTransport]:
@@ -70,6 +71,53 @@ async def make_sender(store: Store, handler: Any, first_key: int = 0) -> tuple[S
 async def rows(store: Store, sql: str) -> int:
     ((n,),) = await store.query(sql)
     return int(n)
+
+
+@pytest.mark.parametrize(("earlier_us", "later_us"), [
+    (0, 1_000),  # one millisecond
+    (1_700_000_000_000_000, 1_700_000_000_001_000),
+    (63_000, 64_000),  # the last character wraps: "_" < "a", "z" < the next "0" one place up
+    (4_095_000, 4_096_000),  # two characters wrap
+    (1_764_000_000_000_000, 4_000_000_000_000_000),  # 2025 and 2096
+])
+def test_send_keys_sort_by_their_time_in_byte_order(earlier_us: int, later_us: int) -> None:
+    # Byte order is how SQLite compares them: the index on keys gets appends, not random pages.
+    a, b = new_send_key(earlier_us), new_send_key(later_us)
+    assert a.encode() < b.encode()
+    assert a[:8] < b[:8]
+
+
+def test_send_keys_of_consecutive_milliseconds_sort_in_order() -> None:
+    heads = [new_send_key(ms * 1000)[:8].encode() for ms in range(64 * 64 + 1)]  # every character, twice
+    assert heads == sorted(heads) and len(set(heads)) == len(heads)
+
+
+def test_send_keys_are_valid_v2_correlation_keys_and_random_within_a_millisecond() -> None:
+    keys = {new_send_key(1_764_000_000_123_456) for _ in range(1000)}
+    assert len(keys) == 1000
+    assert {k[:8] for k in keys} == {new_send_key(1_764_000_000_123_999)[:8]}
+    for k in keys:
+        assert len(k) == 24
+        assert send_key_of(v2_tag(k, None)) == k
+        assert send_key_of(v2_tag(k, "app tag")) == k
+
+
+async def test_the_send_key_is_made_from_the_clock_the_send_is_recorded_at(store: Store) -> None:
+    seen: list[int] = []
+
+    def key(now_us: int) -> str:
+        seen.append(now_us)
+        return f"key{now_us:019d}"
+    async def handler(req: Request) -> MockResponse:
+        return v2_accepts(req)
+
+    transport = MockTransport(handler)
+    upstream = UpstreamClient(CFG.upstream, CFG.upstream.base_url, transport=transport)
+    await upstream.start()
+    sender = Sender(CFG, upstream, store, lambda: NOW_US, new_key=key)
+    await sender.send(U, ITEM)
+    assert seen == [NOW_US]
+    assert await store.query("SELECT send_key FROM messages") == [(f"key{NOW_US:019d}",)]
 
 
 async def test_single_send_builds_the_v2_request_and_stores_before_answering(store: Store) -> None:
