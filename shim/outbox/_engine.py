@@ -41,6 +41,12 @@ log = logging.getLogger("shim.delivery")
 FLUSH_GATHER_S = 0.01
 # Retry times the delivery loop keeps to wake at (beyond these, its poll finds them).
 MAX_DUE_TRACKED = 10_000
+# After a claim that skipped busy hosts found nothing, the same claim waits this long (doubling
+# up to the max) before it runs again, unless a host stops being busy: each such claim reads
+# every due row of the skipped hosts, and every ingest wakes the loop. The price: deliveries
+# for another host enqueued meanwhile wait up to the max for their first claim.
+SKIP_QUIET_MIN_US = 10_000
+SKIP_QUIET_MAX_US = 100_000
 
 
 def attempt_outcome(result: AttemptResult) -> str:
@@ -97,6 +103,12 @@ class DeliveryEngine:
         # not at its next poll. Retries scheduled elsewhere (another replica, before a restart)
         # are found by the poll. Bounded: past the bound, the poll finds the rest.
         self._due: list[int] = []
+        # The last claim that skipped hosts found nothing: until when it is not repeated, for
+        # which busy hosts (a claim skipping fewer runs at once), and the current wait.
+        self._quiet_until = 0
+        self._quiet_busy: frozenset[str] = frozenset()
+        self._quiet_us = 0
+        self.rounds = 0  # of the delivery loop (for tests: a wake has been acted on)
         # One buffered JSON line per attempt (``build_app`` shares the access log's writer).
         self.attempt_log: AccessLog | None = None
 
@@ -156,6 +168,7 @@ class DeliveryEngine:
         limit = self.cfg.callbacks.concurrency
         cap = self.cfg.callbacks.per_host_concurrency
         while not self._stopping:
+            self.rounds += 1
             try:
                 waiting = sum(len(q) for q in self._waiting.values())
                 free = limit - len(self._tasks) - waiting
@@ -165,9 +178,11 @@ class DeliveryEngine:
                 if free > 0:
                     busy = [h for h, n in self._in_flight.items() if n >= cap]
                     busy += self.health.skip_hosts(self.clock())  # open breakers
-                    # Up to two slots' worth per host: the second half waits locally, so a
-                    # claim round trip is never what keeps a healthy host idle.
-                    claimed = await self.store.claim(self.owner, free, self.lease_us, 2 * cap, busy)
+                    if not (busy and claimed_at < self._quiet_until and self._quiet_busy.issubset(busy)):
+                        # Up to two slots' worth per host: the second half waits locally, so a
+                        # claim round trip is never what keeps a healthy host idle.
+                        claimed = await self.store.claim(self.owner, free, self.lease_us, 2 * cap, busy)
+                        self._quiet_after(claimed, busy)
                     for d in claimed:
                         self._dispatch(d)
                 if len(claimed) < free or free <= 0:
@@ -183,14 +198,24 @@ class DeliveryEngine:
                 log.exception("delivery loop error")
                 await asyncio.sleep(1)
 
+    def _quiet_after(self, claimed: list[Delivery], busy: list[str]) -> None:
+        # (A claim that skipped nothing says nothing of the next one that will: the wait stays.)
+        if busy and not claimed:
+            self._quiet_us = min(SKIP_QUIET_MAX_US, max(SKIP_QUIET_MIN_US, 2 * self._quiet_us))
+            self._quiet_until = self.clock() + self._quiet_us
+            self._quiet_busy = frozenset(busy)
+        elif busy:
+            self._quiet_us = self._quiet_until = 0
+
     def _sleep_s(self, claimed_at: int) -> float:
         """Until the next retry of ours comes due (due by ``claimed_at``: that round's claim saw
-        it), at most the poll interval."""
+        it) or a quiet claim may run again, at most the poll interval."""
         while self._due and self._due[0] <= claimed_at:
             heapq.heappop(self._due)
-        if not self._due:
+        wake_at = [t for t in (self._due[0] if self._due else 0, self._quiet_until) if t > claimed_at]
+        if not wake_at:
             return self.poll_s
-        return max(0.0, min(self.poll_s, (self._due[0] - self.clock()) / 1_000_000))
+        return max(0.0, min(self.poll_s, (min(wake_at) - self.clock()) / 1_000_000))
 
     def _retry_at(self, due_us: int) -> None:
         if len(self._due) < MAX_DUE_TRACKED:

@@ -7,6 +7,7 @@ import base64
 import json
 import re
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -567,3 +568,57 @@ async def test_a_retry_runs_when_it_comes_due_not_at_the_next_poll(make_harness:
     assert (await post_events(h, [v2_event(mid, "message-sent")])).status == 200
     await wait_until(lambda: len(h.receiver.at("/retry")) == 2, timeout=10)
     await wait_until(outbox_is(h.app[STORE], pending=0, dead=0))
+
+
+async def test_a_claim_skipping_busy_hosts_that_found_nothing_is_not_repeated_on_every_wake(
+    make_harness: Any, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Each claim that skips a busy host reads all that host's due rows; every ingest wakes the
+    # loop. An empty one waits (10 ms, doubling to 100 ms) before it runs again; another host's
+    # callbacks enqueued meanwhile go out when the wait ends.
+    from shim.core import MessageRecord
+
+    h = await make_harness(callbacks__per_host_concurrency=1)
+    engine = h.app[DELIVERY]
+    t = engine.clock()
+    engine.clock = lambda: t  # no quiet wait ends until the test moves the clock
+    skipping: list[list[str]] = []
+    claim = h.app[STORE].claim
+
+    async def counted(owner: str, limit: int, lease_us: int, per_host: int = 1_000_000,
+                      skip_hosts: Sequence[str] = ()) -> Any:
+        if skip_hosts:
+            skipping.append(list(skip_hosts))
+        return await claim(owner, limit, lease_us, per_host, skip_hosts)
+
+    monkeypatch.setattr(h.app[STORE], "claim", counted)
+    h.receiver.script["/slow"] = ["hang"] * 3
+    slow_url = f"{h.receiver.url}/slow"
+    other_url = slow_url.replace("127.0.0.1", "localhost").replace("/slow", "/other")  # another host
+
+    async def message(i: int, url: str) -> str:
+        mid = f"m-quiet-{i:02d}-000000000000000000000"
+        await h.app[STORE].insert_message(MessageRecord(
+            id=mid, user_id="u-test", direction="out", from_="+15551230001", to="+15551230002", text="x",
+            time="2026-01-01T00:00:00.000Z", time_us=now_us(), callback_url=url))
+        return mid
+
+    async def one_round() -> None:
+        rounds = engine.rounds
+        engine.wake()
+        await wait_until(lambda: engine.rounds > rounds)
+
+    for i in range(3):  # one in flight (hung); the others wait, locally or in the outbox
+        assert (await post_events(h, [v2_event(await message(i, slow_url), "message-sent")])).status == 200
+    await wait_until(lambda: len(h.receiver.at("/slow")) == 1)
+    for _ in range(20):
+        await one_round()
+    assert len(skipping) == 1, skipping  # the first found nothing; every later wake found it quiet
+
+    await post_events(h, [v2_event(await message(9, other_url), "message-sent")])
+    await one_round()
+    assert h.receiver.at("/other") == [] and len(skipping) == 1  # enqueued in the quiet wait: not claimed yet
+    engine.clock = lambda: t + 100_000  # the wait (10 ms) is over
+    engine.wake()
+    await wait_until(lambda: len(h.receiver.at("/other")) == 1)
+    assert len(skipping) >= 2  # the claim that found it skipped the busy host
