@@ -176,7 +176,9 @@ class DeliveryEngine:
                 self._wake.clear()  # work enqueued while we claim wakes the next round
                 claimed_at = self.clock()
                 if free > 0:
-                    busy = [h for h, n in self._in_flight.items() if n >= cap]
+                    # Busy: more held than its slots (some wait locally). A host whose last
+                    # local one just started is claimed for (its pipeline woke this round).
+                    busy = [h for h, n in self._in_flight.items() if n + len(self._waiting.get(h, ())) > cap]
                     busy += self.health.skip_hosts(self.clock())  # open breakers
                     if not (busy and claimed_at < self._quiet_until and self._quiet_busy.issubset(busy)):
                         # Up to two slots' worth per host: the second half waits locally, so a
@@ -277,7 +279,7 @@ class DeliveryEngine:
         self._held.add(d.id)
         host = host_key(d.spec.url)
         if self._in_flight[host] >= self.cfg.callbacks.per_host_concurrency:
-            self._waiting[host].append(d)  # bounded: busy hosts are not claimed
+            self._waiting[host].append(d)  # bounded: a host holding more than its slots is not claimed for
             return
         if not self._admit(host):  # the breaker opened since the claim, or a probe is out
             if self._in_flight[host]:

@@ -7,7 +7,7 @@ import base64
 import json
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import pytest
@@ -622,3 +622,53 @@ async def test_a_claim_skipping_busy_hosts_that_found_nothing_is_not_repeated_on
     engine.wake()
     await wait_until(lambda: len(h.receiver.at("/other")) == 1)
     assert len(skipping) >= 2  # the claim that found it skipped the busy host
+
+
+async def test_a_host_is_claimed_for_again_when_its_last_waiting_delivery_starts(make_harness: Any) -> None:
+    # One slot (per_host_concurrency 1), up to two held: when the one waiting locally starts,
+    # the loop claims the next for that host at once, while its slot is still taken; before,
+    # that host counted as busy and was skipped until a slot came free.
+    from shim.core import MessageRecord
+
+    release: dict[str, asyncio.Event] = {}
+    arrived: list[str] = []
+
+    async def held(request: web.Request) -> web.StreamResponse:
+        mid = (await request.json())["messageId"]
+        arrived.append(mid)
+        await release.setdefault(mid, asyncio.Event()).wait()
+        return web.Response()
+
+    rapp = web.Application()
+    rapp.router.add_post("/held", held)
+    server = TestServer(rapp, host="127.0.0.1", port=0)
+    await server.start_server()
+    try:
+        h = await make_harness(callbacks__per_host_concurrency=1)
+        url = str(server.make_url("/held"))
+        mids = [f"m-refill-{i}-0000000000000000000000" for i in range(3)]
+        for mid in mids:
+            await h.app[STORE].insert_message(MessageRecord(
+                id=mid, user_id="u-test", direction="out", from_="+15551230001", to="+15551230002", text="x",
+                time="2026-01-01T00:00:00.000Z", time_us=now_us(), callback_url=url))
+            assert (await post_events(h, [v2_event(mid, "message-sent")])).status == 200
+
+        def held(*expected: str) -> Callable[[], Awaitable[bool]]:
+            async def check() -> bool:
+                rows = await sql_rows(h.app[STORE], "SELECT order_key FROM outbox WHERE lease_owner IS NOT NULL"
+                                      " AND status = 'pending' ORDER BY id")
+                return [r[0] for r in rows] == list(expected)
+            return check
+
+        await wait_until(lambda: arrived == mids[:1])
+        await wait_until(held(*mids[:2]))  # the first in flight, the second waiting locally
+        release.setdefault(mids[0], asyncio.Event()).set()
+        await wait_until(lambda: arrived == mids[:2])
+        # The second in flight (the slot taken) and the third claimed, before any slot is free.
+        await wait_until(held(*mids[1:]), timeout=5)
+        for mid in mids:
+            release.setdefault(mid, asyncio.Event()).set()
+        await wait_until(outbox_is(h.app[STORE], pending=0, delivered=3))
+        assert arrived == mids
+    finally:
+        await server.close()
