@@ -108,13 +108,13 @@ async def world(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
     receiver = HoldingReceiver()
     rapp = web.Application()
     rapp.router.add_post("/{tail:.*}", receiver.handle)
-    rserver = TestServer(rapp, host="127.0.0.1", port=free_port())
+    rserver = TestServer(rapp, host="127.0.0.1")
     await rserver.start_server()
     port = free_port()
     sandbox = build_sandbox_app(
         {(USER["v2_username"], USER["v2_password"])},
         CallbackTarget(f"http://127.0.0.1:{port}/callbacks/v2", CB_USER, CB_PASS), delay_s=0.01)
-    sserver = TestServer(sandbox, host="127.0.0.1", port=free_port())
+    sserver = TestServer(sandbox, host="127.0.0.1")
     await sserver.start_server()
     config = {
         "server": {"host": "127.0.0.1", "port": port},
@@ -235,7 +235,7 @@ async def test_kill_9_after_v2_accepted_before_the_record(world: dict[str, Any])
 
     v2 = web.Application()
     v2.router.add_post("/users/{account}/messages", accept_late)
-    v2_server = TestServer(v2, host="127.0.0.1", port=free_port())
+    v2_server = TestServer(v2, host="127.0.0.1")
     await v2_server.start_server()
     config = world["config"] | {"upstream": {"mode": "bandwidth", "base_url": str(v2_server.make_url("")).rstrip("/")}}
     receiver: HoldingReceiver = world["receiver"]

@@ -28,7 +28,7 @@ async def shim(tmp_path: Path) -> AsyncIterator[tuple[ShimProcess, dict[str, Any
     creds = {(u["v2_username"], u["v2_password"]) for u in (USER, OTHER_USER)}
     sandbox = build_sandbox_app(creds, CallbackTarget(f"http://127.0.0.1:{port}/callbacks/v2", CB_USER, CB_PASS),
                                 delay_s=0.01)
-    server = TestServer(sandbox, host="127.0.0.1", port=free_port())
+    server = TestServer(sandbox, host="127.0.0.1")
     await server.start_server()
     config: dict[str, Any] = {
         "server": {"host": "127.0.0.1", "port": port},

@@ -20,7 +20,7 @@ import shim.config
 from shim.clock import now_us
 from shim.keys import DELIVERY, METRICS, STORE
 
-from ..conftest import CB_PASS, CB_USER, SIGNING_SECRET, USER, Harness, Received, auth, free_port, outbox_is, sql_rows, wait_until
+from ..conftest import CB_PASS, CB_USER, SIGNING_SECRET, USER, Harness, Received, auth, outbox_is, sql_rows, wait_until
 
 
 def verify_signature(r: Received, secret: str = SIGNING_SECRET) -> None:
@@ -531,7 +531,7 @@ async def test_slow_receiver_is_never_attempted_twice_at_once(make_harness: Any,
 
     rapp = web.Application()
     rapp.router.add_post("/slow", slow)
-    server = TestServer(rapp, host="127.0.0.1", port=free_port())
+    server = TestServer(rapp, host="127.0.0.1")
     await server.start_server()
     try:
         h = await make_harness(callbacks__lease_s=1, callbacks__per_host_concurrency=2)

@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestServer
 
 from shim.keys import DELIVERY, STORE
 
-from ..conftest import Harness, HarnessFactory, Receiver, auth, free_port, outbox_is, sql_rows, wait_until
+from ..conftest import Harness, HarnessFactory, Receiver, auth, outbox_is, sql_rows, wait_until
 
 ADMIN = auth("admin", "adm1n-pass-long")
 
@@ -22,7 +22,7 @@ async def other_receiver() -> AsyncIterator[Receiver]:
     receiver = Receiver()
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", receiver.handle)
-    server = TestServer(app, host="127.0.0.1", port=free_port())
+    server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     receiver.url = str(server.make_url("")).rstrip("/")
     yield receiver

@@ -51,7 +51,7 @@ async def test_a_huge_response_body_is_not_read(kind: str) -> None:
 
     app = web.Application()
     app.router.add_post("/cb", flood)
-    server = TestServer(app, host="127.0.0.1", port=free_port())
+    server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     client = CallbackClient(AddressPolicy(["127.0.0.0/8"], []), concurrency=4, per_host=4, http_client=kind)
     await client.start()
@@ -112,7 +112,7 @@ async def receiver() -> AsyncIterator[Receiver]:
     r = Receiver()
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", r.handle)
-    server = TestServer(app, host="127.0.0.1", port=free_port())
+    server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     r.port = server.port or 0
     yield r

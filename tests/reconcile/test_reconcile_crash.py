@@ -44,12 +44,12 @@ async def test_kill_9_in_the_middle_of_a_reconcile_run(tmp_path: Path) -> None:
 
     rapp = web.Application()
     rapp.router.add_post("/{tail:.*}", handle)
-    rserver = TestServer(rapp, host="127.0.0.1", port=free_port())
+    rserver = TestServer(rapp, host="127.0.0.1")
     await rserver.start_server()
     port = free_port()
     sandbox = build_sandbox_app({(USER["v2_username"], USER["v2_password"])},
                                 CallbackTarget(f"http://127.0.0.1:{port}/callbacks/v2", CB_USER, CB_PASS), delay_s=0.01)
-    sserver = TestServer(sandbox, host="127.0.0.1", port=free_port())
+    sserver = TestServer(sandbox, host="127.0.0.1")
     await sserver.start_server()
     state = sandbox[SANDBOX]
     db = tmp_path / "rc.db"

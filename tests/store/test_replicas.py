@@ -62,19 +62,19 @@ async def test_two_replicas_one_killed(tmp_path: Path) -> None:
 
     rapp = web.Application()
     rapp.router.add_post("/cb", receive)
-    receiver = TestServer(rapp, host="127.0.0.1", port=free_port())
+    receiver = TestServer(rapp, host="127.0.0.1")
     await receiver.start_server()
     ports = [free_port(), free_port()]
     lb = Balancer([f"http://127.0.0.1:{p}" for p in ports])
     lb_app = web.Application()
     lb_app.router.add_route("*", "/{tail:.*}", lb.handle)
-    lb_server = TestServer(lb_app, host="127.0.0.1", port=free_port())
+    lb_server = TestServer(lb_app, host="127.0.0.1")
     await lb_server.start_server()
     lb.session = aiohttp.ClientSession()
     lb_url = str(lb_server.make_url("")).rstrip("/")
     sandbox = build_sandbox_app({(USER["v2_username"], USER["v2_password"])},
                                 CallbackTarget(f"{lb_url}/callbacks/v2", CB_USER, CB_PASS), delay_s=0.01)
-    sandbox_server = TestServer(sandbox, host="127.0.0.1", port=free_port())
+    sandbox_server = TestServer(sandbox, host="127.0.0.1")
     await sandbox_server.start_server()
     replicas: list[ShimProcess] = []
     try:
