@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -20,7 +21,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from shim.config import mask_userinfo
 from shim.core import v2_request_of
 from shim.errors import BadRequest, NotFound, ShimError
-from shim.keys import CONFIG, DELIVERY, MAIN_APP, STORE, UPSTREAM, USAGE
+from shim.keys import CONFIG, DELIVERY, MAIN_APP, REQUEST_ID, STORE, UPSTREAM, USAGE
 from shim.ops import report, scrub
 from shim.ops._guard import form_token, token_ok
 from shim.ops.web_ops import admin_app
@@ -36,6 +37,7 @@ CHART_DAYS = 30
 MAX_FIELD = 300
 # Windows the health page counts events and attempts over (store index range scans).
 RATE_WINDOWS_S = ((60, "minute"), (300, "5 minutes"))
+log = logging.getLogger("shim.console")
 
 _CSS = files("shim.console").joinpath("static/console.css").read_bytes()
 CSS_URL = f"{UI}/console.css?v={hashlib.sha256(_CSS).hexdigest()[:12]}"
@@ -93,6 +95,19 @@ def _page(active: str, title: str) -> Callable[[Page], Callable[[web.Request], A
                 if err.status == 401:
                     resp.headers["WWW-Authenticate"] = 'Basic realm="shim admin"'
                 return resp
+            except web.HTTPException:
+                raise
+            except Exception:
+                # A store that failed (locked, unreachable) or a bug: a browser gets a page it can
+                # read, not a JSON body; the traceback goes to the log only, under the request id.
+                if "text/html" not in request.headers.get("Accept", ""):
+                    raise  # the v1 JSON 500, logged by the v1 middleware
+                rid = request.get(REQUEST_ID) or ""
+                log.exception("console page failed", extra={"request_id": rid, "path": request.path})
+                return _render(request, main, "error.html", 500, title=title, active=active,
+                               heading="500: internal error",
+                               message="This page could not be built" + (f" (request id {rid})" if rid else "")
+                                       + ": shim's log has the cause. Reload to try again.")
         return page
     return wrap
 

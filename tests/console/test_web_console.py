@@ -5,6 +5,7 @@ The browser tests (``test_browser.py``) cover what a person sees and clicks."""
 from __future__ import annotations
 
 import re
+import sqlite3
 from typing import Any
 
 import aiohttp
@@ -252,3 +253,24 @@ async def test_dry_run_shows_the_v2_request_it_did_not_send(make_harness: Harnes
     _, body = await _page(h, f"/admin/ui/messages/{mid}")
     assert "not sent (dry-run)" in body and "shim1:dry-run:t1" in body and "rehearsal" in body
     assert h.v2_requests == []
+
+
+async def test_a_failing_store_gets_a_browser_an_error_page_and_an_api_client_a_v1_error(
+        make_harness: HarnessFactory, monkeypatch: Any, caplog: Any) -> None:
+    h = await make_harness(admin=ADMIN)
+
+    async def broken(*args: Any, **kwargs: Any) -> Any:
+        raise sqlite3.OperationalError("database is locked: SECRET-DETAIL")
+
+    monkeypatch.setattr(h.app[STORE], "outbox_gauges", broken)
+    r, body = await _page(h, "/admin/ui/deliveries", headers=CREDS | {"X-Request-Id": "req-console-1"})
+    assert r.status == 500 and r.content_type == "text/html", (r.status, body[:300])
+    assert "500: internal error" in body and "req-console-1" in body and "SECRET-DETAIL" not in body
+    assert 'href="/admin/ui/deliveries"' in body  # the console's own frame, navigation included
+    assert any(rec.message == "console page failed" and getattr(rec, "request_id", "") == "req-console-1"
+               for rec in caplog.records)
+    r = await h.session.get(h.url + "/admin/ui/deliveries", headers=CREDS)
+    assert r.status == 500 and (await r.json())["code"] == "internal-error" and "SECRET-DETAIL" not in await r.text()
+    monkeypatch.undo()
+    r, body = await _page(h, "/admin/ui/deliveries")
+    assert r.status == 200  # nothing was left broken
