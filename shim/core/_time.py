@@ -4,8 +4,10 @@ is always an argument (``shim.clock`` reads the real one)."""
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_US = timedelta(microseconds=1)
 _V1_QUERY = re.compile(
     r"^(\d{4})-(\d{2})-(\d{2})(?:[ T](\d{2}):(\d{2})(?::(\d{2})(?:\.(\d{1,6}))?)?)?$"
 )
@@ -13,7 +15,7 @@ _V1_QUERY = re.compile(
 
 def iso_from_us(us: int) -> str:
     """With milliseconds, as v1's callback examples show (``2012-11-14T16:13:06.076Z``)."""
-    dt = datetime.fromtimestamp(us / 1_000_000, UTC)
+    dt = _EPOCH + timedelta(microseconds=us)  # exact (a float's seconds drift)
     if dt.year >= 1000:  # ``isoformat`` is the cheaper format; the same text from year 1000 on
         return dt.isoformat(timespec="milliseconds")[:-6] + "Z"
     return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
@@ -22,11 +24,17 @@ def iso_from_us(us: int) -> str:
 def iso_seconds_from_us(us: int) -> str:
     """Without fractional seconds, as v1's ``GET /messages`` served it (``2015-09-14T21:32:25Z``):
     the Java SDK parses ``time`` with ``yyyy-MM-dd'T'HH:mm:ssZ`` and rejects milliseconds."""
-    return datetime.fromtimestamp(us // 1_000_000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return (_EPOCH + timedelta(seconds=us // 1_000_000)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def parse_time_us(value: str) -> int | None:
     """Parse v1 query dates (``yyyy-MM-dd[ HH:mm[:ss[.SSS]]]``, zero-filled, UTC) and ISO-8601."""
+    if len(value) == 24 and value[10] == "T" and value[19] == "." and value[23] == "Z":
+        # v2's own shape (``2021-07-21T21:00:45.179Z``, every answer and event): read directly.
+        try:
+            return (datetime.fromisoformat(value) - _EPOCH) // _ONE_US
+        except ValueError:
+            pass  # the general rules below decide (and word) what this is
     value = value.strip()
     m = _V1_QUERY.match(value)
     if m:
@@ -52,6 +60,6 @@ def _us(dt: datetime) -> int | None:
     """Microseconds since the epoch, or None when the instant falls outside years 1..9999 in UTC
     (``0001-01-01T00:00:00+14:00``): such a time cannot be stored or shown."""
     try:
-        return int(dt.timestamp() * 1_000_000) if dt.astimezone(UTC) else None
+        return (dt.astimezone(UTC) - _EPOCH) // _ONE_US  # exact (a float's seconds drift past 2255)
     except (OverflowError, ValueError):
         return None

@@ -27,6 +27,28 @@ def test_time_parsing(value: str, expected: str) -> None:
     assert us is not None and iso_from_us(us) == expected
 
 
+@pytest.mark.parametrize(
+    ("value", "us"),
+    [
+        # Times whose seconds as a float times 10^6 fall just under the integer (read so, the
+        # first was shown as .102).
+        ("2005-07-14T04:55:44.103Z", 1_121_316_944_103_000),
+        ("2004-05-23T03:46:19.218Z", 1_085_283_979_218_000),
+        ("1987-05-08 19:52:05.118923", 547_501_925_118_923),
+        ("2026-01-01T00:00:00.123Z", 1_767_225_600_123_000),
+        ("9999-12-31T23:59:59.999Z", 253_402_300_799_999_000),
+        ("0001-01-01T00:00:00.000Z", -62_135_596_800_000_000),
+        ("2026-01-01T00:00:00.123+05:30", 1_767_205_800_123_000),
+        ("2026-02-30T00:00:00.123Z", None),
+        ("0001-01-01T00:00:00+14:00", None),  # before year 1 in UTC
+    ],
+)
+def test_times_are_read_to_the_exact_microsecond(value: str, us: int | None) -> None:
+    assert parse_time_us(value) == us
+    if us is not None and value.endswith("Z") and len(value) == 24 and value >= "1000":
+        assert iso_from_us(us) == value
+
+
 @pytest.mark.parametrize("value", ["yesterday", "2014-13-45", ""])
 def test_bad_times(value: str) -> None:
     assert parse_time_us(value) is None

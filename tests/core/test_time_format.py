@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import random
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from shim.core import iso_from_us
 
 
 def strftime_iso(us: int) -> str:
-    dt = datetime.fromtimestamp(us / 1_000_000, UTC)
+    dt = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=us)  # exact, as a float is not
     return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
 
 
