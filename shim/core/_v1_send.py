@@ -7,12 +7,14 @@ string, ``callbackHttpMethod`` any case, unknown keys are ignored.
 
 from __future__ import annotations
 
-from typing import Any, Literal, cast
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field
 
 from shim.errors import BlankProperty, CallbackInvalidUrl, InvalidProperty, MissingProperty
+
+from ._message import built_model
 
 MAX_TEXT = 2048
 MAX_TAG = 1024
@@ -180,15 +182,15 @@ def parse_send_item(item: Any) -> SendRequest:
     method = _enum(item, "callbackHttpMethod", ("GET", "POST"), upper=True) or "POST"
     # Every field was checked above, with v1's own errors: constructed without a second validation
     # (this is on every send's path).
-    return SendRequest.model_construct(
-        from_=from_,
-        to=to,
-        text=text,
-        media=media,
-        receipt_requested=cast("Receipt | None", receipt),
-        callback_url=_url(item, "callbackUrl"),
-        callback_method=cast(Method, method),
-        callback_timeout=_timeout(item),
-        fallback_url=_url(item, "fallbackUrl"),
-        tag=tag,
-    )
+    return built_model(SendRequest, {
+        "from_": from_,
+        "to": to,
+        "text": text,
+        "media": media,
+        "receipt_requested": receipt,
+        "callback_url": _url(item, "callbackUrl"),
+        "callback_method": method,
+        "callback_timeout": _timeout(item),
+        "fallback_url": _url(item, "fallbackUrl"),
+        "tag": tag,
+    })

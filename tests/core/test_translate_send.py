@@ -122,6 +122,9 @@ def test_records_built_without_validation_equal_validated_ones(item: dict[str, A
     the result must be exactly what validation would have built."""
     req = parse_send_item(item)
     assert type(req).model_validate(req.model_dump()) == req
+    made = type(req).model_construct(**req.model_dump())
+    assert list(req.__dict__.items()) == list(made.__dict__.items())
+    assert req.model_fields_set == made.model_fields_set and req.__pydantic_extra__ is None
     intent = record_from_send(req, U, KEY, 1_700_000_000_000_000)
     assert MessageRecord.model_validate(intent.model_dump()) == intent
     assert MessageRecord.model_validate_json(intent.model_dump_json()).model_dump() == intent.model_dump()
