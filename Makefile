@@ -42,6 +42,7 @@ BENCH_ARGS ?= --quick
 bench: $(TEST_STAMP)
 	sh bench/setup.sh
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+	$(BIN)/python bench/bench_inproc.py
 	$(BIN)/python bench/console.py
 
 # requirements.lock: what the image installs, hash-pinned (pip-tools in a throwaway venv).
