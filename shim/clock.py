@@ -32,6 +32,11 @@ class RandomBytes:
         self.block = block
         self._buf = b""
         self._at = 0
+        # A forked child must not hand out the bytes its parent will (the same ids, send keys).
+        os.register_at_fork(after_in_child=self.forget)
+
+    def forget(self) -> None:
+        self._buf, self._at = b"", 0
 
     def take(self, n: int) -> bytes:
         if self._at + n > len(self._buf):

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 from shim.clock import RandomBytes, new_request_id, new_token
 
@@ -20,3 +23,25 @@ def test_ids_have_their_shapes_and_differ() -> None:
     assert len(ids) == 2000 and all(re.fullmatch(r"[0-9a-f]{24}", i) for i in ids)
     tokens = {new_token(16) for _ in range(2000)}
     assert len(tokens) == 2000 and all(re.fullmatch(r"[A-Za-z0-9_-]{22}", t) for t in tokens)
+
+
+def test_a_forked_child_draws_its_own_bytes() -> None:
+    # In a fresh interpreter: a fork in pytest's (threaded) process is not one to make.
+    code = """
+import os
+from shim.clock import RandomBytes
+source = RandomBytes()
+source.take(12)  # the block is drawn: the next bytes are in memory, copied into a child
+read, write = os.pipe()
+pid = os.fork()
+if pid == 0:
+    os.write(write, source.take(12))
+    os._exit(0)
+os.close(write)
+child = os.read(read, 64)
+os.waitpid(pid, 0)
+print(len(child), child != source.take(12))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60,
+                         cwd=Path(__file__).resolve().parent.parent)
+    assert out.stdout.split() == ["12", "True"], out
