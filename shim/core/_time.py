@@ -60,6 +60,6 @@ def _us(dt: datetime) -> int | None:
     """Microseconds since the epoch, or None when the instant falls outside years 1..9999 in UTC
     (``0001-01-01T00:00:00+14:00``): such a time cannot be stored or shown."""
     try:
-        return (dt.astimezone(UTC) - _EPOCH) // _ONE_US  # exact (a float's seconds drift past 2255)
+        return (dt.astimezone(UTC) - _EPOCH) // _ONE_US  # exact: seconds as a float × 10^6 fell 1 µs short
     except (OverflowError, ValueError):
         return None
