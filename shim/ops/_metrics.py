@@ -2,24 +2,88 @@
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
-    Histogram,
     generate_latest,
 )
 from prometheus_client.gc_collector import GCCollector
+from prometheus_client.metrics_core import HistogramMetricFamily, Metric
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 # What one attempt of a callback came to (``shim_callback_attempts_total{outcome}``).
 ATTEMPT_OUTCOMES = ("ok", "http-error", "timeout", "network-error", "refused")
 ATTEMPT_TARGETS = ("primary", "fallback")
 # ``shim_callback_breaker_transitions_total{to}`` (the states of shim/core/_breaker.py).
 BREAKER_STATES = ("closed", "half-open", "open")
+
+
+class LoopHistogram(Collector):
+    """A labelled Prometheus histogram kept as plain counts and rendered at scrape time.
+
+    Why: ``prometheus_client.Histogram.observe`` takes a lock for its sum and again for its
+    bucket (~1 µs), and a send observes four (issue 9). Every observation here comes from the
+    event loop's thread (request handlers, the v2 client, the store's awaited writes, the
+    delivery engine), which the GIL already serializes, so a list index is enough. A scrape
+    (on that loop too) reads the counts as they stand. Exposed like prometheus_client's own:
+    ``_bucket`` (cumulative, ``le`` formatted alike), ``_count``, ``_sum``; no ``_created``."""
+
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str] = (), *,
+                 buckets: Sequence[float], registry: CollectorRegistry) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = tuple(labelnames)
+        self.bounds = (*(float(b) for b in buckets if b != float("inf")), float("inf"))
+        self._les: list[str] = [floatToGoString(b) for b in self.bounds]  # type: ignore[no-untyped-call]
+        self._series: dict[tuple[str, ...], LoopHistogram.Child] = {}
+        registry.register(self)
+
+    class Child:
+        __slots__ = ("bounds", "counts", "sum")
+
+        def __init__(self, bounds: tuple[float, ...]) -> None:
+            self.bounds = bounds
+            self.counts = [0] * len(bounds)
+            self.sum = 0.0
+
+        def observe(self, amount: float) -> None:
+            self.counts[bisect_left(self.bounds, amount)] += 1
+            self.sum += amount
+
+    def labels(self, *values: str) -> LoopHistogram.Child:
+        if len(values) != len(self.labelnames):
+            raise ValueError(f"{self.name}: expected {len(self.labelnames)} label values, got {len(values)}")
+        child = self._series.get(values)
+        if child is None:
+            child = self._series[values] = LoopHistogram.Child(self.bounds)
+        return child
+
+    def observe(self, amount: float) -> None:
+        """For an unlabelled histogram."""
+        self.labels().observe(amount)
+
+    def describe(self) -> list[Metric]:
+        # The registry checks names against this at registration, before any series exists.
+        return [HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)]
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for values, child in list(self._series.items()):
+            running = 0
+            buckets = []
+            for le, n in zip(self._les, list(child.counts), strict=True):
+                running += n
+                buckets.append((le, running))
+            family.add_metric(list(values), buckets, child.sum)
+        yield family
 
 
 class Metrics:
@@ -34,16 +98,16 @@ class Metrics:
         self.requests = Counter(
             "shim_http_requests", "HTTP requests served", ["route", "method", "status"], registry=r
         )
-        self.request_duration = Histogram(
+        self.request_duration = LoopHistogram(
             "shim_http_request_duration_seconds", "Time to answer an HTTP request, by route template",
             ["route", "method"], registry=r,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )
-        self.upstream_latency = Histogram(
+        self.upstream_latency = LoopHistogram(
             "shim_upstream_latency_seconds", "v2 API call latency", ["op", "status"], registry=r,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )
-        self.store_latency = Histogram(
+        self.store_latency = LoopHistogram(
             "shim_store_latency_seconds", "Store operation latency", ["op"], registry=r,
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1),
         )
@@ -66,7 +130,7 @@ class Metrics:
             "shim_callback_attempts", "v1 callback HTTP attempts by target (primary/fallback URL) and outcome",
             ["target", "outcome"], registry=r,
         )
-        self.delivery_latency = Histogram(
+        self.delivery_latency = LoopHistogram(
             "shim_callback_ingest_to_delivered_seconds",
             "From a callback's enqueueing (the v2 event's ingest) to its successful delivery", registry=r,
             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 14400, 86400),

@@ -6,8 +6,10 @@ import json
 import logging
 
 import pytest
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
 from shim.keys import ACCESS_LOG
+from shim.ops._metrics import LoopHistogram
 
 from ..conftest import Harness, wait_until
 from ..gateway.test_callbacks import post_events, v2_event
@@ -93,3 +95,27 @@ async def test_unroutable_events_are_counted(harness: Harness) -> None:
         return metric(await scrape(harness), "shim_callback_events_unroutable_total") == 1
 
     await wait_until(counted, timeout=20)
+
+
+@pytest.mark.parametrize("observations", [
+    [],
+    [0.0],
+    [0.0005, 0.001, 0.0011, 0.3, 2.5, 10, 11],
+    [float("inf"), 1e-9, 5.0, 5.0000001],
+])
+def test_loop_histograms_render_as_prometheus_client_histograms_do(observations: list[float]) -> None:
+    """shim's own histograms (plain counts, no locks) expose the same series, byte for byte, as
+    ``prometheus_client.Histogram`` fed the same observations (less its ``_created``)."""
+    buckets = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+    theirs, ours = CollectorRegistry(), CollectorRegistry()
+    reference = Histogram("x_seconds", "How long", ["route", "method"], registry=theirs, buckets=buckets)
+    loop = LoopHistogram("x_seconds", "How long", ["route", "method"], registry=ours, buckets=buckets)
+    for value in observations:
+        reference.labels("/a", "POST").observe(value)
+        loop.labels("/a", "POST").observe(value)
+    reference.labels("/b", "GET")
+    loop.labels("/b", "GET")
+    expected = [line for line in generate_latest(theirs).decode().splitlines() if "_created" not in line]
+    assert generate_latest(ours).decode().splitlines() == expected
+    with pytest.raises(ValueError):
+        loop.labels("/a")
