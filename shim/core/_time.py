@@ -13,12 +13,29 @@ _V1_QUERY = re.compile(
 )
 
 
+# Whole seconds already formatted (``2012-11-14T16:13:06``): the events of one burst of sends
+# share their seconds, and a date format costs ~2.5 µs against ~0.3 for the lookup. A memo of a
+# pure function (same text for the same second), emptied when it grows past ``_SECONDS_KEPT``.
+_SECONDS: dict[int, str] = {}
+_SECONDS_KEPT = 4096
+
+
+def _iso_second(second: int) -> str:
+    dt = _EPOCH + timedelta(seconds=second)
+    if dt.year >= 1000:  # ``isoformat`` is the cheaper format; the same text from year 1000 on
+        return dt.isoformat()[:-6]
+    return dt.strftime("%Y-%m-%dT%H:%M:%S")
+
+
 def iso_from_us(us: int) -> str:
     """With milliseconds, as v1's callback examples show (``2012-11-14T16:13:06.076Z``)."""
-    dt = _EPOCH + timedelta(microseconds=us)  # exact (a float's seconds drift)
-    if dt.year >= 1000:  # ``isoformat`` is the cheaper format; the same text from year 1000 on
-        return dt.isoformat(timespec="milliseconds")[:-6] + "Z"
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+    second, rest = divmod(us, 1_000_000)  # exact integers (a float's seconds drift)
+    text = _SECONDS.get(second)
+    if text is None:
+        if len(_SECONDS) >= _SECONDS_KEPT:
+            _SECONDS.clear()
+        text = _SECONDS[second] = _iso_second(second)
+    return f"{text}.{rest // 1000:03d}Z"
 
 
 def iso_seconds_from_us(us: int) -> str:

@@ -203,7 +203,7 @@ class EventTxs(StoreCore):
 
     def _apply(self, rec: MessageRecord, event: dict[str, Any] | V2Event, request_id: str | None) -> Tx[int]:
         new, specs = self.rules.apply_status(rec, event)
-        if new != rec:
+        if new is not rec:  # ``apply_status`` hands back ``rec`` itself when nothing changed
             yield from update_row(new)
         return (yield from enqueue_rows(specs, self.clock, request_id))
 

@@ -10,6 +10,7 @@ import orjson
 
 from shim.clock import Clock
 from shim.core import Delivery, DeliverySpec
+from shim.core._message import built_model
 
 from ._core import SHORT_ROWS, StoreCore
 from ._deliveries import log_attempts
@@ -30,6 +31,34 @@ def spec_json(spec: DeliverySpec, request_id: str | None) -> str:
         return orjson.dumps(values).decode()
     except (TypeError, orjson.JSONEncodeError):
         return spec.model_copy(update={"request_id": request_id}).model_dump_json()
+
+
+_SPEC_FIELDS = tuple(DeliverySpec.model_fields)
+_SPEC_SET = frozenset(_SPEC_FIELDS)
+# A run of 19 digits or more: an integer orjson would read as a float past 64 bits (``read_json``).
+_DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
+_LONG_RUN = b"0" * 19
+
+
+def spec_from_json(text: str) -> DeliverySpec:
+    """A stored spec read back: ``DeliverySpec.model_validate_json(text)``. Rows ``spec_json`` wrote
+    (every field, each of its type, from a validated spec) are rebuilt without validating them
+    again (~4 µs a claimed callback); anything else (an older row lacking later fields, JSON
+    orjson refuses or would read differently) is validated, as before."""
+    raw = text.encode()
+    if _LONG_RUN not in raw.translate(_DIGITS_AS_ZERO):
+        try:
+            loaded = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            loaded = None
+        if type(loaded) is dict and len(loaded) == len(_SPEC_FIELDS):
+            try:
+                values = {name: loaded[name] for name in _SPEC_FIELDS}
+            except KeyError:
+                pass
+            else:
+                return built_model(DeliverySpec, values, set(_SPEC_SET))
+    return DeliverySpec.model_validate_json(text)
 
 
 def enqueue_rows(specs: Sequence[DeliverySpec], clock: Clock, request_id: str | None = None) -> Tx[int]:
@@ -61,7 +90,7 @@ class OutboxTxs(StoreCore):
         # With hosts skipped, the candidate scan may pass many of their due rows: not for the loop.
         write = self._timed_short_write if limit <= SHORT_ROWS and not skip_hosts else self._timed_write
         rows = await write(self._tx_claim, owner, limit, lease_us, per_host, skip_hosts)
-        out = [Delivery(id=r[0], spec=DeliverySpec.model_validate_json(r[1]), attempts=r[2], created_us=r[3])
+        out = [Delivery(id=r[0], spec=spec_from_json(r[1]), attempts=r[2], created_us=r[3])
                for r in rows]
         out.sort(key=lambda d: d.id)
         return out
@@ -205,7 +234,7 @@ class OutboxTxs(StoreCore):
             " WHERE status = 'dead' ORDER BY id LIMIT ?", limit,
         )
         return [
-            DeadLetter(id=r[0], event_id=r[1], url=DeliverySpec.model_validate_json(r[2]).url,
+            DeadLetter(id=r[0], event_id=r[1], url=spec_from_json(r[2]).url,
                        attempts=r[3], last_error=r[4], updated_us=r[5], message_id=r[6], user_id=r[7], host=r[8])
             for r in rows
         ]
@@ -222,7 +251,7 @@ class OutboxTxs(StoreCore):
         )
         return [
             PendingCallback(id=int(r[0]), event_id=r[1], message_id=r[2], user_id=r[3], host=r[4],
-                            url=DeliverySpec.model_validate_json(r[5]).url, attempts=int(r[6]),
+                            url=spec_from_json(r[5]).url, attempts=int(r[6]),
                             next_attempt_us=int(r[7]), created_us=int(r[8]), last_error=r[9],
                             leased=r[10] is not None)
             for r in rows

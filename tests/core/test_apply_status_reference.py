@@ -134,12 +134,19 @@ def test_apply_status_equals_the_reference(r: MessageRecord) -> None:
     for pair in itertools.product(EVENTS, repeat=2):
         a, b = r, r
         for payload in pair:
+            before = a
             a, a_specs = apply_status(a, payload, PUBLIC)
             b, b_specs = ref_apply_status(b, payload, PUBLIC)
             assert a == b and a.model_dump() == b.model_dump()
             assert a.model_dump_json() == b.model_dump_json()
             assert [s.model_dump() for s in a_specs] == [s.model_dump() for s in b_specs]
             assert [s.model_dump_json() for s in a_specs] == [s.model_dump_json() for s in b_specs]
+            # Specs built without validation are the models validation builds, set fields included.
+            assert a_specs == b_specs
+            assert [s.model_fields_set for s in a_specs] == [s.model_fields_set for s in b_specs]
+            assert [DeliverySpec.model_validate(s.model_dump()) for s in a_specs] == a_specs
+            # Nothing changed is told by identity (the store then writes nothing).
+            assert (a is before) == (b.model_dump() == before.model_dump())
     # A validated event (ingest's path) gives the same as its payload.
     for payload in EVENTS:
         a, a_specs = apply_status(r, V2Event.model_validate(payload), PUBLIC)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from datetime import UTC, datetime, timedelta
 
-from shim.core import iso_from_us
+from shim.core import _time, iso_from_us
 
 
 def strftime_iso(us: int) -> str:
@@ -22,3 +22,5 @@ def test_iso_from_us_is_the_strftime_text() -> None:
     cases += [rng.randint(lo, hi) for _ in range(20_000)] + [rng.randint(-(10**15), 4 * 10**15) for _ in range(5_000)]
     for us in cases:
         assert iso_from_us(us) == strftime_iso(us), us
+    # Its memo of formatted seconds stays bounded however many seconds it has seen.
+    assert 0 < len(_time._SECONDS) <= _time._SECONDS_KEPT

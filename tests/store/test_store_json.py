@@ -9,7 +9,7 @@ import pytest
 
 from shim.core import DeliverySpec, MessageRecord
 from shim.store._messages import doc, record
-from shim.store._outbox import spec_json
+from shim.store._outbox import spec_from_json, spec_json
 
 from ..core.test_apply_status_reference import RECORDS, rec
 
@@ -58,6 +58,44 @@ def test_spec_json_is_pydantics_bytes(body: Any, request_id: str | None) -> None
         want = spec.model_copy(update={"request_id": request_id}).model_dump_json()
         assert spec_json(spec, request_id) == want
         assert DeliverySpec.model_validate_json(spec_json(spec, request_id)) == DeliverySpec.model_validate_json(want)
+
+
+def same_spec(a: DeliverySpec, b: DeliverySpec) -> None:
+    assert type(a) is type(b) and a == b and a.model_fields_set == b.model_fields_set
+    assert a.model_dump_json() == b.model_dump_json()
+    assert [(k, type(v)) for k, v in a.__dict__.items()] == [(k, type(v)) for k, v in b.__dict__.items()]
+    assert repr(a.body) == repr(b.body)  # -0.0, 1e16 and the like: the same floats, ints the same ints
+
+
+@pytest.mark.parametrize("body", BODIES)
+@pytest.mark.parametrize("request_id", [None, "req-1"])
+def test_spec_read_back_without_validation_equals_validated(body: Any, request_id: str | None) -> None:
+    """A claimed callback's spec (as ``spec_json`` stored it) is rebuilt without validation: exactly
+    what validating the stored text builds, the integer past 64 bits included."""
+    for spec in (DeliverySpec(event_id="e", order_key="o", url="https://cb.example/x", body=body),
+                 DeliverySpec(event_id="e", order_key="o", user_id="u", url="https://cb.example/x",
+                              fallback_url="https://fb", method="GET", timeout_ms=5, format="v2", body=body,
+                              request_id="r0", reconciled=True)):
+        stored = spec_json(spec, request_id)
+        same_spec(spec_from_json(stored), DeliverySpec.model_validate_json(stored))
+
+
+def test_specs_of_other_shapes_are_validated() -> None:
+    """Rows written otherwise (an older shim without ``reconciled``, another key order, escapes, a
+    lone surrogate orjson refuses, a body of 19+ digit integers) are read as validation reads them."""
+    import json
+
+    spec = DeliverySpec(event_id="e", order_key="o", url="https://cb.example/x", body={"n": 12345678901234567890123})
+    values = spec.model_dump()
+    for stored in (json.dumps({k: v for k, v in values.items() if k != "reconciled"}),
+                   json.dumps(dict(reversed(values.items()))), json.dumps(values, ensure_ascii=True, indent=1),
+                   json.dumps(values | {"body": 1234567890123456789})):
+        same_spec(spec_from_json(stored), DeliverySpec.model_validate_json(stored))
+    refused = json.dumps(values | {"body": {"t": "a\ud800b"}})
+    with pytest.raises(ValueError):
+        DeliverySpec.model_validate_json(refused)
+    with pytest.raises(ValueError):
+        spec_from_json(refused)
 
 
 def validated(seq: int, stored: str) -> MessageRecord:
