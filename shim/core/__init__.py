@@ -4,7 +4,7 @@ time, ids and random draws are arguments."""
 from ._breaker import CLOSED, HALF_OPEN, OPEN, STATE_VALUE, BreakerPolicy, HealthBook, HostHealth, health_outcome
 from ._deliveries import Delivery, DeliverySpec, Route
 from ._delivery_codes import V1_DESCRIPTIONS, V2_TO_V1, map_error_code, v2_names
-from ._json import v1_json_bytes
+from ._json import stored_fields, v1_json_bytes
 from ._listing import CURSOR_KEYS, DEFAULT_SIZE, FILTER_KEYS, MAX_SIZE, ListQuery, match_enum, next_link, parse_list_query
 from ._message import STATE_RANK, MessageRecord, State
 from ._openapi import SPEC_URI, load_spec, message_request_errors, validator
@@ -124,6 +124,7 @@ __all__ = [
     'search_item',
     'search_params',
     'send_key_of',
+    'stored_fields',
     'synthesize_events',
     'to_v2_request',
     'v1_callback_body',

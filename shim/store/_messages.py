@@ -8,7 +8,8 @@ from typing import Any
 import orjson
 
 from shim.clock import Clock
-from shim.core import ListQuery, MessageRecord
+from shim.core import ListQuery, MessageRecord, stored_fields
+from shim.core._message import built_model
 
 from ._core import StoreCore
 from ._ops import Exec, Tx, all_tx, one_tx
@@ -38,23 +39,10 @@ def record(row: Sequence[Any]) -> MessageRecord:
     only added): it is rebuilt without validating it again, the same record validation would build
     (``tests/store/test_store_json.py``). Anything else (an older document, lacking later fields;
     JSON orjson refuses) is validated, as before."""
-    try:
-        loaded = orjson.loads(row[1])
-    except orjson.JSONDecodeError:
-        loaded = None
-    if type(loaded) is dict and len(loaded) == len(_DOC_FIELDS):
-        try:
-            values = {name: loaded[name] for name in _DOC_FIELDS}
-        except KeyError:
-            pass
-        else:
-            values["seq"] = int(row[0])
-            rec = MessageRecord.__new__(MessageRecord)
-            object.__setattr__(rec, "__dict__", values)
-            object.__setattr__(rec, "__pydantic_fields_set__", set(_ALL_FIELDS))
-            object.__setattr__(rec, "__pydantic_extra__", None)
-            object.__setattr__(rec, "__pydantic_private__", None)
-            return rec
+    values = stored_fields(row[1], _DOC_FIELDS)
+    if values is not None:
+        values["seq"] = int(row[0])
+        return built_model(MessageRecord, values, set(_ALL_FIELDS))
     rec = MessageRecord.model_validate_json(row[1])
     rec.seq = int(row[0])
     return rec

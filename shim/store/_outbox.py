@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 
 from shim.clock import Clock
-from shim.core import Delivery, DeliverySpec
+from shim.core import Delivery, DeliverySpec, stored_fields
 from shim.core._message import built_model
 
 from ._core import SHORT_ROWS, StoreCore
@@ -35,9 +35,6 @@ def spec_json(spec: DeliverySpec, request_id: str | None) -> str:
 
 _SPEC_FIELDS = tuple(DeliverySpec.model_fields)
 _SPEC_SET = frozenset(_SPEC_FIELDS)
-# A run of 19 digits or more: an integer orjson would read as a float past 64 bits (``read_json``).
-_DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
-_LONG_RUN = b"0" * 19
 
 
 def spec_from_json(text: str) -> DeliverySpec:
@@ -45,19 +42,9 @@ def spec_from_json(text: str) -> DeliverySpec:
     (every field, each of its type, from a validated spec) are rebuilt without validating them
     again (~4 µs a claimed callback); anything else (an older row lacking later fields, JSON
     orjson refuses or would read differently) is validated, as before."""
-    raw = text.encode()
-    if _LONG_RUN not in raw.translate(_DIGITS_AS_ZERO):
-        try:
-            loaded = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            loaded = None
-        if type(loaded) is dict and len(loaded) == len(_SPEC_FIELDS):
-            try:
-                values = {name: loaded[name] for name in _SPEC_FIELDS}
-            except KeyError:
-                pass
-            else:
-                return built_model(DeliverySpec, values, set(_SPEC_SET))
+    values = stored_fields(text, _SPEC_FIELDS)
+    if values is not None:
+        return built_model(DeliverySpec, values, set(_SPEC_SET))
     return DeliverySpec.model_validate_json(text)
 
 
