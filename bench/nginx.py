@@ -1,8 +1,10 @@
 """The nginx v2 upstream stand-in for ``make bench``: plain HTTP and TLS (a self-signed
 certificate made with ``openssl`` at bench time), one process, no access log.
 
-``POST /users/{account}/messages`` answers 202 with a v2 message whose ``id`` is nginx's
-``$request_id`` (32 random hex digits, unique per request: shim stores messages by id);
+``POST /users/{account}/messages`` answers 202 with a v2 message whose ``id`` has Bandwidth's
+shape: the epoch milliseconds in 13 digits, then 16 random characters (the OpenAPI examples'
+``1593110555875xo7watq5px6rbe5d``; here the first 16 hex digits of nginx's ``$request_id``), so
+ids sort by time as Bandwidth's do, which decides where in its indexes the store writes them;
 ``GET /`` answers 200 (the readiness probe).
 """
 
@@ -12,7 +14,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-V2_MESSAGE = ('{"id":"$request_id","owner":"+15551230001","applicationId":"app-bench",'
+V2_MESSAGE = ('{"id":"${v2_ms}${v2_rnd}","owner":"+15551230001","applicationId":"app-bench",'
               '"time":"2026-01-01T00:00:00.000Z","segmentCount":1,"direction":"out",'
               '"to":["+15550000000"],"from":"+15551230001","text":"bench"}')
 
@@ -64,6 +66,8 @@ http {{
     scgi_temp_path {prefix}/scgi;
     keepalive_requests 1000000;
     keepalive_timeout 300s;
+    map $msec $v2_ms {{ "~^(?<s>[0-9]+)[.](?<m>[0-9]+)$" $s$m; }}
+    map $request_id $v2_rnd {{ "~^(?<r>.{{16}})" $r; }}
     server {{
         listen 127.0.0.1:{port};
 {tls}        location ~ ^/users/[^/]+/messages$ {{
