@@ -66,9 +66,10 @@ class AccessLog:
         self._task: asyncio.Task[None] | None = None
         self._second = -1
         self._stamp = ""
+        self._logger = logging.getLogger("shim.access")  # (getLogger takes logging's module lock)
 
     def enabled(self, debug: bool = False) -> bool:
-        return logging.getLogger("shim.access").isEnabledFor(logging.DEBUG if debug else logging.INFO)
+        return self._logger.isEnabledFor(logging.DEBUG if debug else logging.INFO)
 
     def request(self, request_id: str, method: str, route: str, status: int, ms: float,
                 user_id: str | None, level: str = "info") -> None:

@@ -6,10 +6,10 @@ import json
 import logging
 
 import pytest
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
 from shim.keys import ACCESS_LOG
-from shim.ops._metrics import LoopHistogram
+from shim.ops._metrics import LoopCounter, LoopHistogram
 
 from ..conftest import Harness, wait_until
 from ..gateway.test_callbacks import post_events, v2_event
@@ -119,3 +119,28 @@ def test_loop_histograms_render_as_prometheus_client_histograms_do(observations:
     assert generate_latest(ours).decode().splitlines() == expected
     with pytest.raises(ValueError):
         loop.labels("/a")
+
+
+@pytest.mark.parametrize("labelnames", [(), ("route", "status")])
+@pytest.mark.parametrize("amounts", [[], [1], [1, 1, 2.5, 0, 1e9]])
+def test_loop_counters_render_as_prometheus_client_counters_do(labelnames: tuple[str, ...],
+                                                               amounts: list[float]) -> None:
+    """shim's own counters (plain numbers, no locks) expose the same series, byte for byte, as
+    ``prometheus_client.Counter`` counting the same (less its ``_created``), unlabelled ones at 0
+    before anything is counted; a negative amount is refused as prometheus_client refuses it."""
+    theirs, ours = CollectorRegistry(), CollectorRegistry()
+    reference = Counter("x_requests", "How many", labelnames, registry=theirs)
+    loop = LoopCounter("x_requests", "How many", labelnames, registry=ours)
+    values = ("/a", "201") if labelnames else ()
+    for amount in amounts:
+        reference.labels(*values).inc(amount) if labelnames else reference.inc(amount)
+        loop.labels(*values).inc(amount) if labelnames else loop.inc(amount)
+    if labelnames:
+        reference.labels("/b", "400")
+        loop.labels("/b", "400")
+    expected = [line for line in generate_latest(theirs).decode().splitlines() if "_created" not in line]
+    assert generate_latest(ours).decode().splitlines() == expected
+    with pytest.raises(ValueError):
+        loop.labels(*values).inc(-1)
+    with pytest.raises(ValueError):
+        loop.labels("/a", "201", "extra")
